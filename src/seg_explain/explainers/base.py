@@ -1,0 +1,262 @@
+"""The explainer protocol: a registry of generators, a shared context, one result type.
+
+Every explainer is a generator function registered by name::
+
+    @register("gradient", defaults={}, doc="...", kind="gradient")
+    def gradient(ctx: Context, **params):
+        ...                       # work; `yield (done, total)` between steps
+        return attr               # model-grid array (C, *S) or (*S), or (attr, extras)
+
+It receives a :class:`Context` (model, prepared image in model space, target class,
+RoI on the model grid, counters, seed) and returns the attribution on the **model grid**.
+:func:`explain_iter` maps it back to the image grid, sums channels and wraps it in an
+:class:`Explanation`. The generator form is what the GUI runs in a worker (progress,
+cancel between steps); :func:`explain` drives it to the end.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import InputMismatchError, MethodError
+from ..models.base import Prepared, SegModel
+from ..targets import resolve_roi, roi_sum
+
+Progress = tuple[int, int]
+
+
+@dataclass
+class ExplainerSpec:
+    name: str
+    fn: Callable[..., Generator]
+    defaults: dict[str, Any]
+    doc: str
+    kind: str  # "gradient" | "cam" | "perturbation" | "shapley"
+
+
+REGISTRY: dict[str, ExplainerSpec] = {}
+
+
+def register(name: str, defaults: dict[str, Any] | None = None, doc: str = "", kind: str = "gradient"):
+    """Decorator: register an explainer generator under ``name``."""
+    def deco(fn):
+        REGISTRY[name] = ExplainerSpec(name, fn, dict(defaults or {}), doc or (fn.__doc__ or "").strip(), kind)
+        return fn
+    return deco
+
+
+def _load_all() -> None:
+    # importing the modules registers them (kept lazy so `import seg_explain` is light)
+    import importlib
+    import pkgutil
+
+    from .. import explainers as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if not m.name.startswith("_") and m.name != "base":
+            importlib.import_module(f"{pkg.__name__}.{m.name}")
+
+
+def methods() -> list[str]:
+    """Names of all registered explainers."""
+    _load_all()
+    return sorted(REGISTRY)
+
+
+def get_spec(method: str) -> ExplainerSpec:
+    _load_all()
+    if method not in REGISTRY:
+        raise MethodError(f"Unknown method {method!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[method]
+
+
+@dataclass
+class Context:
+    """What an explainer needs, computed once: everything in model space."""
+
+    model: SegModel
+    prep: Prepared
+    target: int
+    roi: torch.Tensor                  # bool (*S) on the model grid
+    seed: int = 0
+    batch_size: int | None = None
+    n_forward: int = 0                 # images pushed through the network (batch rows)
+    n_backward: int = 0                # backward passes (per image row)
+    _clean_logits: torch.Tensor | None = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The prepared image ``(C, *S)``."""
+        return self.prep.x
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.prep.x.shape[1:])
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(int(self.seed))
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch (counted). Differentiable unless called under inference_mode."""
+        self.n_forward += int(xb.shape[0])
+        return self.model.forward(xb)
+
+    def f_hat(self, logits: torch.Tensor, c: int | None = None, roi: torch.Tensor | None = None) -> torch.Tensor:
+        """The shared target for a batch of logits -> ``(B,)``."""
+        return roi_sum(logits, self.target if c is None else c, self.roi if roi is None else roi,
+                       self.model.sigmoid)
+
+    @property
+    def clean_logits(self) -> torch.Tensor:
+        """Logits ``(L, *S)`` of the clean image (computed once; sliding windows if needed)."""
+        if self._clean_logits is None:
+            self.n_forward += 1
+            self._clean_logits = self.model.logits_tensor(self.prep.x)
+        return self._clean_logits
+
+    @property
+    def clean_labels(self) -> torch.Tensor:
+        return self.model.labels_from_logits(self.clean_logits)
+
+    def auto_batch(self, per_item_bytes: float | None = None, cap: int = 64) -> int:
+        """Batch size from free memory (or the user's ``batch_size``)."""
+        if self.batch_size:
+            return max(1, int(self.batch_size))
+        n_vox = int(np.prod(self.shape))
+        # activations + grads of a small UNet: ~ 60 floats per voxel per item is generous
+        per = per_item_bytes or n_vox * 4 * 60 * max(1, self.model.in_channels)
+        free = _free_memory(self.model.device)
+        return int(max(1, min(cap, (0.25 * free) // max(per, 1))))
+
+
+def _free_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover
+        return 4e9
+
+
+@dataclass
+class Explanation:
+    """One attribution map on the grid of the image that was explained."""
+
+    attribution: np.ndarray            # float32, image spatial shape, raw values, sign kept
+    method: str
+    target: int
+    target_name: str
+    roi: np.ndarray                    # bool, image grid
+    params: dict[str, Any]
+    elapsed_s: float
+    n_forward: int
+    n_backward: int
+    per_channel: np.ndarray | None = None   # (C, *spatial) for multi-channel inputs
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        a = self.attribution
+        return {"method": self.method, "target": self.target_name, "elapsed_s": round(self.elapsed_s, 3),
+                "n_forward": self.n_forward, "n_backward": self.n_backward,
+                "min": float(a.min()), "max": float(a.max()), **{k: v for k, v in self.extras.items()
+                                                                 if isinstance(v, (int, float, str))}}
+
+
+def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None = None,
+                 roi_label: int | None = None, seed: int = 0, batch_size: int | None = None,
+                 prep: Prepared | None = None, clean_logits: torch.Tensor | None = None
+                 ) -> tuple[Context, np.ndarray, np.ndarray]:
+    """Prepare the image, fix the RoI from the clean prediction -> (ctx, roi_img, pred_img)."""
+    c = model.class_index(target)
+    prep = prep or model.prepare(image)
+    ctx = Context(model, prep, c, torch.zeros(()), seed=seed, batch_size=batch_size)
+    if clean_logits is not None:
+        ctx._clean_logits = clean_logits
+    pred_img = prep.to_image(ctx.clean_labels.numpy().astype(np.int32), order=0)
+    if roi is not None and np.asarray(roi).shape != tuple(prep.image_shape):
+        raise InputMismatchError(
+            f"RoI shape {np.asarray(roi).shape} does not match the image's spatial shape {tuple(prep.image_shape)}")
+    roi_img = resolve_roi(roi, pred_img, c, roi_mode, roi_label)
+    roi_m = prep.roi_to_model(roi_img)
+    if not roi_m.any():
+        raise InputMismatchError("Empty RoI on the model grid: the painted region is smaller than one model voxel")
+    ctx.roi = torch.from_numpy(roi_m)
+    return ctx, roi_img, pred_img
+
+
+def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
+                 batch_size: int | None = None, roi_mode: str | None = None,
+                 roi_label: int | None = None, **params) -> Iterator[Progress]:
+    """Generator form of :func:`explain`: yields ``(done, total)``, returns the Explanation.
+
+    Close it (``gen.close()``) or stop iterating to cancel between steps.
+    """
+    spec = get_spec(method)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
+                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+    full = {**spec.defaults, **params}
+    t0 = time.perf_counter()
+    ctx, roi_img, _ = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
+    result = yield from spec.fn(ctx, **full)
+    extras: dict[str, Any] = {}
+    if isinstance(result, tuple):
+        result, extras = result
+    return finalize(ctx, spec.name, result, roi_img, {**full, "seed": seed, "batch_size": batch_size},
+                    t0, extras)
+
+
+def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras) -> Explanation:
+    """Model-grid attribution -> image grid Explanation (channels summed, per-channel kept)."""
+    a = attr_model.detach().cpu().numpy() if isinstance(attr_model, torch.Tensor) else np.asarray(attr_model)
+    a = a.astype(np.float32)
+    sd = ctx.model.spatial_dims
+    per_channel = None
+    if a.ndim == sd + 1:
+        a_img = ctx.prep.to_image(a, order=1).astype(np.float32)
+        if a.shape[0] > 1:
+            per_channel = a_img
+        a_img = a_img.sum(0)
+    else:
+        a_img = ctx.prep.to_image(a, order=1).astype(np.float32)
+    return Explanation(a_img, method, ctx.target, ctx.model.class_names[ctx.target], roi_img,
+                       {k: (f"<{type(v).__name__}>" if isinstance(v, (np.ndarray, list, tuple)) else v)
+                        for k, v in params.items()},
+                       time.perf_counter() - t0, ctx.n_forward, ctx.n_backward, per_channel, extras)
+
+
+def drive(gen: Iterator[Progress], callback: Callable[[int, int], Any] | None = None):
+    """Run a generator to completion, calling ``callback(done, total)``; return its value."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(*p)
+
+
+def explain(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
+            progress: Callable[[int, int], Any] | None = None, **params) -> Explanation:
+    """Explain ``model``'s segmentation of ``target`` in ``roi`` with ``method``.
+
+    ``image``: an ndarray on the model grid (raw intensities) or what ``load_image``
+    returns; ``roi``: a mask of the image's spatial shape (default: voxels predicted as
+    ``target``; ``roi_mode="intersection"`` intersects a mask with the prediction,
+    ``roi_label=k`` picks one label of a label mask). Returns an :class:`Explanation`
+    whose ``attribution`` lives on the image grid, raw and signed.
+    """
+    return drive(explain_iter(model, image, method, target, roi, seed, **params), progress)
+
+
+def signature_params(fn) -> list[str]:
+    return [p for p in inspect.signature(fn).parameters if p != "ctx"]

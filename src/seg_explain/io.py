@@ -1,0 +1,322 @@
+"""Image input/output with spacing and orientation kept.
+
+Array convention of the whole project
+-------------------------------------
+3D volumes are returned reoriented to **LPS** with axes ``(Z, Y, X) = (S, P, L)``:
+z goes up towards superior, rows (y) go towards posterior, columns (x) go towards the
+patient's left. Shown in napari an axial slice then appears in radiological convention
+(anterior at the top, the patient's right on the left of the screen). 2D images are
+``(Y, X)``. Multi-channel data is channel-first: ``(C, Z, Y, X)`` / ``(C, Y, X)``.
+``spacing`` follows the same axis order (mm), and ``affine`` maps an index of the returned
+array ``(z, y, x, 1)`` to RAS world millimetres, so napari's ``scale``/``translate`` are
+``spacing`` and ``affine[:3, 3]`` when the direction cosines are axis-aligned.
+
+``save_image`` writes an array that lives on a loaded image's grid back in that image's
+*original* orientation and header (NIfTI in, NIfTI out with the same affine).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageLoadError
+from .grid import invert_ornt
+
+NIFTI_EXT = (".nii", ".nii.gz")
+ITK_EXT = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
+PLAIN2D_EXT = (".png", ".jpg", ".jpeg", ".bmp")
+TIFF_EXT = (".tif", ".tiff")
+SUPPORTED_EXT = NIFTI_EXT + ITK_EXT + PLAIN2D_EXT + TIFF_EXT + (".npy",)
+
+# (z, y, x) index <-> (i, j, k) index permutation (its own inverse)
+_PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class LoadedImage:
+    """What :func:`load_image` returns: the array plus its geometry.
+
+    ``spatial_dims`` is 2 or 3; ``channels`` is 1 for single-channel data (stored without
+    a channel axis) and C for channel-first data.
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    path: str | None = None
+    spatial_dims: int = 3
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return self.data.shape[0] if self.data.ndim > self.spatial_dims else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[-self.spatial_dims:])
+
+    @property
+    def origin(self) -> tuple[float, ...]:
+        """World position (RAS mm) of voxel 0 in array axis order, for napari ``translate``.
+
+        Exact for axis-aligned images; napari has no rotation, so oblique direction
+        cosines are dropped (the viewer shows the voxel grid)."""
+        if self.spatial_dims == 2:
+            return tuple(float(v) for v in self.meta.get("origin2d", (0.0, 0.0)))
+        # express the world origin along the array axes: project onto each axis direction
+        a = self.affine[:3, :3]
+        t = self.affine[:3, 3]
+        dirs = a / np.linalg.norm(a, axis=0, keepdims=True)
+        return tuple(float(v) for v in dirs.T @ t)
+
+    def with_data(self, data: np.ndarray) -> "LoadedImage":
+        """The same geometry with other voxel values (e.g. an attribution on this grid)."""
+        return LoadedImage(np.asarray(data), self.spacing, self.affine, self.path,
+                           self.spatial_dims, dict(self.meta))
+
+
+def _ext(path: Path) -> str:
+    name = path.name.lower()
+    for e in (".nii.gz",):
+        if name.endswith(e):
+            return e
+    return path.suffix.lower()
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ImageLoadError(f"No such file or folder: {path}")
+
+
+def load_image(path: str | os.PathLike) -> LoadedImage:
+    """Read a NIfTI, MHA/MHD/NRRD, DICOM (file or series folder), PNG/JPEG or TIFF image.
+
+    3D data comes back reoriented to LPS ``(Z, Y, X)``; see the module docstring.
+    Raises :class:`~seg_explain.errors.ImageLoadError` with a one-line reason.
+    """
+    p = Path(path).expanduser()
+    _check_exists(p)
+    ext = _ext(p)
+    try:
+        if p.is_dir():
+            return _load_dicom_series(p)
+        if ext in NIFTI_EXT:
+            return _load_nifti(p)
+        if ext in ITK_EXT:
+            return _load_sitk(p)
+        if ext in TIFF_EXT:
+            return _load_tiff(p)
+        if ext in PLAIN2D_EXT:
+            return _load_plain2d(p)
+        if ext == ".npy":
+            arr = np.load(p, allow_pickle=False)
+            nd = 3 if arr.ndim >= 3 and not (arr.ndim == 3 and arr.shape[0] <= 4) else 2
+            return _plain(arr, nd, str(p))
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # corrupt / unreadable: one line, the cause kept
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageLoadError(f"Cannot read {p.name}: {msg}") from exc
+    raise ImageLoadError(
+        f"Unsupported image type '{ext or p.name}' ({p.name}); use one of "
+        + ", ".join(SUPPORTED_EXT) + " or a DICOM folder")
+
+
+def _plain(arr: np.ndarray, spatial_dims: int, path: str | None,
+           spacing: tuple[float, ...] | None = None) -> LoadedImage:
+    spacing = tuple(float(s) for s in (spacing or (1.0,) * spatial_dims))
+    if spatial_dims == 3:
+        aff = _LPS_TO_RAS @ np.diag([spacing[2], spacing[1], spacing[0], 1.0]) @ _PERM
+    else:
+        aff = np.diag([spacing[0], spacing[1], 1.0, 1.0])
+    return LoadedImage(np.ascontiguousarray(arr), spacing, aff, path, spatial_dims,
+                       {"format": "array"})
+
+
+def _load_nifti(p: Path) -> LoadedImage:
+    import nibabel as nib
+    from nibabel import orientations as ornt
+
+    img = nib.load(str(p))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c)
+        data = data[:, :, :, 0]
+    if data.ndim == 2:  # a single slice stored as NIfTI
+        data = data[:, :, None]
+    if data.ndim not in (3, 4):
+        raise ImageLoadError(f"Cannot read {p.name}: expected a 3D or 4D NIfTI, got {data.ndim}D")
+    src = ornt.io_orientation(img.affine)
+    xfm = ornt.ornt_transform(src, ornt.axcodes2ornt(("L", "P", "S")))
+    lps = ornt.apply_orientation(data, xfm)
+    aff_ijk = img.affine @ ornt.inv_ornt_aff(xfm, data.shape[:3])
+    zyx = np.moveaxis(lps, (0, 1, 2), (2, 1, 0))  # (k, j, i, [c]) = (z, y, x, [c])
+    if zyx.ndim == 4:
+        zyx = np.moveaxis(zyx, 3, 0)
+        if zyx.shape[0] == 1:
+            zyx = zyx[0]
+    vox = np.linalg.norm(aff_ijk[:3, :3], axis=0)
+    spacing = tuple(float(v) for v in vox[::-1])
+    meta = {"format": "nifti", "xfm": xfm, "src_shape": data.shape, "src_affine": img.affine,
+            "header": img.header}
+    return LoadedImage(np.ascontiguousarray(zyx), spacing, aff_ijk @ _PERM, str(p), 3, meta)
+
+
+def _sitk_to_loaded(img, path: str, fmt: str) -> LoadedImage:
+    import SimpleITK as sitk
+
+    dim = img.GetDimension()
+    if dim == 2 or (dim == 3 and img.GetSize()[2] == 1 and fmt != "dicom"):
+        arr = sitk.GetArrayFromImage(img)
+        if dim == 3:
+            arr = arr[0]
+        if img.GetNumberOfComponentsPerPixel() > 1:
+            arr = np.moveaxis(arr, -1, 0)
+        sp = img.GetSpacing()[:2][::-1]
+        lo = _plain(arr, 2, path, sp)
+        lo.meta.update(format=fmt, origin2d=tuple(img.GetOrigin()[:2][::-1]))
+        return lo
+    if dim != 3:
+        raise ImageLoadError(f"Cannot read {Path(path).name}: {dim}D images are not supported")
+    orig_dir = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
+    img = sitk.DICOMOrient(img, "LPS")
+    arr = sitk.GetArrayFromImage(img)  # (k, j, i[, c])
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = np.moveaxis(arr, -1, 0)
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    sp = np.array(img.GetSpacing())
+    aff_ijk_lps = np.eye(4)
+    aff_ijk_lps[:3, :3] = d * sp[None, :]
+    aff_ijk_lps[:3, 3] = img.GetOrigin()
+    aff = _LPS_TO_RAS @ aff_ijk_lps @ _PERM
+    meta = {"format": fmt, "sitk_orientation": orig_dir}
+    return LoadedImage(np.ascontiguousarray(arr), tuple(float(s) for s in sp[::-1]), aff,
+                       path, 3, meta)
+
+
+def _load_sitk(p: Path) -> LoadedImage:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(p))
+    return _sitk_to_loaded(img, str(p), "dicom" if _ext(p) == ".dcm" else "itk")
+
+
+def _load_dicom_series(p: Path) -> LoadedImage:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(p))
+    if not ids:
+        raise ImageLoadError(f"No DICOM series found in folder {p}")
+    files = reader.GetGDCMSeriesFileNames(str(p), ids[0])
+    reader.SetFileNames(files)
+    return _sitk_to_loaded(reader.Execute(), str(p), "dicom")
+
+
+def _load_tiff(p: Path) -> LoadedImage:
+    import tifffile
+
+    with tifffile.TiffFile(str(p)) as tf:
+        arr = tf.asarray()
+        ij = tf.imagej_metadata or {}
+        page = tf.pages[0]
+        sp_xy = []
+        for tag in ("YResolution", "XResolution"):
+            t = page.tags.get(tag)
+            if t is not None and t.value[0]:
+                sp_xy.append(t.value[1] / t.value[0])
+            else:
+                sp_xy.append(1.0)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:  # RGB(A) 2D
+        return _plain(np.moveaxis(arr[..., :3], -1, 0), 2, str(p), tuple(sp_xy))
+    if arr.ndim == 2:
+        return _plain(arr, 2, str(p), tuple(sp_xy))
+    if arr.ndim == 3 and arr.shape[0] <= 4 and not ij.get("slices"):
+        return _plain(arr, 2, str(p), tuple(sp_xy))  # channel-first 2D
+    if arr.ndim in (3, 4):
+        sz = float(ij.get("spacing", 1.0))
+        if arr.ndim == 4 and arr.shape[1] <= 4:  # ImageJ ZCYX -> CZYX
+            arr = np.moveaxis(arr, 1, 0)
+        return _plain(arr, 3, str(p), (sz, sp_xy[0], sp_xy[1]))
+    raise ImageLoadError(f"Cannot read {p.name}: unsupported TIFF layout {arr.shape}")
+
+
+def _load_plain2d(p: Path) -> LoadedImage:
+    import imageio.v3 as iio
+
+    arr = np.asarray(iio.imread(str(p)))
+    if arr.ndim == 3:
+        arr = arr[..., :3]
+        if np.all(arr[..., 0] == arr[..., 1]) and np.all(arr[..., 1] == arr[..., 2]):
+            arr = arr[..., 0]  # grey stored as RGB
+        else:
+            arr = np.moveaxis(arr, -1, 0)
+    return _plain(arr, 2, str(p))
+
+
+def save_image(path: str | os.PathLike, data: np.ndarray, like: LoadedImage | None = None) -> Path:
+    """Write ``data`` (on ``like``'s grid, project axis convention) to ``path``.
+
+    NIfTI output of a NIfTI input restores the input's orientation and affine exactly.
+    Other inputs get an affine built from ``like.affine``. ``.tif``/``.tiff`` (ImageJ, with
+    spacing), ``.npy``, ``.mha``/``.nrrd`` are also written. Returns the path written.
+    """
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    ext = _ext(p)
+    data = np.asarray(data)
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if ext in NIFTI_EXT:
+        import nibabel as nib
+        from nibabel import orientations as ornt
+
+        if like is not None and like.spatial_dims == 3 and like.meta.get("format") == "nifti":
+            ijk = np.moveaxis(data, (-3, -2, -1), (-1, -2, -3)) if data.ndim == 3 else \
+                np.moveaxis(np.moveaxis(data, 0, -1), (0, 1, 2), (2, 1, 0))
+            back = ornt.apply_orientation(ijk, invert_ornt(like.meta["xfm"]))
+            hdr = like.meta["header"].copy()
+            hdr.set_data_dtype(back.dtype)
+            out = nib.Nifti1Image(back, like.meta["src_affine"], hdr)
+        else:
+            if data.ndim == 2:
+                arr, aff = data.T[:, :, None], np.diag(list((like.spacing if like else (1, 1))[::-1]) + [1, 1])
+            else:
+                arr = np.moveaxis(data, (-3, -2, -1), (-1, -2, -3)) if data.ndim == 3 else \
+                    np.moveaxis(np.moveaxis(data, 0, -1), (0, 1, 2), (2, 1, 0))
+                aff = (like.affine if like is not None else np.eye(4)) @ _PERM
+            out = nib.Nifti1Image(arr, aff)
+        nib.save(out, str(p))
+    elif ext in TIFF_EXT:
+        import tifffile
+
+        sp = like.spacing if like is not None else (1.0,) * min(data.ndim, 3)
+        kw: dict[str, Any] = {"resolution": (1.0 / sp[-1], 1.0 / sp[-2])}
+        if data.ndim == 3 and (like is None or like.spatial_dims == 3):
+            kw["imagej"] = data.dtype in (np.uint8, np.uint16, np.float32)
+            if kw["imagej"]:
+                kw["metadata"] = {"spacing": float(sp[0]), "unit": "mm", "axes": "ZYX"}
+        tifffile.imwrite(str(p), data, **kw)
+    elif ext == ".npy":
+        np.save(p, data)
+    elif ext in (".mha", ".mhd", ".nrrd", ".nhdr"):
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(data)
+        if like is not None:
+            img.SetSpacing(tuple(float(s) for s in like.spacing[::-1]))
+            if like.spatial_dims == 3 and data.ndim == 3:
+                aff_lps = _LPS_TO_RAS @ like.affine @ _PERM
+                img.SetOrigin(tuple(float(v) for v in aff_lps[:3, 3]))
+                d = aff_lps[:3, :3] / np.linalg.norm(aff_lps[:3, :3], axis=0, keepdims=True)
+                img.SetDirection(tuple(float(v) for v in d.ravel()))
+        sitk.WriteImage(img, str(p))
+    else:
+        raise ImageLoadError(f"Cannot write '{ext}' files ({p.name}); use .nii.gz, .tif, .npy, .mha or .nrrd")
+    return p
