@@ -1,0 +1,76 @@
+"""``seg-explain`` command line: a thin argparse front-end over the public API.
+
+Each subcommand lives in ``seg_explain.commands.<name>`` with ``add_parser(sub)`` and
+``run(args) -> int``. Bad input ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("explain", "methods", "agg2exp", "evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seg-explain",
+                                description="Explain medical image segmentation models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"seg_explain.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"seg_explain.commands.{name}":
+                continue  # not built yet
+            raise
+        sp = mod.add_parser(sub)
+        sp.set_defaults(_run=mod.run)
+    return p
+
+
+def parse_params(items) -> dict:
+    """``["k=v", ...]`` -> dict with ints/floats/bools/None parsed."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--param expects k=v, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def _value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if "," in v:
+        return [_value(x) for x in v.split(",")]
+    return v
+
+
+def main(argv=None) -> int:
+    from .errors import SegExplainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SegExplainError as exc:
+        print(f"seg-explain: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"seg-explain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seg-explain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Shared fixtures: small real MONAI networks wrapped as SegModels, bundles on disk."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_unet(spatial_dims: int, in_channels: int = 1, out_channels: int = 4, seed: int = 0,
+              channels=(4, 8, 16), strides=(2, 2)):
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(seed)
+    return UNet(spatial_dims, in_channels, out_channels, channels, strides, num_res_units=1).eval()
+
+
+def wrap(net, spatial_dims: int, in_channels: int = 1, n_classes: int = 4, patch=None, **kw):
+    from seg_explain.models import SegModel
+
+    names = ["background"] + [f"class_{i}" for i in range(1, n_classes)]
+    return SegModel(net, spatial_dims=spatial_dims, in_channels=in_channels, class_names=names,
+                    patch_size=patch, divisor=kw.pop("divisor", 4), device="cpu", **kw)
+
+
+def write_bundle(root: Path, net_def: dict, net, class_names, patch, spacing=None, axcodes=None,
+                 normalize: bool = False) -> Path:
+    """Write a MONAI bundle folder for ``net`` (state dict + configs)."""
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    meta = {"version": "0.0.1", "network_data_format": {
+        "inputs": {"image": {"num_channels": net_def.get("in_channels", 1), "spatial_shape": list(patch)}},
+        "outputs": {"pred": {"num_channels": len(class_names),
+                             "channel_def": {str(i): n for i, n in enumerate(class_names)}}}}}
+    tfs = [{"_target_": "LoadImaged", "keys": "image"}]
+    if axcodes:
+        tfs.append({"_target_": "Orientationd", "keys": "image", "axcodes": axcodes})
+    if spacing:
+        tfs.append({"_target_": "Spacingd", "keys": "image", "pixdim": list(spacing)})
+    if normalize:
+        tfs.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
+    cfg = {"network_def": net_def, "preprocessing": {"_target_": "Compose", "transforms": tfs},
+           "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(patch), "overlap": 0.25}}
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    (root / "configs" / "inference.json").write_text(json.dumps(cfg))
+    return root
+
+
+UNET_DEF = {"_target_": "monai.networks.nets.UNet", "in_channels": 1, "out_channels": 4,
+            "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+
+
+@pytest.fixture
+def unet3d():
+    """A random 3D MONAI UNet (4 classes) as a SegModel, no preprocessing."""
+    return wrap(make_unet(3), 3)
+
+
+@pytest.fixture
+def unet2d():
+    """A random 2D MONAI UNet (4 classes) as a SegModel, no preprocessing."""
+    return wrap(make_unet(2), 2)
+
+
+@pytest.fixture
+def bundle3d(tmp_path):
+    """A MONAI bundle folder holding a random 3D UNet (patch 32³, 2 mm, SPL)."""
+    net = make_unet(3)
+    return write_bundle(tmp_path / "bundle3d", {**UNET_DEF, "spatial_dims": 3}, net,
+                        ["background", "a", "b", "c"], (32, 32, 32), spacing=(2.0, 2.0, 2.0),
+                        axcodes="SPL", normalize=True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
