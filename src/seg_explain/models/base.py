@@ -72,7 +72,11 @@ class SegModel:
                  name: str = "", source: str = "", device: str | torch.device = "auto",
                  hookable: bool = True, meta: dict[str, Any] | None = None):
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval() if hasattr(network, "to") else network
+        self.network = network.to(self.device) if hasattr(network, "to") else network
+        try:
+            self.network.eval()
+        except (AttributeError, NotImplementedError):  # torch.export modules
+            pass
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.class_names = [str(c) for c in class_names]

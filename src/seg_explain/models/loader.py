@@ -75,8 +75,15 @@ def _check_network(net, s: dict, where: str) -> None:
             f"{where}: the network outputs {y.shape[1]} channels but the metadata names {want} classes")
 
 
+def _eval_mode(net) -> None:
+    try:
+        net.eval()
+    except NotImplementedError:  # torch.export modules have no train/eval switch
+        pass
+
+
 def _build(net, s: dict, where: str, device, hookable: bool, source: str) -> SegModel:
-    net.eval()
+    _eval_mode(net)
     _check_network(net, s, where)
     return SegModel(
         net, spatial_dims=s["spatial_dims"], in_channels=s["in_channels"],
