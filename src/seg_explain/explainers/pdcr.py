@@ -1,0 +1,474 @@
+"""PdCR: Perturbation-driven Causal Reasoning (paper §3; METHODS.md "PdCR").
+
+Causal effect of each block of the image on the segmentation quality of the RoI:
+
+1. ``M_0 = Dice(ŷ(x)|_R, ref|_R)``; ``ref`` = the model's own clean prediction (default)
+   or a ground-truth label map (``reference=``, image grid).
+2. The (model-grid) image is cut into a grid of ``block_size`` blocks (cubes in 3D;
+   partial blocks at the far edges). Blocks that overlap the RoI are never perturbed;
+   their map value is 0 (the GUI draws the RoI outline there).
+3. Screening: each other block is replaced ``n_screen`` times by a random bank block
+   (cropped to the partial block's size at the edges);
+   ``ITE = Dice(ŷ(x | do(x_p = b))|_R, ref|_R) − M_0``. ``max |ITE| < tau`` → irrelevant (0).
+4. Otherwise ``ATE_p`` = mean ITE over ``n_draws`` fresh draws.
+
+**Units.** Dice is a fraction in [0, 1] (the reference code uses percentage points);
+``tau`` is in the same units (0.02 = 2 Dice points). Dice is that of the binary masks
+``label == target`` restricted to the RoI voxels; empty-vs-empty is 1.
+
+**Sign convention** (stored raw, as the paper defines it): ``ATE < 0`` means replacing
+the block *lowered* the RoI Dice, i.e. its content *supported* the RoI segmentation — a
+**positive contribution**, shown red. ``ATE > 0`` (the segmentation got better without
+the content) is a **negative contribution**, shown blue. 0 = irrelevant / RoI / not
+reachable. ``progressive.py`` therefore ranks PdCR blocks by ``−ATE``.
+
+Speed (the method's weak point: thousands of forward passes):
+
+- perturbed copies of many blocks × draws go through the network together in one batch
+  (the work list is flattened across blocks), under ``torch.inference_mode``;
+- only the RoI voxels of the logits are read (argmax/threshold on the RoI only);
+- the clean prediction ``ctx.clean_logits`` is reused for ``M_0`` and the reference;
+- images larger than ``model.patch_size``: the forward passes run on *one window around the
+  RoI* — the patch size centred on the RoI (grown by a quarter patch of context on each
+  side when the RoI does not fit, then run with MONAI sliding windows inside it). Blocks
+  outside that window cannot change its output: they get 0 with no forward pass (flagged
+  ``outside_window``). ``M_0`` is computed with the same window so both terms of ITE
+  come from the same inference; the default reference stays the model's full-image
+  prediction. This is what the model "sees" of the RoI when its training patch is
+  centred there; it is not bit-identical to a full sliding-window pass (which would cost
+  every window per perturbed copy).
+- ``adaptive=True`` (beyond the paper): the ``n_draws`` ATE draws are taken in rounds of 10;
+  a block stops once the 95 % confidence half-width of its ATE is below ``tau`` (or
+  below the float given as ``adaptive``). The forward passes saved are reported.
+
+Extras of the Explanation: ``m0``, ``share_positive`` / ``share_negative`` /
+``share_irrelevant`` (over the perturbable blocks), ``ate_min`` / ``ate_max``,
+``n_blocks`` / ``n_roi_blocks`` / ``n_relevant``, ``n_forward_screen`` /
+``n_forward_ate`` / ``passes_saved``, ``batch_size``, ``window``, ``blocks`` (per-block
+table: id, index, origin, size, status, screened, screened_out, screen_max_abs_ite, ate,
+n_draws, ci95, contribution), ``block_grid`` (model-grid geometry) and ``block_labels``
+(int32 image-grid map of block ids + 1, for drawing outlines).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from itertools import product
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputMismatchError, MethodError
+from .base import Context, register
+
+CONVENTION = ("ATE < 0: perturbing the block lowered the RoI Dice, so its content supported "
+              "the RoI (positive contribution, red); ATE > 0: negative contribution (blue); "
+              "Dice and tau in [0, 1] units")
+ADAPTIVE_ROUND = 10
+
+
+# ------------------------------------------------------------------------------ grid --
+@dataclass
+class BlockGrid:
+    """A regular grid of blocks over a model-grid shape (partial blocks at the far edges)."""
+
+    shape: tuple[int, ...]
+    block_size: int
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / self.block_size) for s in self.shape)
+
+    def __len__(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+    def indices(self) -> list[tuple[int, ...]]:
+        return list(product(*[range(g) for g in self.grid_shape]))
+
+    def origin(self, idx: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(i) * self.block_size for i in idx)
+
+    def size(self, idx: Sequence[int]) -> tuple[int, ...]:
+        b = self.block_size
+        return tuple(min(b, s - i * b) for i, s in zip(idx, self.shape))
+
+    def slices(self, idx: Sequence[int]) -> tuple[slice, ...]:
+        return tuple(slice(o, o + n) for o, n in zip(self.origin(idx), self.size(idx)))
+
+    def pool(self, arr: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+        """Per-block mean (or ``any``) of a ``(*shape)`` array -> flat ``(n_blocks,)``."""
+        out = torch.empty(len(self), dtype=torch.float64)
+        for k, idx in enumerate(self.indices()):
+            v = arr[self.slices(idx)]
+            out[k] = float(v.any()) if reduce == "any" else float(v.double().mean())
+        return out
+
+    def labels(self) -> np.ndarray:
+        """int32 map of block id + 1 over ``shape``."""
+        lab = np.zeros(self.shape, np.int32)
+        for k, idx in enumerate(self.indices()):
+            lab[self.slices(idx)] = k + 1
+        return lab
+
+    def paint(self, values: Sequence[float]) -> torch.Tensor:
+        """Map with each block's voxels set to its value (float32)."""
+        out = torch.zeros(self.shape, dtype=torch.float32)
+        for k, idx in enumerate(self.indices()):
+            if values[k]:
+                out[self.slices(idx)] = float(values[k])
+        return out
+
+    def info(self) -> dict:
+        return {"block_size": self.block_size, "grid_shape": list(self.grid_shape),
+                "model_shape": list(self.shape), "n_blocks": len(self),
+                "origin_of_block": "index * block_size (model-grid voxels); edge blocks are partial"}
+
+
+def make_grid(shape: Sequence[int], block_size: int) -> BlockGrid:
+    b = int(block_size)
+    if b < 1:
+        raise MethodError(f"block_size must be a positive number of voxels, got {block_size}")
+    if any(b > s for s in shape):
+        raise InputMismatchError(
+            f"block_size {b} is larger than the image on the model grid {tuple(shape)}; "
+            "choose a smaller block_size")
+    return BlockGrid(tuple(int(s) for s in shape), b)
+
+
+# ------------------------------------------------------------------------- window --
+def roi_window(model, shape: Sequence[int], roi: torch.Tensor) -> tuple[tuple[slice, ...], bool]:
+    """The region the forward passes run on -> (slices, needs sliding windows inside).
+
+    Whole image when it fits the model patch (or the model has none); else the patch size
+    centred on the RoI's bounding box, grown to the box plus a quarter patch of context
+    per side where the RoI does not fit (that window then runs with sliding windows).
+    """
+    if not model.needs_windows(shape):
+        return tuple(slice(0, s) for s in shape), False
+    nz = torch.nonzero(roi)
+    lo, hi = nz.min(0).values.tolist(), (nz.max(0).values + 1).tolist()
+    sl, big = [], False
+    for d, s in enumerate(shape):
+        p = int(model.patch_size[d])
+        ext = p if hi[d] - lo[d] <= p else hi[d] - lo[d] + 2 * (p // 4)
+        ext = min(ext, s)
+        big |= ext > p
+        c = (lo[d] + hi[d]) // 2
+        start = int(min(max(c - ext // 2, 0), s - ext))
+        sl.append(slice(start, start + ext))
+    return tuple(sl), big
+
+
+# ------------------------------------------------------------------------- engine --
+class RoIDiceEngine:
+    """Batched ``do(x_p = bank block)`` → forward → Dice on the RoI.
+
+    A *job* is a list of ``(block_id, bank_index)`` replacements applied together to one
+    copy of the image (PdCR: one pair; progressive perturbation: the top-k blocks).
+    Jobs from any number of blocks are packed into the same batch.
+    """
+
+    def __init__(self, ctx: Context, grid: BlockGrid, bank_blocks: torch.Tensor,
+                 ref_pos: torch.Tensor, batch_size: int | None = None):
+        self.ctx, self.grid = ctx, grid
+        model = ctx.model
+        self.device = model.device
+        self.window, self.sliding = roi_window(model, ctx.shape, ctx.roi)
+        win = (slice(None),) + self.window
+        self.full = all(w.start == 0 and w.stop == s for w, s in zip(self.window, ctx.shape))
+        # pad once to the network's size divisor exactly as model.forward would (zeros, split
+        # evenly), so each batch needs no pad/crop and the logits stay contiguous
+        wshape = [w.stop - w.start for w in self.window]
+        lo = [0] * len(wshape) if self.sliding else [((-n) % model.divisor) // 2 for n in wshape]
+        hi = [0] * len(wshape) if self.sliding else [(-n) % model.divisor - a for n, a in zip(wshape, lo)]
+        pads = [v for a, b in zip(reversed(lo), reversed(hi)) for v in (a, b)]
+        self.pad_lo = lo
+        self.xw = F.pad(ctx.x[win], pads).to(self.device).contiguous()
+        roi_w = F.pad(ctx.roi[self.window].float(), pads) > 0
+        self.roi_idx = torch.nonzero(roi_w.flatten()).flatten().to(self.device)
+        ref_w = F.pad(ref_pos[self.window].float(), pads) > 0
+        self.ref = ref_w.flatten()[self.roi_idx.cpu()].to(self.device)
+        self.n_ref = int(self.ref.sum())
+        self.bank = bank_blocks.to(self.device, torch.float32)
+        self.target, self.sigmoid = ctx.target, model.sigmoid
+        # per block: (window-local slices, bank-block crop) or None when outside the window
+        self.place: list[tuple[tuple[slice, ...], tuple[slice, ...]] | None] = []
+        for idx in grid.indices():
+            loc, crop = [], []
+            for d, (o, n) in enumerate(zip(grid.origin(idx), grid.size(idx))):
+                w0, w1 = self.window[d].start, self.window[d].stop
+                a, b = max(o, w0), min(o + n, w1)
+                if a >= b:
+                    break
+                loc.append(slice(a - w0 + self.pad_lo[d], b - w0 + self.pad_lo[d]))
+                crop.append(slice(a - o, b - o))
+            else:
+                self.place.append(((slice(None),) + tuple(loc), (slice(None),) + tuple(crop)))
+                continue
+            self.place.append(None)
+        self.batch_size = int(batch_size) if batch_size else default_batch(ctx, self.xw)
+        self.tuned = bool(batch_size or ctx.batch_size)
+        self.timing: dict[int, float] = {}
+        self.m0 = self._clean_dice()
+
+    # ---------------------------------------------------------------------- helpers --
+    def reachable(self, block_id: int) -> bool:
+        return self.place[block_id] is not None
+
+    def dice(self, logits: torch.Tensor, roi_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Dice of ``label == target`` vs the reference on the RoI voxels -> ``(B,)`` float64.
+
+        ``logits``: ``(B, L, *window)`` (padded window; ``roi_idx`` for other layouts)."""
+        idx = self.roi_idx if roi_idx is None else roi_idx
+        lf = logits.flatten(2).index_select(2, idx)                    # (B, L, nR)
+        if self.sigmoid:
+            pred = (lf[:, 0] > 0) if self.target == 1 else (lf[:, 0] <= 0)
+        else:
+            pred = lf.argmax(1) == self.target
+        inter = (pred & self.ref).sum(1).double()
+        denom = pred.sum(1).double() + self.n_ref
+        return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).cpu()
+
+    def _forward(self, xb: torch.Tensor) -> torch.Tensor:
+        ctx = self.ctx
+        if not self.sliding:
+            return ctx.forward(xb)
+        from monai.inferers import sliding_window_inference
+
+        ctx.n_forward += int(xb.shape[0])
+        m = ctx.model
+        return sliding_window_inference(xb, m.patch_size, max(1, m.sw_batch_size), m.forward,
+                                        overlap=m.overlap, mode=m.blend)
+
+    def _clean_dice(self) -> float:
+        if self.full:   # the clean logits are those of this very input: reuse them
+            roi_idx = torch.nonzero(self.ctx.roi.flatten()).flatten().to(self.device)
+            return float(self.dice(self.ctx.clean_logits[None].to(self.device), roi_idx)[0])
+        with torch.inference_mode():
+            return float(self.dice(self._forward(self.xw[None]))[0])
+
+    # ------------------------------------------------------------------------- run --
+    def _batch(self, chunk) -> torch.Tensor:
+        xb = self.xw.expand(len(chunk), *self.xw.shape).clone()
+        for i, job in enumerate(chunk):
+            row = xb[i]
+            for blk, k in job:
+                pl = self.place[blk]
+                if pl is not None:
+                    row[pl[0]] = self.bank[k][pl[1]]
+        return xb
+
+    def run(self, jobs: list[list[tuple[int, int]]], out: torch.Tensor) -> Iterator[int]:
+        """Evaluate ``jobs`` into ``out`` (Dice per job), yielding the count done after each batch.
+
+        Unless the batch size was fixed by the user, the first long run tries half, once
+        and twice the default batch size on its first batches (real work, results do not
+        depend on the batch size) and keeps the fastest per image."""
+        trial: list[int] = []
+        if not self.tuned and len(jobs) >= 8 * self.batch_size:
+            b = self.batch_size
+            trial = [c for _ in range(2) for c in sorted({max(1, b // 2), b, 2 * b})]
+            self.tuned = True
+        timing: dict[int, float] = {}
+        start = 0
+        with torch.inference_mode():
+            while start < len(jobs):
+                tuning = bool(trial)
+                bs = trial.pop(0) if tuning else self.batch_size
+                chunk = jobs[start:start + bs]
+                t0 = time.perf_counter()
+                out[start:start + len(chunk)] = self.dice(self._forward(self._batch(chunk)))
+                if tuning and len(chunk) == bs:
+                    per = (time.perf_counter() - t0) / bs
+                    timing[bs] = min(timing.get(bs, per), per)
+                    if not trial:
+                        self.batch_size = min(timing, key=timing.get)
+                        self.timing = timing
+                start += len(chunk)
+                yield start
+
+
+def default_batch(ctx: Context, xw: torch.Tensor) -> int:
+    """Batch of perturbed copies per forward pass.
+
+    GPU: from free memory (inference needs no stored activations). CPU: about 2^17
+    voxels per batch (larger batches gain nothing on a CPU and cost memory)."""
+    n_vox = int(np.prod(xw.shape[1:]))
+    if ctx.batch_size:
+        return max(1, int(ctx.batch_size))
+    if ctx.model.device.type == "cpu":
+        return int(max(1, min(64, 2 ** 17 // max(n_vox, 1))))
+    return ctx.auto_batch(per_item_bytes=n_vox * 4 * 24 * max(1, ctx.model.in_channels), cap=256)
+
+
+def reference_positive(ctx: Context, reference) -> torch.Tensor:
+    """The reference as a boolean ``label == target`` mask on the model grid."""
+    if reference is None:
+        return ctx.clean_labels == ctx.target
+    ref = np.asarray(reference)
+    if ref.shape != tuple(ctx.prep.image_shape):
+        raise InputMismatchError(
+            f"reference label map of shape {ref.shape} does not match the image's spatial shape "
+            f"{tuple(ctx.prep.image_shape)}")
+    if ref.dtype == bool:
+        pos = ref
+    else:
+        pos = ref == ctx.target
+    return torch.from_numpy(ctx.prep.roi_to_model(pos))
+
+
+def _draws(g: torch.Generator, n_bank: int, n_blocks: int, n: int) -> torch.Tensor:
+    return torch.randint(0, n_bank, (n_blocks, max(n, 0)), generator=g)
+
+
+# ----------------------------------------------------------------------- explainer --
+@register("pdcr", defaults={"bank": None, "block_size": 8, "n_screen": 3, "n_draws": 50,
+                            "tau": 0.02, "reference": None, "adaptive": False},
+          kind="perturbation",
+          doc="PdCR causal map: ATE of replacing each block by real bank blocks on the RoI Dice "
+              "(ATE < 0 = positive contribution, red)")
+def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draws: int = 50,
+         tau: float = 0.02, reference=None, adaptive=False):
+    """PdCR map on the model grid (see the module docstring for the conventions)."""
+    from ..bank import resolve_bank
+
+    t0 = time.perf_counter()
+    n_screen, n_draws, tau = int(n_screen), int(n_draws), float(tau)
+    if n_screen < 0 or n_draws < 1:
+        raise MethodError(f"n_screen must be >= 0 and n_draws >= 1, got {n_screen}, {n_draws}")
+    if not 0 <= tau <= 1:
+        raise MethodError(f"tau is a Dice difference in [0, 1] (0.02 = 2 Dice points), got {tau}")
+    if adaptive is not False and adaptive is not None and not isinstance(adaptive, (bool, int, float)):
+        raise MethodError(f"adaptive must be True/False or a CI half-width, got {adaptive!r}")
+    ci_target = (tau if tau > 0 else 0.01) if adaptive is True else (float(adaptive) if adaptive else 0.0)
+
+    grid = make_grid(ctx.shape, block_size)
+    bk = resolve_bank(bank, ctx.model, grid.block_size, seed=ctx.seed, exclude=ctx.x)
+    blocks = bk.for_block_size(grid.block_size, ctx.seed)
+    ref_pos = reference_positive(ctx, reference)
+    engine = RoIDiceEngine(ctx, grid, blocks, ref_pos, ctx.batch_size)
+    m0 = engine.m0
+
+    in_roi = grid.pool(ctx.roi, "any").bool()
+    ids = [k for k in range(len(grid)) if not in_roi[k]]
+    if not ids:
+        raise InputMismatchError(
+            "The RoI overlaps every block, so nothing is left to perturb; paint a smaller RoI or use "
+            "a smaller block_size")
+    reach = [k for k in ids if engine.reachable(k)]
+
+    g = ctx.generator()
+    n_bank = len(blocks)
+    screen_idx = _draws(g, n_bank, len(grid), n_screen)
+    ate_idx = _draws(g, n_bank, len(grid), n_draws)
+
+    done = 0
+    total = len(reach) * (n_screen + n_draws)
+    yield done, total
+    f_start = ctx.n_forward
+
+    # --- 1. screening: S draws per block, all blocks packed together -------------------
+    screen_max = torch.zeros(len(grid), dtype=torch.float64)
+    if n_screen > 0:
+        jobs = [[(k, int(screen_idx[k, s]))] for k in reach for s in range(n_screen)]
+        res = torch.empty(len(jobs), dtype=torch.float64)
+        for d in engine.run(jobs, res):
+            yield done + d, total
+        done += len(jobs)
+        ite = (res - m0).reshape(len(reach), n_screen)
+        screen_max[reach] = ite.abs().max(1).values
+        relevant = [k for k, v in zip(reach, ite.abs().max(1).values.tolist()) if v >= tau]
+    else:
+        relevant = list(reach)
+    n_forward_screen = ctx.n_forward - f_start
+    total = done + len(relevant) * n_draws
+    yield done, total
+
+    # --- 2. ATE over N fresh draws (optionally adaptive) -----------------------------
+    sums = torch.zeros(len(grid), dtype=torch.float64)
+    sq = torch.zeros(len(grid), dtype=torch.float64)
+    count = torch.zeros(len(grid), dtype=torch.long)
+    active = list(relevant)
+    step = ADAPTIVE_ROUND if ci_target > 0 else n_draws
+    while active:
+        jobs, owner = [], []
+        for k in active:
+            lo = int(count[k])
+            hi = min(n_draws, lo + step)
+            for t in range(lo, hi):
+                jobs.append([(k, int(ate_idx[k, t]))])
+                owner.append(k)
+        if not jobs:
+            break
+        res = torch.empty(len(jobs), dtype=torch.float64)
+        for d in engine.run(jobs, res):
+            yield done + d, total
+        done += len(jobs)
+        ite = res - m0
+        own = torch.tensor(owner)
+        sums.index_add_(0, own, ite)
+        sq.index_add_(0, own, ite * ite)
+        count.index_add_(0, own, torch.ones_like(own))
+        nxt = []
+        for k in active:
+            n = int(count[k])
+            if n >= n_draws:
+                continue
+            mean = sums[k] / n
+            var = max(float(sq[k] / n - mean * mean), 0.0) * n / max(n - 1, 1)
+            if 1.96 * math.sqrt(var / n) >= ci_target:
+                nxt.append(k)
+        total -= sum(n_draws - int(count[k]) for k in active if k not in nxt)
+        active = nxt
+        yield done, total
+    n_forward_ate = ctx.n_forward - f_start - n_forward_screen
+
+    # --- 3. map + summary ----------------------------------------------------------
+    cnt = count.clamp_min(1).double()
+    ate = torch.where(count > 0, sums / cnt, torch.zeros_like(sums))
+    var = torch.where(count > 1, (sq / cnt - ate * ate).clamp_min(0) * cnt / (cnt - 1).clamp_min(1),
+                      torch.zeros_like(sums))
+    ci = 1.96 * torch.sqrt(var / cnt)
+    attr = grid.paint(ate.tolist())
+
+    rel = set(relevant)
+    reach_set = set(reach)
+    table = []
+    for k, idx in enumerate(grid.indices()):
+        roi_b = bool(in_roi[k])
+        a = None if roi_b else float(ate[k])
+        status = "roi" if roi_b else ("relevant" if k in rel else "irrelevant")
+        table.append({
+            "id": k, "index": list(idx), "origin": list(grid.origin(idx)), "size": list(grid.size(idx)),
+            "status": status, "screened": (not roi_b) and k in reach_set and n_screen > 0,
+            "screened_out": (not roi_b) and k not in rel,
+            "outside_window": (not roi_b) and k not in reach_set,
+            "screen_max_abs_ite": None if roi_b else float(screen_max[k]),
+            "ate": a, "n_draws": int(count[k]), "ci95": None if roi_b else float(ci[k]),
+            "contribution": None if roi_b else ("positive" if a < 0 else "negative" if a > 0 else "none"),
+        })
+    vals = ate[ids]
+    n_pos = int((vals < 0).sum())
+    n_neg = int((vals > 0).sum())
+    n_ids = len(ids)
+    saved = sum(n_draws - int(count[k]) for k in relevant)
+    win = [[s.start, s.stop] for s in engine.window]
+    extras = {
+        "convention": CONVENTION, "dice_units": "fraction in [0, 1]", "m0": m0,
+        "share_positive": n_pos / n_ids, "share_negative": n_neg / n_ids,
+        "share_irrelevant": (n_ids - n_pos - n_neg) / n_ids,
+        "ate_min": float(vals.min()), "ate_max": float(vals.max()),
+        "n_blocks": len(grid), "n_roi_blocks": int(in_roi.sum()), "n_perturbable": n_ids,
+        "n_relevant": len(relevant), "n_outside_window": n_ids - len(reach),
+        "n_forward_screen": n_forward_screen, "n_forward_ate": n_forward_ate,
+        "passes_saved": int(saved), "adaptive_ci": ci_target, "batch_size": engine.batch_size,
+        "window": win, "window_is_full_image": engine.full, "window_sliding": engine.sliding,
+        "bank": repr(bk), "bank_size": n_bank,
+        "pdcr_seconds": time.perf_counter() - t0,
+        "blocks": table, "block_grid": grid.info(),
+        "block_labels": ctx.prep.to_image(grid.labels(), order=0).astype(np.int32),
+    }
+    return attr, extras

@@ -1,0 +1,146 @@
+"""The PdCR reference bank (bank.py): sources, model-space preprocessing, checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seg_explain import ImageLoadError, InputMismatchError, MethodError
+from seg_explain.bank import Bank, build_bank, crop_blocks, default_bank_path, resolve_bank
+from seg_explain.io import LoadedImage
+from seg_explain.models import SegModel
+
+
+class Ident(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([-x[:, :1], x[:, :1]], 1)
+
+
+def model_(sd=2, ch=1, preprocess=(), spacing=None):
+    return SegModel(Ident(), spatial_dims=sd, in_channels=ch, class_names=["bg", "fg"],
+                    preprocess=preprocess, spacing=spacing, device="cpu")
+
+
+def imgs(n=2, shape=(20, 24), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.random(shape).astype(np.float32) for _ in range(n)]
+
+
+def test_blocks_are_random_crops_of_preprocessed_images():
+    m = model_(preprocess=[lambda t: t * 10.0 + 1.0])
+    src = imgs()
+    bank = build_bank(m, src, block_size=8, per_image=100, seed=0)
+    assert bank.blocks.shape == (200, 1, 8, 8) and len(bank.images) == 2
+    # every block is a crop of a *preprocessed* image (raw * 10 + 1)
+    pre = [torch.from_numpy(s * 10.0 + 1.0) for s in src]
+    blk = bank.blocks[0, 0]
+    found = any(torch.allclose(p[y:y + 8, x:x + 8], blk) for p in pre[:1]
+                for y in range(13) for x in range(17))
+    assert found
+    assert float(bank.blocks.min()) >= 1.0
+    # seeded
+    again = build_bank(m, src, block_size=8, per_image=100, seed=0)
+    other = build_bank(m, src, block_size=8, per_image=100, seed=1)
+    assert torch.equal(bank.blocks, again.blocks) and not torch.equal(bank.blocks, other.blocks)
+
+
+def test_sources_list_folder_paths_loaded(tmp_path):
+    m = model_()
+    src = imgs(3)
+    folder = tmp_path / "bank"
+    folder.mkdir()
+    for i, a in enumerate(src):
+        np.save(folder / f"b{i}.npy", a)
+    (folder / "notes.txt").write_text("not an image")
+    by_folder = resolve_bank(str(folder), m, 8, per_image=5)
+    by_paths = resolve_bank([folder / f"b{i}.npy" for i in range(3)], m, 8, per_image=5)
+    by_arrays = resolve_bank(src, m, 8, per_image=5)
+    assert len(by_folder) == 15
+    assert torch.equal(by_folder.blocks, by_arrays.blocks) and torch.equal(by_paths.blocks, by_arrays.blocks)
+    loaded = LoadedImage(src[0], (1.0, 1.0), np.eye(4), None, 2)
+    assert len(resolve_bank([loaded], m, 8, per_image=7)) == 7
+    assert resolve_bank(by_arrays, m, 8) is by_arrays
+
+
+def test_npz_formats(tmp_path):
+    m = model_(preprocess=[lambda t: t / t.max()])
+    src = np.stack(imgs(2))
+    np.savez(tmp_path / "images.npz", images=src)
+    b1 = resolve_bank(tmp_path / "images.npz", m, 8, per_image=4)
+    assert b1.blocks.shape == (8, 1, 8, 8) and len(b1.images) == 2
+    # raw blocks only: preprocessed together as one mosaic (max over the whole bank = 1)
+    raw = np.stack([np.full((8, 8), v, np.float32) for v in (1.0, 2.0, 4.0)])
+    np.savez(tmp_path / "blocks.npz", blocks=raw)
+    b2 = resolve_bank(tmp_path / "blocks.npz", m, 8)
+    assert torch.allclose(b2.blocks[:, 0, 0, 0], torch.tensor([0.25, 0.5, 1.0]))
+    # a saved bank round-trips in model space, untouched
+    b2.save(tmp_path / "saved.npz")
+    b3 = resolve_bank(tmp_path / "saved.npz", m, 8)
+    assert torch.equal(b3.blocks, b2.blocks)
+    # larger stored blocks are sub-cropped to the block size; smaller ones are refused
+    assert resolve_bank(tmp_path / "saved.npz", m, 4).for_block_size(4).shape == (3, 1, 4, 4)
+    with pytest.raises(InputMismatchError, match="block_size is 16"):
+        resolve_bank(tmp_path / "saved.npz", m, 16)
+    with pytest.raises(InputMismatchError, match="none of the keys"):
+        np.savez(tmp_path / "bad.npz", other=src)
+        resolve_bank(tmp_path / "bad.npz", m, 8)
+
+
+def test_rebuild_at_other_block_size_from_images():
+    m = model_()
+    bank = build_bank(m, imgs(), 8, per_image=10)
+    assert bank.for_block_size(4).shape == (20, 1, 4, 4)
+    assert bank.for_block_size(16).shape == (20, 1, 16, 16)
+
+
+def test_mismatches_are_clear():
+    m2 = model_()
+    with pytest.raises(InputMismatchError, match="channel"):
+        resolve_bank([np.zeros((2, 16, 16), np.float32)], m2, 8)
+    with pytest.raises(InputMismatchError, match="2D"):
+        resolve_bank([np.zeros((4, 16, 16, 16), np.float32)], m2, 8)
+    with pytest.raises(InputMismatchError, match="3D blocks"):
+        Bank(torch.zeros(5, 1, 8, 8, 8)).check(m2, 8)
+    with pytest.raises(InputMismatchError, match="at least 8 voxels"):
+        resolve_bank([np.zeros((6, 30), np.float32)], m2, 8)
+    m3c = model_(ch=2)
+    with pytest.raises(InputMismatchError, match="1 channel"):
+        Bank(torch.zeros(5, 1, 8, 8)).check(m3c, 8)
+    with pytest.raises(ImageLoadError):
+        resolve_bank("/nonexistent/bank", m2, 8)
+    with pytest.raises(MethodError):
+        resolve_bank(42, m2, 8)
+
+
+def test_refuses_the_explained_image():
+    m = model_(preprocess=[lambda t: t * 2])
+    src = imgs(2)
+    x = m.prepare(src[1]).x
+    with pytest.raises(InputMismatchError, match="image being explained"):
+        resolve_bank(src, m, 8, exclude=x)
+    resolve_bank(src[:1], m, 8, exclude=x)   # fine without it
+
+
+def test_default_sample_banks():
+    for sd, shape in ((2, (8, 8)), (3, (8, 8, 8))):
+        p = default_bank_path(sd)
+        if p is None:
+            pytest.skip("sample banks not installed")
+        m = model_(sd=sd, preprocess=[lambda t: t / 255.0])
+        bank = resolve_bank(None, m, 8)
+        assert bank.block_shape == shape and len(bank) >= 100 and bank.images
+        assert 0 <= float(bank.blocks.min()) and float(bank.blocks.max()) <= 1.0
+
+
+def test_no_default_bank_is_a_clear_error(monkeypatch):
+    import seg_explain.bank as bank_mod
+
+    monkeypatch.setattr(bank_mod, "default_bank_path", lambda sd: None)
+    with pytest.raises(MethodError, match="reference bank"):
+        resolve_bank(None, model_(), 8)
+
+
+def test_crop_blocks_count_and_shape_3d():
+    ims = [torch.rand(1, 10, 12, 9)]
+    b = crop_blocks(ims, 8, per_image=17, seed=3)
+    assert b.shape == (17, 1, 8, 8, 8)

@@ -1,0 +1,282 @@
+"""PdCR (explainers/pdcr.py): planted causes in 2D and 3D, seeds, adaptive N, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_unet, wrap
+from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
+from seg_explain.explainers.pdcr import make_grid, roi_window
+from seg_explain.models import SegModel
+from seg_explain.paths import sample_path
+
+
+# ------------------------------------------------------------------ planted model --
+class Planted(torch.nn.Module):
+    """Foreground exactly on the RoI iff (a) the *cause* block still holds its planted
+    value (mean > 3; bank blocks are in [0, 1]) and (b) the RoI content is untouched
+    (every RoI voxel == 2), so any perturbation of the RoI would show. A *suppressor*
+    block holding its planted value switches off the ``half`` part of the RoI.
+    Every input row is recorded."""
+
+    def __init__(self, roi, cause, suppressor=None, half=None):
+        super().__init__()
+        self.roi = torch.as_tensor(roi, dtype=torch.bool)
+        self.cause, self.suppressor = cause, suppressor
+        self.half = None if half is None else torch.as_tensor(half, dtype=torch.bool)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        b = x.shape[0]
+        view = (b,) + (1,) * (x.ndim - 2)
+        on = x[(slice(None), 0) + self.cause].flatten(1).mean(1) > 3
+        on &= (x[:, 0][:, self.roi] == 2).all(1)
+        fg = self.roi[None] & on.view(view)
+        if self.suppressor is not None:
+            sup = x[(slice(None), 0) + self.suppressor].flatten(1).mean(1) > 3
+            fg = fg & ~(self.half[None] & sup.view(view))
+        logit = torch.where(fg, 1.0, -1.0)
+        return torch.stack([-logit, logit], 1)
+
+
+def planted_case(shape, cause, suppressor=None, seed=0):
+    """Image, irregular (disc) RoI and model; returns (model, net, image, roi, half)."""
+    rng = np.random.default_rng(seed)
+    img = rng.random(shape).astype(np.float32)
+    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = [s / 2 for s in shape]
+    roi = sum((g - c) ** 2 for g, c in zip(grids, centre)) <= (min(shape) / 5) ** 2
+    half = roi & (grids[-1] < centre[-1])
+    img[cause] = 5.0
+    if suppressor is not None:
+        img[suppressor] = 5.0
+    img[roi] = 2.0
+    net = Planted(roi, cause, suppressor, half)
+    model = SegModel(net, spatial_dims=len(shape), in_channels=1, class_names=["background", "fg"],
+                     divisor=1, device="cpu")
+    return model, net, img, roi, half
+
+
+def bank_for(shape, n=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.random(shape).astype(np.float32) for _ in range(n)]
+
+
+def block_values(exp, grid_shape_unused=None):
+    return {tuple(b["index"]): b for b in exp.extras["blocks"]}
+
+
+# ------------------------------------------------------------------------- 2D / 3D --
+def test_planted_cause_2d_and_roi_untouched():
+    shape = (44, 38)                      # not a multiple of 8: partial edge blocks
+    cause = (slice(0, 8), slice(8, 16))   # block (0, 1)
+    model, net, img, roi, _ = planted_case(shape, cause)
+    exp = explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((32, 32)), n_draws=12)
+    a = exp.attribution
+    assert a.shape == shape and a.dtype == np.float32
+    assert np.allclose(a[cause], -1.0)
+    mask = np.zeros(shape, bool)
+    mask[cause] = True
+    assert np.all(a[~mask] == 0)
+    blocks = block_values(exp)
+    assert blocks[(0, 1)]["status"] == "relevant" and blocks[(0, 1)]["n_draws"] == 12
+    assert blocks[(0, 1)]["contribution"] == "positive"
+    # RoI-overlapping blocks: status roi, never perturbed in any forward pass
+    grid = make_grid(shape, 8)
+    roi_blocks = np.zeros(shape, bool)
+    for idx in grid.indices():
+        if roi[grid.slices(idx)].any():
+            roi_blocks[grid.slices(idx)] = True
+            assert blocks[idx]["status"] == "roi" and blocks[idx]["ate"] is None
+    x0 = torch.from_numpy(img)
+    rows = torch.cat(net.seen)[:, 0]
+    assert rows.shape[0] == exp.n_forward
+    assert torch.equal(rows[:, torch.from_numpy(roi_blocks)],
+                       x0[torch.from_numpy(roi_blocks)].expand(rows.shape[0], -1))
+    # every non-RoI block was perturbed at least once (screening)
+    changed = (rows != x0).any(0).numpy()
+    assert changed[~roi_blocks].mean() > 0.9
+    # summary for the UI
+    ex = exp.extras
+    n_pert = ex["n_perturbable"]
+    assert ex["n_blocks"] == len(grid) == 6 * 5
+    assert ex["share_positive"] == pytest.approx(1 / n_pert)
+    assert ex["share_negative"] == 0 and ex["share_irrelevant"] == pytest.approx(1 - 1 / n_pert)
+    assert ex["ate_min"] == pytest.approx(-1.0) and ex["ate_max"] == 0.0
+    assert ex["m0"] == 1.0 and ex["block_grid"]["grid_shape"] == [6, 5]
+    assert ex["block_labels"].shape == shape and ex["block_labels"].max() == 30
+    assert ex["n_forward_screen"] == 3 * n_pert and ex["n_forward_ate"] == 12
+    assert exp.n_forward == 3 * n_pert + 12 + 1   # + the clean pass
+    assert "positive contribution" in ex["convention"] and exp.elapsed_s > 0
+
+
+def test_planted_cause_3d_with_improving_block():
+    shape = (20, 18, 22)
+    cause = (slice(0, 8), slice(0, 8), slice(8, 16))        # cube (0, 0, 1)
+    supp = (slice(16, 20), slice(16, 18), slice(16, 22))    # partial edge cube (2, 2, 2)
+    model, net, img, roi, half = planted_case(shape, cause, supp)
+    gt = roi.astype(np.uint8)          # ground truth: the whole RoI is foreground
+    exp = explain(model, img, "pdcr", target="fg", roi=roi, bank=bank_for((12, 12, 12), 2),
+                  n_draws=10, reference=gt)
+    r, h = roi.sum(), half.sum()
+    m0 = 2 * (r - h) / (2 * r - h)
+    assert exp.extras["m0"] == pytest.approx(m0)
+    a = exp.attribution
+    assert np.allclose(a[cause], -m0)                 # cause: Dice -> 0
+    assert np.allclose(a[supp], 1 - m0) and (1 - m0) > 0.02   # replacing it improves the RoI
+    other = np.ones(shape, bool)
+    other[cause] = other[supp] = False
+    assert np.all(a[other] == 0)
+    b = block_values(exp)
+    assert b[(2, 2, 2)]["contribution"] == "negative" and b[(2, 2, 2)]["size"] == [4, 2, 6]
+    assert exp.extras["share_negative"] > 0 and exp.extras["share_positive"] > 0
+
+
+def test_same_seed_identical_different_seed_correlates(sample_or_unet):
+    model, img, roi, target, bank = sample_or_unet
+    kw = dict(target=target, roi=roi, bank=bank, n_draws=50)
+    e1 = explain(model, img, "pdcr", seed=0, **kw)
+    e1b = explain(model, img, "pdcr", seed=0, **kw)
+    e2 = explain(model, img, "pdcr", seed=1, **kw)
+    assert np.array_equal(e1.attribution, e1b.attribution)
+    assert np.abs(e1.attribution).max() > 0.02
+    r = np.corrcoef(e1.attribution.ravel(), e2.attribution.ravel())[0, 1]
+    assert r > 0.9, r
+
+
+def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
+    model, img, roi, target, bank = sample_or_unet
+    kw = dict(target=target, roi=roi, bank=bank, n_draws=50, seed=0)
+    full = explain(model, img, "pdcr", **kw)
+    ada = explain(model, img, "pdcr", adaptive=True, **kw)
+    r = np.corrcoef(full.attribution.ravel(), ada.attribution.ravel())[0, 1]
+    assert r > 0.95, r
+    assert ada.n_forward < full.n_forward
+    assert ada.extras["passes_saved"] == full.n_forward - ada.n_forward > 0
+
+
+@pytest.fixture(scope="module")
+def sample_or_unet():
+    """The 2D sample model on a crop of its sample image when it is installed, else a
+    small random MONAI UNet on a smooth random image (tiny, 2 CPU cores)."""
+    try:
+        from seg_explain import load_image, load_model
+
+        model = load_model(sample_path("models", "brain2d"), device="cpu")
+        img = load_image(sample_path("brain2d", "colin27_axial_t1.tif")).data.astype(np.float32)
+        lab = load_image(sample_path("brain2d", "colin27_axial_labels.tif")).data
+        from seg_explain.bank import resolve_bank
+
+        pred = model.predict(img)
+        target = int(np.bincount(pred[pred > 0]).argmax())
+        return model, img, pred == target, target, resolve_bank(None, model, 8)
+    except (SegExplainError, FileNotFoundError, OSError):
+        pass
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    model = wrap(make_unet(2, seed=3), 2)
+
+    def smooth(shape, seed):
+        r = np.random.default_rng(seed).random(shape)
+        return ndi.gaussian_filter(r, 2).astype(np.float32) * 4
+
+    img = smooth((40, 40), 0)
+    pred = model.predict(img)
+    target = int(np.bincount(pred.ravel()).argmax())
+    roi = np.zeros((40, 40), bool)
+    roi[14:26, 15:25] = True
+    return model, img, roi, target, [smooth((40, 40), s) for s in (1, 2, 3)]
+
+
+# ------------------------------------------------------------------- generator etc --
+def test_generator_yields_and_can_stop():
+    model, net, img, roi, _ = planted_case((32, 32), (slice(0, 8), slice(0, 8)))
+    gen = explain_iter(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), batch_size=4)
+    steps = [next(gen) for _ in range(3)]
+    assert all(0 <= d <= t for d, t in steps) and steps[-1][0] > 0
+    n_before = len(net.seen)
+    gen.close()
+    assert len(net.seen) == n_before   # nothing runs after closing
+
+
+def test_batch_size_does_not_change_the_map():
+    model, _, img, roi, _ = planted_case((24, 24), (slice(16, 24), slice(0, 8)))
+    bank = bank_for((16, 16))
+    a = explain(model, img, "pdcr", target=1, roi=roi, bank=bank, n_draws=5, batch_size=3).attribution
+    b = explain(model, img, "pdcr", target=1, roi=roi, bank=bank, n_draws=5, batch_size=64).attribution
+    assert np.array_equal(a, b)
+
+
+def test_window_around_roi_when_image_exceeds_patch():
+    model = wrap(make_unet(2), 2, patch=(32, 32))
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 64)).astype(np.float32)
+    roi = np.zeros((64, 64), bool)
+    roi[4:10, 50:58] = True
+    win, sliding = roi_window(model, (64, 64), torch.from_numpy(roi))
+    assert not sliding and [(s.start, s.stop) for s in win] == [(0, 32), (32, 64)]
+    exp = explain(model, img, "pdcr", target=1, roi=roi, bank=[rng.random((32, 32)) for _ in range(2)],
+                  n_screen=2, n_draws=3, tau=0.0)
+    out = [b for b in exp.extras["blocks"] if b["outside_window"]]
+    assert len(out) == 64 - 16 and all(b["ate"] == 0 and b["n_draws"] == 0 for b in out)
+    assert np.all(exp.attribution[32:, :] == 0) and np.all(exp.attribution[:, :32] == 0)
+    n_in = exp.extras["n_perturbable"] - len(out)
+    assert exp.n_forward == 1 + 1 + n_in * (2 + 3)   # clean full image + clean window + draws
+    # an RoI larger than the patch: a bigger window with sliding windows inside
+    big = np.zeros((64, 64), bool)
+    big[8:50, 20:30] = True
+    win, sliding = roi_window(model, (64, 64), torch.from_numpy(big))
+    assert sliding and win[0].stop - win[0].start == 58
+
+
+# ----------------------------------------------------------------------- bad input --
+@pytest.fixture
+def small():
+    model, _, img, roi, _ = planted_case((24, 24), (slice(0, 8), slice(0, 8)))
+    return model, img, roi
+
+
+def test_empty_roi(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="Empty RoI"):
+        explain(model, img, "pdcr", target=1, roi=np.zeros_like(roi), bank=bank_for((16, 16)))
+
+
+def test_roi_covering_everything(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="overlaps every block"):
+        explain(model, img, "pdcr", target=1, roi=np.ones_like(roi), bank=bank_for((16, 16)))
+
+
+def test_bank_with_wrong_channels(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="channel"):
+        explain(model, img, "pdcr", target=1, roi=roi, bank=[np.zeros((2, 16, 16), np.float32)])
+
+
+def test_block_larger_than_image(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="block_size 32 is larger"):
+        explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((40, 40)), block_size=32)
+
+
+def test_bad_parameters(small):
+    model, img, roi = small
+    for kw in ({"n_draws": 0}, {"tau": 2.0}, {"block_size": 0}, {"nonsense": 1}):
+        with pytest.raises(SegExplainError):
+            explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), **kw)
+
+
+def test_reference_shape_checked(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="reference"):
+        explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), reference=np.zeros((5, 5)))
+
+
+def test_bank_identical_to_image_refused(small):
+    model, img, roi = small
+    with pytest.raises(InputMismatchError, match="image being explained"):
+        explain(model, img, "pdcr", target=1, roi=roi, bank=[bank_for((16, 16))[0], img.copy()])
