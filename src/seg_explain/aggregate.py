@@ -1,0 +1,595 @@
+"""Agg2Exp: aggregate voxel attributions into class-to-region importance matrices.
+
+For every image, every predicted class ``a`` is explained (its RoI = its predicted
+voxels, the shared target f̂_a) with one attribution method; the attribution ``e_a``
+(image grid, signed) is then summed inside every region ``b``:
+
+    local[a, b]      = Σ_{v∈b} |e_a(v)|     / Σ_v |e_a(v)|     ("mass accuracy", eq. 7)
+    local_pos[a, b]  = Σ_{v∈b} max(e_a, 0)  / Σ_v max(e_a, 0)
+    local_neg[a, b]  = Σ_{v∈b} max(−e_a, 0) / Σ_v max(−e_a, 0)
+    local_mean[a, b] = local[a, b] · p / |b|   (per-voxel mean variant: the mean |e_a| in b
+                       relative to the mean over the whole image; 1 = as dense as average)
+
+Regions (columns) are the model's classes as *predicted* in that image (they partition
+the image, so each row sums to 1 over the class columns, background included), followed
+by any extra RoI masks (a lesion mask, a painted layer, another model's output). Extra
+columns share the row's denominator (the whole image), so they read "share of the
+evidence that lies in the lesion"; they overlap the class columns and are *not* part of
+the sum-to-1.
+
+Missing values (NaN):
+
+- a class that is not predicted in an image has no RoI, so nothing to explain: its row
+  is NaN for that image (its *column* is 0: an empty region holds no mass; its per-voxel
+  mean column is NaN);
+- a row whose attribution is identically 0 (or has no positive / negative part, for
+  ``local_pos`` / ``local_neg``) is NaN (0/0);
+- an extra RoI that is not given for an image is a NaN column for that image.
+
+``global_importance`` is the mean over images ignoring NaN (``nanmean``), so a class is
+averaged over the images where it was predicted; ``n_present`` says over how many.
+
+Work is done one image at a time (every class's attribution from shared forward passes via
+:func:`seg_explain.explainers.multiclass.explain_classes_iter`); only the small matrices are
+kept, so memory does not grow with the number of images. :func:`agg2exp_iter` is the
+generator form for the GUI: it yields ``(done, total)`` (per-mille of the whole run) and can
+be closed between steps; :class:`Agg2ExpRun` also gives the partial result of what has
+finished so far.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputMismatchError, SegExplainError
+from .io import LoadedImage, load_image
+
+STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
+
+
+# ---------------------------------------------------------------- per-class attributions --
+def _multiclass_iter():
+    """The shared-forward-pass engine if present, else a local fallback."""
+    try:
+        from .explainers.multiclass import explain_classes_iter
+        return explain_classes_iter
+    except ImportError:  # engine not there (yet): explain one class at a time
+        return _fallback_classes_iter
+
+
+def _fallback_classes_iter(model, image, method, classes=None, seed=0, batch_size=None, **params):
+    """explain() per predicted class, sharing the prepared image and the clean logits."""
+    from .explainers.base import finalize, get_spec, make_context
+    from .errors import MethodError
+
+    spec = get_spec(method)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
+                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+    full = {**spec.defaults, **params}
+    prep = model.prepare(image)
+    clean = model.logits_tensor(prep.x)
+    pred = prep.to_image(model.labels_from_logits(clean).numpy().astype(np.int32), order=0)
+    if classes is None:
+        classes = [int(c) for c in np.unique(pred)]
+    else:
+        classes = [model.class_index(c) for c in classes]
+    out = []
+    n = max(1, len(classes))
+    for k, c in enumerate(classes):
+        t0 = time.perf_counter()
+        ctx, roi_img, _ = make_context(model, None, c, None, None, None, seed, batch_size,
+                                       prep=prep, clean_logits=clean)
+        gen = spec.fn(ctx, **full)
+        while True:
+            try:
+                d, t = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield (k * 1000 + int(1000 * d / max(t, 1)), n * 1000)
+        extras: dict[str, Any] = {}
+        if isinstance(result, tuple):
+            result, extras = result
+        out.append(finalize(ctx, spec.name, result, roi_img,
+                            {**full, "seed": seed, "batch_size": batch_size}, t0, extras))
+        yield ((k + 1) * 1000, n * 1000)
+    return out
+
+
+# ---------------------------------------------------------------------- the matrices --
+def region_masses(attribution: np.ndarray, labels: np.ndarray, n_classes: int,
+                  extra_masks: Sequence[np.ndarray | None] = ()) -> dict[str, np.ndarray]:
+    """One row of every matrix: the mass of ``attribution`` in each region.
+
+    ``labels`` is the predicted label map (image grid), ``extra_masks`` boolean masks (or
+    None: NaN). Returns ``mass``, ``mass_pos``, ``mass_neg``, ``mass_mean`` of length
+    ``n_classes + len(extra_masks)`` (already normalised) and ``volume`` (voxels per region).
+    """
+    e = np.asarray(attribution, dtype=np.float64).ravel()
+    lab = np.asarray(labels).ravel().astype(np.int64)
+    if e.shape != lab.shape:
+        raise InputMismatchError(f"attribution shape {np.shape(attribution)} does not match the "
+                                 f"label map {np.shape(labels)}")
+    parts = {"mass": np.abs(e), "mass_pos": np.clip(e, 0, None), "mass_neg": np.clip(-e, 0, None)}
+    R = n_classes + len(extra_masks)
+    vol = np.zeros(R)
+    vol[:n_classes] = np.bincount(lab, minlength=n_classes)[:n_classes]
+    flat_masks = []
+    for j, m in enumerate(extra_masks):
+        if m is None:
+            vol[n_classes + j] = np.nan
+            flat_masks.append(None)
+        else:
+            fm = np.asarray(m, dtype=bool).ravel()
+            if fm.shape != lab.shape:
+                raise InputMismatchError(f"extra RoI shape {np.shape(m)} does not match the image "
+                                         f"{np.shape(labels)}")
+            vol[n_classes + j] = fm.sum()
+            flat_masks.append(fm)
+    out: dict[str, np.ndarray] = {"volume": vol}
+    for key, w in parts.items():
+        total = w.sum()
+        row = np.full(R, np.nan)
+        if total > 0:
+            row[:n_classes] = np.bincount(lab, weights=w, minlength=n_classes)[:n_classes] / total
+            for j, fm in enumerate(flat_masks):
+                if fm is not None:
+                    row[n_classes + j] = w[fm].sum() / total
+        out[key] = row
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = out["mass"] * lab.size / vol
+    dens[~(vol > 0)] = np.nan
+    out["mass_mean"] = dens
+    return out
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Dice of every class between two label maps -> ``(n_classes,)``; empty vs empty = 1."""
+    p = np.asarray(pred).ravel().astype(np.int64)
+    t = np.asarray(truth).ravel().astype(np.int64)
+    if p.shape != t.shape:
+        raise InputMismatchError(f"ground truth shape {np.shape(truth)} does not match the "
+                                 f"prediction {np.shape(pred)}")
+    inter = np.bincount(p[p == t], minlength=n_classes)[:n_classes].astype(float)
+    ps = np.bincount(p, minlength=n_classes)[:n_classes].astype(float)
+    ts = np.bincount(t[(t >= 0) & (t < n_classes)], minlength=n_classes)[:n_classes].astype(float)
+    den = ps + ts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(den > 0, 2 * inter / den, 1.0)
+    return d
+
+
+# ------------------------------------------------------------------------- the result --
+@dataclass
+class Agg2ExpResult:
+    """Local and global Agg2Exp matrices (rows: explained classes, columns: regions).
+
+    Arrays are ``(n_images, L, R)`` with ``L = len(row_names)`` (every model class) and
+    ``R = len(col_names)`` (every class, then the extra RoIs). See the module docstring
+    for the definitions and the NaN conventions.
+    """
+
+    local: np.ndarray
+    local_pos: np.ndarray
+    local_neg: np.ndarray
+    local_mean: np.ndarray
+    row_names: list[str]
+    col_names: list[str]
+    image_names: list[str]
+    volumes: np.ndarray                    # (n_images, R) voxels per region (image grid)
+    present: np.ndarray                    # (n_images, L) class predicted (row explained)
+    method: str = "smoothgrad"
+    params: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: np.ndarray | None = None    # (n_images,) wall seconds per image
+    n_forward: np.ndarray | None = None    # (n_images,)
+    n_backward: np.ndarray | None = None   # (n_images,)
+    dice: np.ndarray | None = None         # (n_images, L) vs ground truth, when given
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+
+    # ---- shapes / names
+    @property
+    def n_images(self) -> int:
+        return int(self.local.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.row_names)
+
+    @property
+    def extra_names(self) -> list[str]:
+        return self.col_names[self.n_classes:]
+
+    # ---- global view
+    @staticmethod
+    def _nanmean(a: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(a, axis=0) if a.shape[0] else np.full(a.shape[1:], np.nan)
+
+    @property
+    def global_importance(self) -> np.ndarray:
+        """``(L, R)`` mean over images of ``local`` (NaN rows of absent classes ignored)."""
+        return self._nanmean(self.local)
+
+    @property
+    def global_pos(self) -> np.ndarray:
+        return self._nanmean(self.local_pos)
+
+    @property
+    def global_neg(self) -> np.ndarray:
+        return self._nanmean(self.local_neg)
+
+    @property
+    def global_mean(self) -> np.ndarray:
+        return self._nanmean(self.local_mean)
+
+    @property
+    def global_std(self) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanstd(self.local, axis=0)
+
+    @property
+    def n_present(self) -> np.ndarray:
+        """``(L, R)`` number of images each global cell averages over."""
+        return np.isfinite(self.local).sum(0)
+
+    @property
+    def context_mass(self) -> np.ndarray:
+        """``(n_images, L)``: share of class a's evidence inside its own region (diagonal)."""
+        L = self.n_classes
+        return self.local[:, np.arange(L), np.arange(L)]
+
+    @property
+    def global_context_mass(self) -> np.ndarray:
+        return np.diagonal(self.global_importance[:, :self.n_classes]).copy()
+
+    def matrix(self, image: int | str | None = None, kind: str = "mass") -> np.ndarray:
+        """The ``(L, R)`` matrix of one image (index or name), or the global one (None).
+
+        ``kind``: ``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_mean``."""
+        arr = {"mass": self.local, "mass_pos": self.local_pos, "mass_neg": self.local_neg,
+               "mass_mean": self.local_mean}[kind]
+        if image is None:
+            return self._nanmean(arr)
+        i = self.image_names.index(image) if isinstance(image, str) else int(image)
+        return arr[i]
+
+    # ---- tables
+    def records(self) -> list[dict[str, Any]]:
+        """Long table, one dict per (image, explained class, region).
+
+        Every cell is listed, NaN included (absent classes), so ``len == n·L·R``."""
+        out = []
+        for i, name in enumerate(self.image_names):
+            for a, an in enumerate(self.row_names):
+                for b, bn in enumerate(self.col_names):
+                    out.append({"image": name, "explained_class": an, "region": bn,
+                                "mass": float(self.local[i, a, b]),
+                                "mass_pos": float(self.local_pos[i, a, b]),
+                                "mass_neg": float(self.local_neg[i, a, b])})
+        return out
+
+    def global_records(self) -> list[dict[str, Any]]:
+        """Long table of the global matrices (mean over images, sd, and how many images)."""
+        g, gp, gn, gm, sd, n = (self.global_importance, self.global_pos, self.global_neg,
+                                self.global_mean, self.global_std, self.n_present)
+        return [{"explained_class": an, "region": bn, "mass": float(g[a, b]),
+                 "mass_pos": float(gp[a, b]), "mass_neg": float(gn[a, b]),
+                 "mass_per_voxel": float(gm[a, b]), "mass_sd": float(sd[a, b]), "n_images": int(n[a, b])}
+                for a, an in enumerate(self.row_names) for b, bn in enumerate(self.col_names)]
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`records` (image, explained_class, region, mass, mass_pos, mass_neg)."""
+        return _write_csv(path, self.records(),
+                          ["image", "explained_class", "region", "mass", "mass_pos", "mass_neg"])
+
+    def global_to_csv(self, path: str | os.PathLike) -> Path:
+        return _write_csv(path, self.global_records(),
+                          ["explained_class", "region", "mass", "mass_pos", "mass_neg",
+                           "mass_per_voxel", "mass_sd", "n_images"])
+
+    def summary(self) -> str:
+        s = (f"Agg2Exp ({self.method}): {self.n_images} image(s), {self.n_classes} classes, "
+             f"{len(self.extra_names)} extra RoI(s)")
+        if self.skipped:
+            s += f"; skipped {len(self.skipped)}: " + "; ".join(f"{n} ({m})" for n, m in self.skipped)
+        return s
+
+
+def _write_csv(path, rows, columns) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()})
+    return p
+
+
+# ------------------------------------------------------------------ inputs, extra RoIs --
+def _as_list(images) -> list:
+    if isinstance(images, (np.ndarray, LoadedImage, str, os.PathLike)):
+        return [images]
+    return list(images)
+
+
+def _name_of(img, i: int) -> str:
+    if isinstance(img, (str, os.PathLike)):
+        return _stem(Path(img))
+    if isinstance(img, LoadedImage) and img.path:
+        return _stem(Path(img.path))
+    return f"image_{i}"
+
+
+def _stem(p: Path) -> str:
+    n = p.name
+    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".npy", ".png", ".mha", ".nrrd", ".mhd", ".jpg"):
+        if n.lower().endswith(ext):
+            return n[: -len(ext)]
+    return p.stem
+
+
+def _load(img):
+    return load_image(img) if isinstance(img, (str, os.PathLike)) else img
+
+
+def _mask_array(spec, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """An RoI spec (array, LoadedImage, path) -> boolean mask of ``shape`` (nonzero voxels)."""
+    if isinstance(spec, (str, os.PathLike)):
+        spec = load_image(spec)
+    arr = spec.data if isinstance(spec, LoadedImage) else np.asarray(spec)
+    arr = np.squeeze(arr) if arr.ndim > len(shape) else arr
+    if tuple(arr.shape) != tuple(shape):
+        raise InputMismatchError(f"{what}: shape {tuple(arr.shape)} does not match the image "
+                                 f"{tuple(shape)}")
+    return arr != 0
+
+
+class _ExtraRois:
+    """Normalises the ``extra_rois`` argument: names + a per-image getter.
+
+    Accepted forms:
+
+    - ``None``;
+    - ``{name: spec}`` where spec is a mask (ndarray, LoadedImage, file path) used for every
+      image, a path containing ``{stem}`` / ``{name}`` / ``{index}`` (formatted per image),
+      a list with one spec (or None) per image, or a callable ``(index, image_name) -> spec``;
+    - a list (one per image) of ``{name: mask}`` dicts;
+    - a single mask / path / list of per-image masks (named after the file, or ``roi``).
+
+    A mask is its nonzero voxels (a label map becomes one region: pass each label
+    separately to get one column per label).
+    """
+
+    def __init__(self, extra, n_images: int):
+        self.per_image: list[dict] | None = None
+        self.specs: dict[str, Any] = {}
+        if extra is None:
+            self.names: list[str] = []
+            return
+        if isinstance(extra, dict):
+            self.specs = dict(extra)
+        elif (isinstance(extra, (list, tuple)) and extra and all(isinstance(e, dict) or e is None
+                                                                   for e in extra)):
+            if len(extra) != n_images:
+                raise InputMismatchError(f"extra_rois: got {len(extra)} per-image dicts for {n_images} images")
+            self.per_image = [dict(e or {}) for e in extra]
+            names: list[str] = []
+            for e in self.per_image:
+                names += [k for k in e if k not in names]
+            self.names = [str(n) for n in names]
+            return
+        else:
+            name = _stem(Path(extra)) if isinstance(extra, (str, os.PathLike)) else "roi"
+            self.specs = {name: extra}
+        self.names = [str(k) for k in self.specs]
+        for k, v in self.specs.items():
+            if isinstance(v, (list, tuple)) and len(v) != n_images:
+                raise InputMismatchError(f"extra RoI {k!r}: {len(v)} masks for {n_images} images")
+
+    def masks(self, i: int, image_name: str, shape) -> list[np.ndarray | None]:
+        out = []
+        for n in self.names:
+            spec = (self.per_image[i].get(n) if self.per_image is not None else self.specs[n])
+            if callable(spec):
+                spec = spec(i, image_name)
+            elif isinstance(spec, (list, tuple)):
+                spec = spec[i]
+            elif isinstance(spec, str) and "{" in spec:
+                spec = spec.format(stem=image_name, name=image_name, index=i)
+            out.append(None if spec is None else _mask_array(spec, shape, f"extra RoI {n!r}"))
+        return out
+
+
+# --------------------------------------------------------------------------- the run --
+class Agg2ExpRun:
+    """A resumable Agg2Exp computation: iterate :meth:`run_iter`, read :meth:`result`.
+
+    ``result()`` can be called at any time (e.g. after the GUI stopped the run) and holds
+    the images finished so far.
+    """
+
+    def __init__(self, model, images, method: str = "smoothgrad", extra_rois=None, *,
+                 names: Sequence[str] | None = None, ground_truth=None, classes=None,
+                 seed: int = 0, batch_size: int | None = None, on_error: str = "raise",
+                 **params):
+        if on_error not in ("raise", "skip"):
+            raise ValueError("on_error must be 'raise' or 'skip'")
+        self.model = model
+        self.images = _as_list(images)
+        if not self.images:
+            raise InputMismatchError("agg2exp needs at least one image")
+        self.names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(self.images)]
+        if len(self.names) != len(self.images):
+            raise InputMismatchError(f"{len(self.names)} names for {len(self.images)} images")
+        self.extra = _ExtraRois(extra_rois, len(self.images))
+        self.ground_truth = None if ground_truth is None else _as_list(ground_truth)
+        if self.ground_truth is not None and len(self.ground_truth) != len(self.images):
+            raise InputMismatchError(f"{len(self.ground_truth)} ground-truth maps for {len(self.images)} images")
+        self.classes = classes
+        self.method, self.seed, self.batch_size, self.on_error = method, int(seed), batch_size, on_error
+        self.params = dict(params)
+        self.L = len(model.class_names)
+        self.row_names = list(model.class_names)
+        self.col_names = self.row_names + self.extra.names
+        self._rows: list[dict[str, Any]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.status = ""
+        self._validate_method()
+
+    def _validate_method(self) -> None:
+        from .errors import MethodError
+        from .explainers.base import get_spec
+
+        spec = get_spec(self.method)
+        unknown = set(self.params) - set(spec.defaults)
+        if unknown:
+            raise MethodError(f"{self.method} has no parameter(s) {', '.join(sorted(unknown))}; "
+                              f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+
+    @property
+    def total(self) -> int:
+        return len(self.images) * STEPS_PER_IMAGE
+
+    def run_iter(self) -> Iterator[tuple[int, int]]:
+        n = len(self.images)
+        for i, (img, name) in enumerate(zip(self.images, self.names)):
+            self.status = f"image {i + 1}/{n}: {name}"
+            try:
+                row = yield from self._one(i, img, name)
+            except Exception as exc:  # noqa: BLE001 - skip mode reports any failure of one image
+                if self.on_error == "raise" or not isinstance(exc, (SegExplainError, ValueError,
+                                                                     RuntimeError, OSError)):
+                    raise
+                self.skipped.append((name, str(exc)))
+                self.status = f"skipped {name}: {exc}"
+                yield ((i + 1) * STEPS_PER_IMAGE, self.total)
+                continue
+            self._rows.append(row)
+            yield ((i + 1) * STEPS_PER_IMAGE, self.total)
+        self.status = f"done: {len(self._rows)} image(s)" + (f", {len(self.skipped)} skipped" if self.skipped else "")
+
+    def _one(self, i: int, img, name: str):
+        t0 = time.perf_counter()
+        image = _load(img)
+        engine = _multiclass_iter()
+        gen = engine(self.model, image, self.method, classes=self.classes, seed=self.seed,
+                     batch_size=self.batch_size, **self.params)
+        while True:
+            try:
+                d, t = next(gen)
+            except StopIteration as stop:
+                exps = stop.value
+                break
+            yield (i * STEPS_PER_IMAGE + min(STEPS_PER_IMAGE - 1, int(STEPS_PER_IMAGE * d / max(t, 1))), self.total)
+        if not exps:
+            raise InputMismatchError(f"{name}: nothing to explain")
+        shape = tuple(exps[0].attribution.shape)
+        # predicted label map on the image grid from the classes' RoIs (they partition the
+        # image when every predicted class is explained; else recomputed)
+        labels = self._labels(image, exps, shape)
+        extra = self.extra.masks(i, name, shape)
+        L, R = self.L, len(self.col_names)
+        rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
+        present = np.zeros(L, bool)
+        vol = None
+        for e in exps:
+            m = region_masses(e.attribution, labels, L, extra)
+            for k in rows:
+                rows[k][e.target] = m[k]
+            present[e.target] = True
+            vol = m["volume"]
+        dice = None
+        if self.ground_truth is not None:
+            gt = self.ground_truth[i]
+            if gt is not None:
+                gt = load_image(gt).data if isinstance(gt, (str, os.PathLike)) else gt
+                gt = gt.data if isinstance(gt, LoadedImage) else np.asarray(gt)
+                dice = dice_per_class(labels, np.squeeze(gt) if np.ndim(gt) > len(shape) else gt, L)
+        nf = sum(int(e.n_forward) for e in exps)
+        nb = sum(int(e.n_backward) for e in exps)
+        shared = [e.extras.get("shared_passes") for e in exps if isinstance(e.extras, dict)]
+        if shared and all(isinstance(s, dict) for s in shared):   # engine reports image totals
+            nf, nb = int(shared[0].get("n_forward", nf)), int(shared[0].get("n_backward", nb))
+        return {"name": name, **rows, "present": present, "volume": vol, "dice": dice,
+                "elapsed": time.perf_counter() - t0, "n_forward": nf, "n_backward": nb}
+
+    def _labels(self, image, exps, shape) -> np.ndarray:
+        labels = np.full(shape, -1, np.int64)
+        for e in exps:
+            labels[np.asarray(e.roi, bool)] = e.target
+        if (labels < 0).any():  # a subset of classes was explained: ask the model
+            labels = np.asarray(self.model.predict(image)).astype(np.int64)
+        return labels
+
+    def result(self) -> Agg2ExpResult:
+        rows = self._rows
+        L, R = self.L, len(self.col_names)
+
+        def stack(key, shape, fill=np.nan):
+            return np.stack([r[key] for r in rows]) if rows else np.full((0, *shape), fill)
+
+        dice = None
+        if self.ground_truth is not None and rows:
+            dice = np.stack([r["dice"] if r["dice"] is not None else np.full(L, np.nan) for r in rows])
+        return Agg2ExpResult(
+            local=stack("mass", (L, R)), local_pos=stack("mass_pos", (L, R)),
+            local_neg=stack("mass_neg", (L, R)), local_mean=stack("mass_mean", (L, R)),
+            row_names=list(self.row_names), col_names=list(self.col_names),
+            image_names=[r["name"] for r in rows],
+            volumes=stack("volume", (R,)), present=stack("present", (L,), False).astype(bool),
+            method=self.method, params={**self.params, "seed": self.seed, "batch_size": self.batch_size},
+            elapsed_s=np.array([r["elapsed"] for r in rows]),
+            n_forward=np.array([r["n_forward"] for r in rows], dtype=np.int64),
+            n_backward=np.array([r["n_backward"] for r in rows], dtype=np.int64),
+            dice=dice, skipped=list(self.skipped))
+
+
+def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **kwargs
+                 ) -> Iterator[tuple[int, int]]:
+    """Generator form of :func:`agg2exp`: yields ``(done, total)``, returns the result.
+
+    Closing the generator stops between steps; to keep the images finished so far, build
+    an :class:`Agg2ExpRun` yourself and call its ``result()``.
+    """
+    run = Agg2ExpRun(model, images, method, extra_rois, **kwargs)
+    yield from run.run_iter()
+    res = run.result()
+    if res.n_images == 0:
+        raise InputMismatchError("No image could be explained: " + "; ".join(f"{n}: {m}" for n, m in res.skipped))
+    return res
+
+
+def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
+            progress: Callable[[int, int], Any] | None = None, **kwargs) -> Agg2ExpResult:
+    """Agg2Exp class-to-region importance over ``images``.
+
+    Parameters
+    ----------
+    model : SegModel
+    images : one image or a sequence (ndarrays on the model grid, ``LoadedImage`` or file
+        paths, loaded one at a time)
+    method : any registered explainer (default SmoothGrad, the paper's choice)
+    extra_rois : extra region columns (see :class:`_ExtraRois` for the accepted forms)
+    progress : ``callback(done, total)``
+    names : image names for the tables (default: file stems, else ``image_<i>``)
+    ground_truth : label maps (one per image; arrays or paths) -> ``result.dice``
+    classes : explain only these classes (default: every class predicted in each image)
+    seed, batch_size : passed to the explainer
+    on_error : ``"raise"`` (default) or ``"skip"`` (bad images are listed in ``result.skipped``)
+    **params : the explainer's parameters (e.g. ``n_samples=20``)
+    """
+    from .explainers.base import drive
+
+    return drive(agg2exp_iter(model, images, method, extra_rois, **kwargs), progress)

@@ -1,0 +1,325 @@
+"""Evaluation metrics for attribution methods (Agg2Exp §3.3, appendix B.2; METHODS.md).
+
+All metrics work **in model space**: the image is prepared once (``model.prepare``: the
+model grid and the bundle's intensity preprocessing), the explainer runs on a
+:class:`~seg_explain.explainers.base.Context` and returns its model-grid attribution, and
+every perturbation is applied to the prepared tensor and scored with the shared target
+``f̂_c`` (``ctx.f_hat``: the class-c logits summed over the RoI fixed from the clean image).
+"Voxel" below means a model-grid voxel; multi-channel attributions are summed over
+channels and a removed voxel has all its channels set to the baseline.
+
+Attributions are normalised to ``max |a| = 1`` before each metric.
+
+- **Faithfulness** (↑): ``n`` (100) random subsets S of ``m`` voxels; Pearson correlation
+  over the subsets of ``Σ_{v∈S} a_v`` and ``f̂(x) − f̂(x_S)``, where ``x_S`` sets S to the
+  baseline (``"min"``: the per-channel image minimum; also ``"zero"``, ``"mean"``, a number).
+  ``m`` (``subset``) is an int or a fraction of the voxels; default 0.05 — the paper's
+  224² voxels relative to its 96³ training patch (≈ 5.7 %), since the paper does not
+  scale it to image size. PdCR's raw map has the opposite sign convention (ATE < 0 =
+  support), so it is negated here (:data:`ORIENTATION`).
+- **Sensitivity** (↓): mean over ``n`` (3, as in the paper) noisy copies
+  ``x' = x + U(−0.1, 0.1)·(max x − min x)`` of ``‖a − a'‖ / ‖a‖`` (both normalised; the
+  RoI and class are those of the clean image; the explainer gets the same seed, so only the
+  input changes).
+- **Complexity** (↓): fraction of voxels with ``|a| > θ`` (θ = 0.1).
+- **Efficiency**: wall seconds of the clean explanation and its forward / backward pass
+  counts (the clean prediction that fixes the RoI is shared and not counted).
+
+Every random draw comes from a ``numpy`` generator seeded by ``(seed, image, class)``, so
+results are reproducible and independent of which methods are evaluated together.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputMismatchError, MethodError
+
+ORIENTATION = {"pdcr": -1.0}   # sign that makes "positive = supports the RoI"
+DEFAULTS = {"n_faithfulness": 100, "subset": 0.05, "n_sensitivity": 3, "noise": 0.1,
+            "theta": 0.1, "baseline": "min"}
+METRIC_COLUMNS = ["faithfulness", "sensitivity", "complexity", "seconds", "n_forward", "n_backward"]
+
+
+# ----------------------------------------------------------------------- pure metrics --
+def normalise(a) -> np.ndarray:
+    """``a / max|a|`` (float64; all-zero stays zero)."""
+    a = np.asarray(a, dtype=np.float64)
+    m = np.abs(a).max() if a.size else 0.0
+    return a / m if m > 0 else a.copy()
+
+
+def complexity(a, theta: float = 0.1) -> float:
+    """Fraction of voxels with ``|a| > theta`` after normalising to ``max|a| = 1``."""
+    an = normalise(a)
+    return float((np.abs(an) > theta).mean())
+
+
+def pearson(u, v) -> float:
+    u = np.asarray(u, float)
+    v = np.asarray(v, float)
+    if len(u) < 2 or np.std(u) == 0 or np.std(v) == 0:
+        return float("nan")
+    return float(np.corrcoef(u, v)[0, 1])
+
+
+def subset_size(p: int, subset) -> int:
+    if subset is None:
+        subset = DEFAULTS["subset"]
+    if isinstance(subset, float) and subset < 1:
+        return max(1, int(round(subset * p)))
+    return max(1, min(p, int(subset)))
+
+
+def faithfulness(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, attribution,
+                 n: int = 100, subset=0.05, baseline="min", rng: np.random.Generator | None = None,
+                 batch_size: int = 16) -> tuple[float, dict[str, Any]]:
+    """Faithfulness correlation of ``attribution`` (``(*S)``) for the scalar model ``f``.
+
+    ``f`` maps a batch ``(B, C, *S)`` to ``(B,)``; ``x`` is ``(C, *S)``. Returns the Pearson
+    correlation and the raw pairs (``attr_sums``, ``deltas``).
+    """
+    from .explainers.kernel_shap import baseline_tensor
+
+    rng = rng or np.random.default_rng(0)
+    a = normalise(attribution).ravel()
+    p = a.size
+    if tuple(x.shape[1:]) != tuple(np.shape(attribution)):
+        raise InputMismatchError(f"attribution {np.shape(attribution)} and image {tuple(x.shape[1:])} differ")
+    m = subset_size(p, subset)
+    base = baseline_tensor(x, baseline)
+    subsets = np.stack([rng.choice(p, size=m, replace=False) for _ in range(n)])
+    sums = a[subsets].sum(1)
+    f_x = float(f(x[None])[0])
+    deltas = np.empty(n)
+    flat_x = x.reshape(x.shape[0], -1)
+    flat_b = base.reshape(x.shape[0], -1)
+    for s in range(0, n, batch_size):
+        idx = subsets[s:s + batch_size]
+        xb = flat_x[None].repeat(len(idx), 1, 1)
+        for j, sub in enumerate(idx):
+            t = torch.from_numpy(sub)
+            xb[j][:, t] = flat_b[:, t]
+        out = f(xb.reshape(len(idx), *x.shape))
+        deltas[s:s + len(idx)] = f_x - np.asarray(out, dtype=np.float64)
+    return pearson(sums, deltas), {"attr_sums": sums, "deltas": deltas, "subset": m, "f_x": f_x}
+
+
+def sensitivity(explain_fn: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, attribution,
+                n: int = 3, noise: float = 0.1, rng: np.random.Generator | None = None) -> float:
+    """Mean ``‖a − a'‖ / ‖a‖`` over ``n`` copies ``x + U(−noise, noise)·range(x)``."""
+    rng = rng or np.random.default_rng(0)
+    a = normalise(attribution)
+    na = np.linalg.norm(a)
+    if na == 0:
+        return float("nan")
+    rngx = float(x.max() - x.min())
+    vals = []
+    for _ in range(n):
+        eps = rng.uniform(-noise, noise, size=tuple(x.shape)).astype(np.float32) * rngx
+        a2 = normalise(explain_fn(x + torch.from_numpy(eps)))
+        vals.append(np.linalg.norm(a - a2) / na)
+    return float(np.mean(vals))
+
+
+# ------------------------------------------------------------------------ the method spec --
+@dataclass
+class MethodSpec:
+    """One row of the table: a label, a registered method and its parameters."""
+
+    label: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, item) -> "MethodSpec":
+        """``"name"``, ``"name:k=v:k=v"``, ``(label, name, params)``, a dict or a MethodSpec."""
+        if isinstance(item, MethodSpec):
+            return item
+        if isinstance(item, dict):
+            return cls(item.get("label") or item["method"], item["method"], dict(item.get("params") or {}))
+        if isinstance(item, (tuple, list)):
+            label, name, *rest = item
+            return cls(label, name, dict(rest[0]) if rest else {})
+        s = str(item)
+        name, *kvs = s.split(":")
+        params = {}
+        if kvs:
+            from .cli import parse_params
+
+            params = parse_params(kvs)
+        return cls(s, name, params)
+
+
+def _model_attr(result, sd: int) -> np.ndarray:
+    if isinstance(result, tuple):
+        result = result[0]
+    a = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+    a = a.astype(np.float64)
+    if a.ndim == sd + 1:
+        a = a.sum(0)
+    return a
+
+
+# ------------------------------------------------------------------------------ result --
+@dataclass
+class MetricsResult:
+    """Per (image, class, method) metric rows, and the mean ± sd table per method."""
+
+    rows: list[dict[str, Any]]
+    labels: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for lab in self.labels:
+            rs = [r for r in self.rows if r["method"] == lab]
+            row: dict[str, Any] = {"method": lab, "n": len(rs)}
+            for k in METRIC_COLUMNS:
+                v = np.array([r[k] for r in rs], float)
+                v = v[np.isfinite(v)]
+                row[f"{k}_mean"] = float(v.mean()) if v.size else float("nan")
+                row[f"{k}_sd"] = float(v.std(ddof=1)) if v.size > 1 else (0.0 if v.size else float("nan"))
+            out.append(row)
+        return out
+
+    def table(self) -> str:
+        """A plain-text table like the paper's Table 1 (mean ± sd over images and classes)."""
+        head = ["method", "faithfulness ↑", "sensitivity ↓", "complexity ↓", "seconds ↓", "fwd", "bwd", "n"]
+        lines = []
+        for s in self.summary():
+            def ms(k, fmt="{:.3f}"):
+                m, sd = s[f"{k}_mean"], s[f"{k}_sd"]
+                return "nan" if not math.isfinite(m) else f"{fmt.format(m)} ± {fmt.format(sd)}"
+            lines.append([s["method"], ms("faithfulness"), ms("sensitivity"), ms("complexity"),
+                          ms("seconds", "{:.2f}"), f"{s['n_forward_mean']:.0f}", f"{s['n_backward_mean']:.0f}",
+                          str(s["n"])])
+        widths = [max(len(h), *(len(r[i]) for r in lines)) if lines else len(h) for i, h in enumerate(head)]
+        fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Per-row metrics (image, class, method, metrics)."""
+        from .aggregate import _write_csv
+
+        return _write_csv(path, self.rows, ["image", "class", "method"] + METRIC_COLUMNS)
+
+    def summary_to_csv(self, path: str | os.PathLike) -> Path:
+        from .aggregate import _write_csv
+
+        cols = ["method", "n"] + [f"{k}_{s}" for k in METRIC_COLUMNS for s in ("mean", "sd")]
+        return _write_csv(path, self.summary(), cols)
+
+
+# ------------------------------------------------------------------------------ driver --
+def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=None,
+                  method_params: dict[str, dict] | None = None, names: Sequence[str] | None = None,
+                  seed: int = 0, batch_size: int | None = None, n_faithfulness: int = 100,
+                  subset=0.05, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
+                  baseline="min", on_error: str = "raise", **params) -> Iterator[tuple[int, int]]:
+    """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, class, method)."""
+    from .aggregate import _as_list, _load, _name_of
+    from .explainers.base import Context, drive, get_spec
+    from .explainers.kernel_shap import f_hat_batch
+    from .errors import SegExplainError
+    from .models.base import Prepared
+
+    specs = [MethodSpec.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
+    method_params = method_params or {}
+    resolved = []
+    for sp in specs:
+        reg = get_spec(sp.method)
+        glob = {k: v for k, v in params.items() if k in reg.defaults}
+        full = {**reg.defaults, **glob, **method_params.get(sp.method, {}),
+                **method_params.get(sp.label, {}), **sp.params}
+        unknown = set(full) - set(reg.defaults)
+        if unknown:
+            raise MethodError(f"{sp.method} has no parameter(s) {', '.join(sorted(unknown))}")
+        resolved.append((sp, reg, full))
+    used = {k for _, reg, _ in resolved for k in reg.defaults}
+    stray = set(params) - used
+    if stray:
+        raise MethodError(f"no evaluated method has parameter(s) {', '.join(sorted(stray))}")
+
+    imgs = _as_list(images)
+    names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(imgs)]
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    total = len(imgs) * len(resolved)
+    done = 0
+    for i, (img, name) in enumerate(zip(imgs, names)):
+        try:
+            prep = model.prepare(_load(img))
+            clean = model.logits_tensor(prep.x)
+            labels = model.labels_from_logits(clean)
+        except (SegExplainError, ValueError, RuntimeError, OSError) as exc:
+            if on_error == "raise":
+                raise
+            skipped.append((name, str(exc)))
+            done += len(resolved)
+            yield (done, total)
+            continue
+        present = [int(c) for c in torch.unique(labels)]
+        todo = present if classes is None else [c for c in (model.class_index(k) for k in classes) if c in present]
+        sd = model.spatial_dims
+        for sp, reg, full in resolved:
+            sign = ORIENTATION.get(sp.method, 1.0)
+            for c in todo:
+                roi = labels == c
+                rng = np.random.default_rng([int(seed), i, c])
+
+                def run(x_t, _c=c, _roi=roi):
+                    p2 = prep if x_t is prep.x else Prepared(x_t, prep.grid, prep.image_shape)
+                    ctx2 = Context(model, p2, _c, _roi, seed=seed, batch_size=batch_size)
+                    if x_t is prep.x:
+                        ctx2._clean_logits = clean
+                    t0 = time.perf_counter()
+                    out = drive(reg.fn(ctx2, **full))
+                    return _model_attr(out, sd), ctx2, time.perf_counter() - t0
+
+                a, ctx, secs = run(prep.x)
+                fctx = Context(model, prep, c, roi, seed=seed, batch_size=batch_size)
+                bs = fctx.auto_batch(per_item_bytes=float(np.prod(prep.shape)) * 4 * 40 * model.in_channels, cap=32)
+                faith, _ = faithfulness(lambda xb: f_hat_batch(fctx, xb).numpy(), prep.x, sign * a,
+                                        n=n_faithfulness, subset=subset, baseline=baseline, rng=rng,
+                                        batch_size=bs)
+                sens = (sensitivity(lambda xt: run(xt)[0], prep.x, a, n=n_sensitivity, noise=noise, rng=rng)
+                        if n_sensitivity > 0 else float("nan"))
+                rows.append({"image": name, "class": model.class_names[c], "method": sp.label,
+                             "faithfulness": faith, "sensitivity": sens, "complexity": complexity(a, theta),
+                             "seconds": secs, "n_forward": ctx.n_forward, "n_backward": ctx.n_backward})
+            done += 1
+            yield (done, total)
+    settings = {"n_faithfulness": n_faithfulness, "subset": subset, "n_sensitivity": n_sensitivity,
+                "noise": noise, "theta": theta, "baseline": baseline, "seed": seed,
+                "method_params": {sp.label: {k: (f"<{type(v).__name__}>" if not isinstance(v, (int, float, str, bool, type(None))) else v)
+                                             for k, v in full.items()} for sp, _, full in resolved},
+                "skipped": skipped}
+    if not rows and skipped:
+        raise InputMismatchError("No image could be evaluated: " + "; ".join(f"{n}: {m}" for n, m in skipped))
+    return MetricsResult(rows, [sp.label for sp, _, _ in resolved], settings)
+
+
+def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
+             progress: Callable[[int, int], Any] | None = None, **kwargs) -> MetricsResult:
+    """Faithfulness, sensitivity, complexity and efficiency of ``methods`` on ``images``.
+
+    ``methods``: names (``"smoothgrad"``), ``"name:k=v:k=v"`` strings, ``(label, name,
+    params)`` tuples or dicts — e.g. ``("KernelSHAP (semantic)", "kernel_shap",
+    {"features": "semantic"})``. ``classes``: explain these classes where predicted
+    (default: every predicted class, background included). ``method_params``:
+    ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
+    to every method that has them. Metric settings: ``n_faithfulness`` (100), ``subset``
+    (0.05), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` ("min"),
+    ``seed`` (0), ``batch_size``, ``on_error`` ("raise" | "skip").
+    """
+    from .explainers.base import drive
+
+    return drive(evaluate_iter(model, images, methods, classes, **kwargs), progress)
