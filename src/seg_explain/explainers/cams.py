@@ -1,0 +1,247 @@
+"""Segmentation CAMs of the shared target f̂_c (METHODS.md "Seg-Grad-CAM").
+
+A = activations of a layer (default: the network's bottleneck), G = ∂f̂_c/∂A.
+
+- ``seg_grad_cam`` (Vinogradova et al. 2020): α_k = mean over space of G_k;
+  map = ReLU(Σ_k α_k A_k).
+- ``seg_hires_grad_cam`` (Rheude et al.): map = ReLU(Σ_k G_k ⊙ A_k), no spatial averaging.
+
+``relu=False`` keeps negative evidence. The map is upsampled (bilinear in 2D, trilinear in
+3D, ``align_corners=False``) from the layer's grid to the network input (the model grid,
+padded to the size divisor and cropped back) and returned raw — never min-max normalised.
+
+``layer``: a dotted module name (``dict(network.named_modules())``), or None for the
+bottleneck: the deepest block of a MONAI ``UNet`` (the innermost ``SkipConnection``'s
+``submodule``), ``SegResNet``'s last ``down_layers`` stage, ``SwinUNETR``'s ``encoder10``,
+``DynUNet``'s ``bottleneck``, ``BasicUNet``'s ``down_4``; for other networks the last module
+with parameters whose output has the coarsest grid (found with one small probe pass).
+See :func:`find_layer` / :func:`candidate_layers`.
+
+The layer's output is detached and made a leaf that requires grad, so a CAM costs one
+forward and only the backward from the output to that layer. Several classes share the
+forward pass (:mod:`.multiclass`). Images larger than the model's patch are explained
+window by window (each window's own CAM, averaged where windows overlap; note that the
+Seg-Grad-CAM weights α are then per window). TorchScript / exported models have no
+hookable layers: :meth:`SegModel.check_hookable` raises a :class:`MethodError`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import MethodError
+from ..targets import class_logit
+from ..windows import WindowAccumulator, model_windows, window_shape
+from .base import Context, register
+from .gradients import Counts, book, check_same_image
+
+_KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
+    "SegResNet": lambda m: f"down_layers.{len(m.down_layers) - 1}",
+    "SwinUNETR": lambda m: "encoder10",
+    "DynUNet": lambda m: "bottleneck",
+    "BasicUNet": lambda m: "down_4",
+    "BasicUnet": lambda m: "down_4",
+}
+
+
+def _unet_bottleneck(m: torch.nn.Module) -> str | None:
+    skips = [n for n, s in m.named_modules() if type(s).__name__ == "SkipConnection"]
+    if not skips:
+        return None
+    deepest = max(skips, key=lambda n: n.count("."))
+    return f"{deepest}.submodule" if deepest else "submodule"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def candidate_layers(network: torch.nn.Module, limit: int | None = None) -> list[str]:
+    """Names of the network's convolution-bearing modules (what ``layer=`` accepts)."""
+    conv = torch.nn.modules.conv._ConvNd
+    out = [n for n, m in network.named_modules()
+           if n and type(m).__name__ != "SkipConnection" and any(isinstance(c, conv) for c in m.modules())]
+    return out[:limit] if limit else out
+
+
+def _probe_bottleneck(model) -> str:
+    net = model.network
+    n = max(16, 4 * model.divisor)
+    if model.patch_size:
+        shape = tuple(int(p) for p in model.patch_size)
+    else:
+        shape = (n,) * model.spatial_dims
+    records = []
+    order = [0]
+
+    def make(name):
+        def hook(mod, _i, out):
+            order[0] += 1
+            if isinstance(out, torch.Tensor) and out.ndim == model.spatial_dims + 2:
+                has_params = any(True for _ in mod.parameters(recurse=True))
+                records.append((int(np.prod(out.shape[2:])), order[0], name, has_params))
+        return hook
+
+    handles = [m.register_forward_hook(make(nm)) for nm, m in net.named_modules()
+               if nm and type(m).__name__ != "SkipConnection"]
+    try:
+        with torch.inference_mode():
+            model.forward(torch.zeros((1, model.in_channels) + shape))
+    finally:
+        for h in handles:
+            h.remove()
+    recs = [r for r in records if r[3]]
+    if not recs:
+        raise MethodError("cannot find a bottleneck layer in this network; pass layer=<module name>")
+    smallest = min(r[0] for r in recs)
+    return max((r for r in recs if r[0] == smallest), key=lambda r: r[1])[2]
+
+
+def find_layer(model, layer: str | None = None) -> tuple[str, torch.nn.Module]:
+    """The hooked layer: ``layer`` by dotted name, or the network's bottleneck."""
+    net = model.network
+    mods = dict(net.named_modules())
+    if layer is not None:
+        if not isinstance(layer, str) or layer not in mods or not layer:
+            cands = candidate_layers(net)
+            show = ", ".join(cands[:12]) + (f", ... ({len(cands)} in all)" if len(cands) > 12 else "")
+            raise MethodError(f"layer {layer!r} is not a module of this network; choose one of: {show}")
+        return layer, mods[layer]
+    for prefix, m in net.named_modules():
+        cls = type(m).__name__
+        if cls == "UNet" and type(m).__module__.startswith("monai"):
+            name = _unet_bottleneck(m)
+            if name is not None:
+                full = _join(prefix, name)
+                return full, mods[full]
+        if cls in _KNOWN:
+            full = _join(prefix, _KNOWN[cls](m))
+            if full in mods:
+                return full, mods[full]
+    name = _probe_bottleneck(model)
+    return name, mods[name]
+
+
+def _pads(model, spatial: Sequence[int]) -> list[tuple[int, int]]:
+    """Padding SegModel.forward applies before the network: (low, high) per axis."""
+    out = []
+    for n in spatial:
+        extra = (-int(n)) % model.divisor
+        out.append((extra // 2, extra - extra // 2))
+    return out
+
+
+def upsample(cam: torch.Tensor, model, spatial: Sequence[int]) -> torch.Tensor:
+    """``(B, *s_layer)`` map -> ``(B, *spatial)`` on the input grid (padding cropped)."""
+    pads = _pads(model, spatial)
+    padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(spatial, pads))
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    up = F.interpolate(cam[:, None].float(), size=padded, mode=mode, align_corners=False)[:, 0]
+    sl = (slice(None),) + tuple(slice(lo, lo + int(n)) for n, (lo, _) in zip(spatial, pads))
+    return up[sl]
+
+
+def cam_map(A: torch.Tensor, G: torch.Tensor, hires: bool, relu: bool) -> torch.Tensor:
+    """``(B, K, *s)`` activations and gradients -> ``(B, *s)`` CAM."""
+    if hires:
+        m = (G * A).sum(1)
+    else:
+        alpha = G.mean(dim=tuple(range(2, G.ndim)), keepdim=True)
+        m = (alpha * A).sum(1)
+    return torch.relu(m) if relu else m
+
+
+def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, relu: bool = True):
+    """CAM of several classes from one forward pass per window."""
+    check_same_image(ctxs)
+    ctx = ctxs[0]
+    model = ctx.model
+    model.check_hookable(method)
+    if not isinstance(model.network, torch.nn.Module):
+        raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
+    if not isinstance(relu, (bool, np.bool_)) and relu not in (0, 1):
+        raise MethodError(f"relu must be true or false, got {relu!r}")
+    name, module = find_layer(model, layer)
+    x = ctx.x
+    S = tuple(x.shape[1:])
+    windows = model_windows(model, S)
+    targets = [(c.target, c.roi) for c in ctxs]
+    plan = [(wi, [k for k, (_, r) in enumerate(targets) if bool(r[w].any())]) for wi, w in enumerate(windows)]
+    plan = [(wi, ks) for wi, ks in plan if ks]
+    accs = [WindowAccumulator(S, windows) for _ in targets]
+    counts = Counts(backward=[0] * len(targets))
+    dev = model.device
+    layer_shape = None
+    total = max(1, len(plan))
+    yield (0, total)
+    for done, (wi, ks) in enumerate(plan, 1):
+        w = windows[wi]
+        store: list[torch.Tensor] = []
+
+        def hook(_m, _inp, out):
+            if not isinstance(out, torch.Tensor) or out.ndim != model.spatial_dims + 2:
+                raise MethodError(f"layer {name!r} does not output a {model.spatial_dims}D feature map "
+                                  "(B, K, *spatial); choose a convolution layer")
+            a = out.detach().requires_grad_(True)
+            store.append(a)
+            return a.clone()
+
+        h = module.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                logits = model.forward(x[(slice(None),) + w][None].to(dev, torch.float32))
+                f = torch.stack([(class_logit(logits, targets[k][0], model.sigmoid)
+                                  * targets[k][1][w].to(dev, logits.dtype)).flatten(1).sum(1)
+                                 for k in ks], dim=1)
+        finally:
+            h.remove()
+        counts.forward += 1
+        if len(store) != 1:
+            raise MethodError(f"layer {name!r} ran {len(store)} times in one forward pass; "
+                              "choose a layer that runs once")
+        A = store[0]
+        layer_shape = tuple(A.shape[1:])
+        if not f.requires_grad:
+            raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
+        for j, k in enumerate(ks):
+            (G,) = torch.autograd.grad(f[:, j].sum(), A, retain_graph=j < len(ks) - 1, allow_unused=True)
+            if G is None:
+                raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
+            counts.backward[k] += 1
+            m = cam_map(A.detach(), G.detach(), hires, bool(relu))
+            accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
+        del logits, f, A, store
+        yield (done, total)
+    book(ctxs, counts)
+    extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
+              "n_windows": len(windows)}
+    return [(a.result(), dict(extras)) for a in accs]
+
+
+def seg_grad_cam_multi(ctxs, layer=None, relu=True):
+    return (yield from cam_multi(ctxs, False, "seg_grad_cam", layer, relu))
+
+
+def seg_hires_grad_cam_multi(ctxs, layer=None, relu=True):
+    return (yield from cam_multi(ctxs, True, "seg_hires_grad_cam", layer, relu))
+
+
+@register("seg_grad_cam", defaults={"layer": None, "relu": True}, kind="cam",
+          doc="Seg-Grad-CAM: ReLU(Σ_k mean(∂f̂_c/∂A_k)·A_k) at `layer` (default: bottleneck), upsampled.")
+def seg_grad_cam(ctx: Context, layer=None, relu=True):
+    res = yield from seg_grad_cam_multi([ctx], layer=layer, relu=relu)
+    return res[0]
+
+
+@register("seg_hires_grad_cam", defaults={"layer": None, "relu": True}, kind="cam",
+          doc="Seg-HiRes-Grad-CAM: ReLU(Σ_k ∂f̂_c/∂A_k ⊙ A_k) at `layer` (default: bottleneck), upsampled.")
+def seg_hires_grad_cam(ctx: Context, layer=None, relu=True):
+    res = yield from seg_hires_grad_cam_multi([ctx], layer=layer, relu=relu)
+    return res[0]
+
+
+seg_grad_cam.multi = seg_grad_cam_multi
+seg_hires_grad_cam.multi = seg_hires_grad_cam_multi

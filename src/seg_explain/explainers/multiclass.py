@@ -1,0 +1,116 @@
+"""Explain several classes of one image, sharing the work between them (Agg2Exp needs all).
+
+:func:`explain_classes` gives the same maps as calling :func:`~.base.explain` once per
+class with its predicted voxels as RoI (same seed, so the same noise samples / IG steps),
+but
+
+- the image is prepared and its clean prediction computed once (it fixes every class's
+  RoI);
+- methods that provide a multi-class form (``fn.multi``: the gradient family and both
+  CAMs) push each batch of inputs through the network **once** for all classes and run one
+  backward per class on the retained graph, so an image with K classes costs
+  ``n`` forwards + ``K·n`` backwards instead of ``K·n`` of each;
+- other methods (PdCR, KernelSHAP, ...) run once per class on the shared prepared image and
+  clean logits.
+
+Pass counts: each Explanation's ``n_forward`` counts the forward rows it used (shared ones
+included, plus the clean prediction) and ``n_backward`` its own backward rows; the image
+totals (what the computation really cost) are in ``extras["shared_passes"]``
+(``n_forward``, ``n_backward``, ``n_classes``, ``elapsed_s``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import InputMismatchError, MethodError
+from .base import Explanation, drive, finalize, get_spec, make_context
+
+
+def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
+                         batch_size: int | None = None, **params) -> Iterator[tuple[int, int]]:
+    """Generator form of :func:`explain_classes`: yields ``(done, total)``, returns the list."""
+    spec = get_spec(method)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
+                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+    full = {**spec.defaults, **params}
+    t0 = time.perf_counter()
+    prep = model.prepare(image)
+    clean = model.logits_tensor(prep.x)
+    pred = prep.to_image(model.labels_from_logits(clean).numpy().astype(np.int32), order=0)
+    present = set(int(c) for c in np.unique(pred))
+    if classes is None:
+        wanted = sorted(present)
+    else:
+        if isinstance(classes, (str, int, np.integer)):
+            classes = [classes]
+        wanted = []
+        for c in classes:
+            ci = model.class_index(c)
+            if ci not in wanted:
+                wanted.append(ci)
+    ctxs, rois = [], []
+    for c in wanted:
+        if c not in present:
+            continue  # not predicted in this image: nothing to explain
+        try:
+            ctx, roi_img, _ = make_context(model, None, c, None, None, None, seed, batch_size,
+                                           prep=prep, clean_logits=clean)
+        except InputMismatchError:
+            continue  # RoI vanishes on the model grid
+        ctxs.append(ctx)
+        rois.append(roi_img)
+    if not ctxs:
+        names = ", ".join(model.class_names[c] for c in wanted)
+        raise InputMismatchError(f"none of the requested classes ({names}) is predicted in this image")
+
+    run_params = {**full, "seed": seed, "batch_size": batch_size}
+    multi = getattr(spec.fn, "multi", None)
+    results: list[Any] = []
+    if multi is not None:
+        results = yield from multi(ctxs, **full)
+    else:
+        n = len(ctxs)
+        for k, ctx in enumerate(ctxs):
+            gen = spec.fn(ctx, **full)
+            while True:
+                try:
+                    d, t = next(gen)
+                except StopIteration as stop:
+                    results.append(stop.value)
+                    break
+                yield (k * 1000 + int(1000 * d / max(t, 1)), n * 1000)
+    out: list[Explanation] = []
+    n_fwd_own = sum(c.n_forward for c in ctxs)
+    for ctx, roi_img, res in zip(ctxs, rois, results):
+        extras: dict[str, Any] = {}
+        if isinstance(res, tuple):
+            res, extras = res
+        ctx.n_forward += 1  # the shared clean prediction that fixed the RoI
+        out.append(finalize(ctx, spec.name, res, roi_img, run_params, t0, dict(extras)))
+    elapsed = time.perf_counter() - t0
+    shared = {
+        "n_forward": 1 + (ctxs[0].n_forward - 1 if multi is not None else n_fwd_own),
+        "n_backward": sum(c.n_backward for c in ctxs),
+        "n_classes": len(ctxs), "elapsed_s": elapsed, "shared_forward": multi is not None}
+    for e in out:
+        e.elapsed_s = elapsed
+        e.extras["shared_passes"] = dict(shared)
+    yield (1, 1)
+    return out
+
+
+def explain_classes(model, image, method: str, classes=None, seed: int = 0,
+                    batch_size: int | None = None, progress: Callable[[int, int], Any] | None = None,
+                    **params) -> list[Explanation]:
+    """Explain every class predicted in ``image`` (or only ``classes``) with ``method``.
+
+    Each class's RoI is its predicted voxels (fixed from the clean image). Classes that are
+    not predicted in this image are skipped; an unknown class raises. Returns one
+    :class:`~.base.Explanation` per explained class, in class order.
+    """
+    return drive(explain_classes_iter(model, image, method, classes, seed, batch_size, **params), progress)
