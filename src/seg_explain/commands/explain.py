@@ -1,0 +1,88 @@
+"""``seg-explain explain IMAGE --model M --method NAME [--target C] [--roi MASK] [--param k=v ...] --out OUT``.
+
+Writes the attribution map (raw values, sign kept) on the grid of IMAGE: a NIfTI input
+gives a NIfTI output with the input's affine and header; 2D inputs are written as
+``.tif`` or ``.npy`` (by OUT's extension). Multi-channel inputs are summed over channels
+unless ``--per-channel`` is given.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub):
+    p = sub.add_parser("explain", help="attribution map of one class in one image",
+                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p.add_argument("image", metavar="IMAGE", help="image file (NIfTI, TIFF, PNG, .npy, ...)")
+    p.add_argument("--model", required=True, help="MONAI bundle folder or TorchScript/.pt2 file")
+    p.add_argument("--method", required=True, help="attribution method (see `seg-explain methods`)")
+    p.add_argument("--target", default="1", help="class index or name (default: 1)")
+    p.add_argument("--roi", default=None, metavar="MASK",
+                   help="RoI mask file on the image grid (default: the voxels predicted as the target)")
+    p.add_argument("--roi-mode", default=None, choices=("mask", "intersection"),
+                   help="use the mask as is (default) or intersect it with the predicted target")
+    p.add_argument("--roi-label", type=int, default=None, help="use only this label of a label-map RoI")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
+    p.add_argument("--out", required=True, help="output file (.nii.gz, .tif, .npy, .mha, .nrrd)")
+    p.add_argument("--per-channel", action="store_true", help="write the (C, ...) per-channel map")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def _check_out(out: Path, spatial_dims: int) -> None:
+    from ..errors import InputMismatchError
+    from ..io import NIFTI_EXT, SUPPORTED_EXT, _ext
+
+    ext = _ext(out)
+    if ext not in SUPPORTED_EXT or ext in (".png", ".jpg", ".jpeg", ".bmp", ".dcm"):
+        raise InputMismatchError(f"cannot write '{out.name}': use .nii.gz, .tif, .npy, .mha or .nrrd")
+    if spatial_dims == 2 and ext in NIFTI_EXT:
+        raise InputMismatchError(f"{out.name}: a 2D image is written as .tif or .npy")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..cli import parse_params
+    from ..errors import InputMismatchError
+    from ..explainers.base import drive, explain_iter
+    from ..io import load_image, save_image
+    from ..models import load_model
+
+    params = parse_params(args.param)
+    img = load_image(args.image)
+    out = Path(args.out)
+    _check_out(out, img.spatial_dims)
+    roi = None
+    if args.roi:
+        r = load_image(args.roi)
+        roi = np.asarray(r.data)
+        if roi.ndim > img.spatial_dims:
+            roi = np.squeeze(roi)
+        if roi.shape != img.spatial_shape:
+            raise InputMismatchError(
+                f"RoI {Path(args.roi).name} has shape {roi.shape}, the image {img.spatial_shape}")
+    model = load_model(args.model, device=args.device)
+    target = int(args.target) if str(args.target).lstrip("-").isdigit() else args.target
+    gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=args.seed,
+                       roi_mode=args.roi_mode, roi_label=args.roi_label, **params)
+    last = [-1]
+
+    def progress(done, total):
+        pct = int(100 * done / max(total, 1))
+        if not args.quiet and pct // 10 != last[0]:
+            last[0] = pct // 10
+            print(f"[explain] {pct:3d}%", file=sys.stderr, flush=True)
+
+    exp = drive(gen, progress)
+    data = exp.per_channel if (args.per_channel and exp.per_channel is not None) else exp.attribution
+    path = save_image(out, data, like=img)
+    info = exp.summary()
+    info.pop("method", None)
+    print(f"[explain] {exp.method} of {exp.target_name!r} ({exp.roi.sum()} RoI voxels) -> {path}; "
+          + json.dumps({k: v for k, v in info.items() if k != "target"}), file=sys.stderr)
+    return 0
