@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_unet, wrap
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
-from seg_explain.explainers.pdcr import make_grid, roi_window
+from seg_explain.explainers.pdcr import make_grid
 from seg_explain.models import SegModel
 from seg_explain.paths import sample_path
 
@@ -210,26 +210,45 @@ def test_batch_size_does_not_change_the_map():
     assert np.array_equal(a, b)
 
 
-def test_window_around_roi_when_image_exceeds_patch():
-    model = wrap(make_unet(2), 2, patch=(32, 32))
+def test_sliding_windows_exact_on_roi_when_image_exceeds_patch():
+    """Image > patch: only the RoI windows run, and the RoI Dice of each perturbed copy
+    equals that of a full MONAI sliding-window pass of the perturbed image."""
+    from seg_explain.bank import resolve_bank
+    from seg_explain.explainers.base import make_context
+    from seg_explain.explainers.pdcr import RoIDiceEngine, reference_positive
+
+    model = wrap(make_unet(2, seed=1), 2, patch=(32, 32))
     rng = np.random.default_rng(0)
-    img = rng.random((64, 64)).astype(np.float32)
-    roi = np.zeros((64, 64), bool)
-    roi[4:10, 50:58] = True
-    win, sliding = roi_window(model, (64, 64), torch.from_numpy(roi))
-    assert not sliding and [(s.start, s.stop) for s in win] == [(0, 32), (32, 64)]
-    exp = explain(model, img, "pdcr", target=1, roi=roi, bank=[rng.random((32, 32)) for _ in range(2)],
-                  n_screen=2, n_draws=3, tau=0.0)
+    img = rng.random((64, 56)).astype(np.float32)
+    roi = np.zeros((64, 56), bool)
+    roi[4:10, 26:34] = True
+    ctx, _, _ = make_context(model, img, 1, roi)
+    grid = make_grid(ctx.shape, 8)
+    bank = resolve_bank([rng.random((32, 32)).astype(np.float32) for _ in range(2)], model, 8)
+    eng = RoIDiceEngine(ctx, grid, bank.blocks, reference_positive(ctx, None), batch_size=5)
+    # windows start at 0/24/32 (rows) and 0/24 (cols); the RoI lies in 2 of them
+    assert eng.sliding and eng.n_windows == 2 and eng.m0 == 1.0
+    assert torch.allclose(eng.clean_roi_logits, ctx.clean_logits.flatten(1)[:, ctx.roi.flatten()], atol=1e-5)
+    ids = [k for k in range(len(grid)) if eng.reachable(k) and not ctx.roi[grid.slices(grid.indices()[k])].any()]
+    assert len(ids) == 4 * 7 - 4                    # rows 0..31, all columns, minus the RoI blocks
+    jobs = [[(k, 3 * k % len(bank))] for k in ids[:8]] + [[(ids[0], 1), (ids[-1], 2)]]
+    got = torch.empty(len(jobs), dtype=torch.float64)
+    list(eng.run(jobs, got))
+    ref = ctx.clean_labels[ctx.roi] == 1
+    for job, d in zip(jobs, got):
+        x = ctx.x.clone()
+        for blk, k in job:
+            sl = grid.slices(grid.indices()[blk])
+            x[(slice(None),) + sl] = bank.blocks[k]
+        pred = model.labels_from_logits(model.logits_tensor(x))[ctx.roi] == 1
+        want = 1.0 if pred.sum() + ref.sum() == 0 else float(2 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+        assert abs(float(d) - want) < 1e-6
+    # through explain(): unreachable blocks are 0 and cost nothing
+    exp = explain(model, img, "pdcr", target=1, roi=roi, bank=bank, n_screen=1, n_draws=2, tau=0.0)
     out = [b for b in exp.extras["blocks"] if b["outside_window"]]
-    assert len(out) == 64 - 16 and all(b["ate"] == 0 and b["n_draws"] == 0 for b in out)
-    assert np.all(exp.attribution[32:, :] == 0) and np.all(exp.attribution[:, :32] == 0)
-    n_in = exp.extras["n_perturbable"] - len(out)
-    assert exp.n_forward == 1 + 1 + n_in * (2 + 3)   # clean full image + clean window + draws
-    # an RoI larger than the patch: a bigger window with sliding windows inside
-    big = np.zeros((64, 64), bool)
-    big[8:50, 20:30] = True
-    win, sliding = roi_window(model, (64, 64), torch.from_numpy(big))
-    assert sliding and win[0].stop - win[0].start == 58
+    assert len(out) == 8 * 7 - 4 - len(ids) and all(b["ate"] == 0 and b["n_draws"] == 0 for b in out)
+    assert np.all(exp.attribution[32:] == 0)
+    assert exp.extras["sliding_windows"] and exp.extras["n_roi_windows"] == 2
 
 
 # ----------------------------------------------------------------------- bad input --

@@ -20,7 +20,10 @@ Causal effect of each block of the image on the segmentation quality of the RoI:
 the block *lowered* the RoI Dice, i.e. its content *supported* the RoI segmentation — a
 **positive contribution**, shown red. ``ATE > 0`` (the segmentation got better without
 the content) is a **negative contribution**, shown blue. 0 = irrelevant / RoI / not
-reachable. ``progressive.py`` therefore ranks PdCR blocks by ``−ATE``.
+reachable. ``progressive.py`` therefore ranks PdCR blocks by ``−ATE``. With the default
+reference (the model's own clean prediction) ``M_0 = 1``, so ATE ≤ 0 by construction;
+negative contributions (ATE > 0) can only show against a ground-truth ``reference``
+(as in the paper's reference code, which uses ground truth).
 
 Speed (the method's weak point: thousands of forward passes):
 
@@ -28,15 +31,15 @@ Speed (the method's weak point: thousands of forward passes):
   (the work list is flattened across blocks), under ``torch.inference_mode``;
 - only the RoI voxels of the logits are read (argmax/threshold on the RoI only);
 - the clean prediction ``ctx.clean_logits`` is reused for ``M_0`` and the reference;
-- images larger than ``model.patch_size``: the forward passes run on *one window around the
-  RoI* — the patch size centred on the RoI (grown by a quarter patch of context on each
-  side when the RoI does not fit, then run with MONAI sliding windows inside it). Blocks
-  outside that window cannot change its output: they get 0 with no forward pass (flagged
-  ``outside_window``). ``M_0`` is computed with the same window so both terms of ITE
-  come from the same inference; the default reference stays the model's full-image
-  prediction. This is what the model "sees" of the RoI when its training patch is
-  centred there; it is not bit-identical to a full sliding-window pass (which would cost
-  every window per perturbed copy).
+- images larger than ``model.patch_size``: the model's own sliding-window inference
+  (same windows, overlap and blending as ``model.logits``), restricted to the windows that
+  hold RoI voxels; their clean outputs are computed once and each perturbed copy re-runs
+  only the RoI windows that contain the perturbed block, swapping their weighted
+  contribution in the blended RoI logits. This is *exact* (the RoI logits equal those of a
+  full sliding-window pass of the perturbed image) at 1–2^D window passes per copy instead
+  of all windows. Blocks that no RoI window contains cannot change the RoI prediction:
+  they get 0 without any pass (flagged ``outside_window``). ``n_forward`` then counts
+  window passes.
 - ``adaptive=True`` (beyond the paper): the ``n_draws`` ATE draws are taken in rounds of 10;
   a block stops once the 95 % confidence half-width of its ATE is below ``tau`` (or
   below the float given as ``adaptive``). The forward passes saved are reported.
@@ -44,7 +47,7 @@ Speed (the method's weak point: thousands of forward passes):
 Extras of the Explanation: ``m0``, ``share_positive`` / ``share_negative`` /
 ``share_irrelevant`` (over the perturbable blocks), ``ate_min`` / ``ate_max``,
 ``n_blocks`` / ``n_roi_blocks`` / ``n_relevant``, ``n_forward_screen`` /
-``n_forward_ate`` / ``passes_saved``, ``batch_size``, ``window``, ``blocks`` (per-block
+``n_forward_ate`` / ``passes_saved``, ``batch_size``, ``n_roi_windows``, ``blocks`` (per-block
 table: id, index, origin, size, status, screened, screened_out, screen_max_abs_ite, ate,
 n_draws, ci95, contribution), ``block_grid`` (model-grid geometry) and ``block_labels``
 (int32 image-grid map of block ids + 1, for drawing outlines).
@@ -138,37 +141,38 @@ def make_grid(shape: Sequence[int], block_size: int) -> BlockGrid:
     return BlockGrid(tuple(int(s) for s in shape), b)
 
 
-# ------------------------------------------------------------------------- window --
-def roi_window(model, shape: Sequence[int], roi: torch.Tensor) -> tuple[tuple[slice, ...], bool]:
-    """The region the forward passes run on -> (slices, needs sliding windows inside).
-
-    Whole image when it fits the model patch (or the model has none); else the patch size
-    centred on the RoI's bounding box, grown to the box plus a quarter patch of context
-    per side where the RoI does not fit (that window then runs with sliding windows).
-    """
-    if not model.needs_windows(shape):
-        return tuple(slice(0, s) for s in shape), False
-    nz = torch.nonzero(roi)
-    lo, hi = nz.min(0).values.tolist(), (nz.max(0).values + 1).tolist()
-    sl, big = [], False
-    for d, s in enumerate(shape):
-        p = int(model.patch_size[d])
-        ext = p if hi[d] - lo[d] <= p else hi[d] - lo[d] + 2 * (p // 4)
-        ext = min(ext, s)
-        big |= ext > p
-        c = (lo[d] + hi[d]) // 2
-        start = int(min(max(c - ext // 2, 0), s - ext))
-        sl.append(slice(start, start + ext))
-    return tuple(sl), big
-
-
 # ------------------------------------------------------------------------- engine --
+def _intersect(block: Sequence[slice], window: Sequence[slice]):
+    """(window-local slices, block-local slices) of block ∩ window, or None if disjoint."""
+    loc, crop = [], []
+    for bs, ws in zip(block, window):
+        a, b = max(bs.start, ws.start), min(bs.stop, ws.stop)
+        if a >= b:
+            return None
+        loc.append(slice(a - ws.start, b - ws.start))
+        crop.append(slice(a - bs.start, b - bs.start))
+    return (slice(None),) + tuple(loc), (slice(None),) + tuple(crop)
+
+
 class RoIDiceEngine:
     """Batched ``do(x_p = bank block)`` → forward → Dice on the RoI.
 
     A *job* is a list of ``(block_id, bank_index)`` replacements applied together to one
     copy of the image (PdCR: one pair; progressive perturbation: the top-k blocks).
     Jobs from any number of blocks are packed into the same batch.
+
+    Two backends, chosen by the image size:
+
+    - the image fits the model patch (or the model has none): one forward pass of the
+      whole (divisor-padded) image per job;
+    - larger images: the model's own sliding-window inference (MONAI windows, overlap
+      and blending, exactly as ``model.logits``) restricted to what the RoI needs. Only
+      the windows that contain RoI voxels matter; their clean outputs are computed once,
+      and a job re-runs only those of them that contain a perturbed block, swapping
+      their weighted contribution in the blended RoI logits. The result equals a full
+      sliding-window pass on the RoI voxels, at 1–2^D window passes per job instead of
+      all windows. Blocks that no RoI window sees cannot change the RoI prediction: 0
+      without any pass (``outside_window``). ``n_forward`` counts window passes.
     """
 
     def __init__(self, ctx: Context, grid: BlockGrid, bank_blocks: torch.Tensor,
@@ -176,54 +180,107 @@ class RoIDiceEngine:
         self.ctx, self.grid = ctx, grid
         model = ctx.model
         self.device = model.device
-        self.window, self.sliding = roi_window(model, ctx.shape, ctx.roi)
-        win = (slice(None),) + self.window
-        self.full = all(w.start == 0 and w.stop == s for w, s in zip(self.window, ctx.shape))
-        # pad once to the network's size divisor exactly as model.forward would (zeros, split
-        # evenly), so each batch needs no pad/crop and the logits stay contiguous
-        wshape = [w.stop - w.start for w in self.window]
-        lo = [0] * len(wshape) if self.sliding else [((-n) % model.divisor) // 2 for n in wshape]
-        hi = [0] * len(wshape) if self.sliding else [(-n) % model.divisor - a for n, a in zip(wshape, lo)]
-        pads = [v for a, b in zip(reversed(lo), reversed(hi)) for v in (a, b)]
-        self.pad_lo = lo
-        self.xw = F.pad(ctx.x[win], pads).to(self.device).contiguous()
-        roi_w = F.pad(ctx.roi[self.window].float(), pads) > 0
-        self.roi_idx = torch.nonzero(roi_w.flatten()).flatten().to(self.device)
-        ref_w = F.pad(ref_pos[self.window].float(), pads) > 0
-        self.ref = ref_w.flatten()[self.roi_idx.cpu()].to(self.device)
-        self.n_ref = int(self.ref.sum())
+        self.sliding = model.needs_windows(ctx.shape)
         self.bank = bank_blocks.to(self.device, torch.float32)
         self.target, self.sigmoid = ctx.target, model.sigmoid
-        # per block: (window-local slices, bank-block crop) or None when outside the window
-        self.place: list[tuple[tuple[slice, ...], tuple[slice, ...]] | None] = []
-        for idx in grid.indices():
-            loc, crop = [], []
-            for d, (o, n) in enumerate(zip(grid.origin(idx), grid.size(idx))):
-                w0, w1 = self.window[d].start, self.window[d].stop
-                a, b = max(o, w0), min(o + n, w1)
-                if a >= b:
-                    break
-                loc.append(slice(a - w0 + self.pad_lo[d], b - w0 + self.pad_lo[d]))
-                crop.append(slice(a - o, b - o))
-            else:
-                self.place.append(((slice(None),) + tuple(loc), (slice(None),) + tuple(crop)))
-                continue
-            self.place.append(None)
-        self.batch_size = int(batch_size) if batch_size else default_batch(ctx, self.xw)
+        roi_flat = ctx.roi.flatten()
+        self.ref = ref_pos.flatten()[roi_flat].to(self.device)
+        self.n_ref = int(self.ref.sum())
+        blocks = [grid.slices(idx) for idx in grid.indices()]
+        if self.sliding:
+            self._init_sliding(blocks)
+        else:
+            self._init_single(blocks)
+        self.batch_size = int(batch_size) if batch_size else default_batch(ctx, self.item_shape)
         self.tuned = bool(batch_size or ctx.batch_size)
         self.timing: dict[int, float] = {}
-        self.m0 = self._clean_dice()
+        self.m0 = float(self._dice_vals(self.clean_roi_logits[None])[0])
+
+    # ------------------------------------------------------------- single window --
+    def _init_single(self, blocks):
+        ctx, model = self.ctx, self.ctx.model
+        # pad once to the network's size divisor exactly as model.forward would (zeros,
+        # split evenly) so that no batch needs a pad/crop and the logits stay contiguous
+        lo = [((-n) % model.divisor) // 2 for n in ctx.shape]
+        hi = [(-n) % model.divisor - a for n, a in zip(ctx.shape, lo)]
+        pads = [v for a, b in zip(reversed(lo), reversed(hi)) for v in (a, b)]
+        self.xw = F.pad(ctx.x, pads).to(self.device).contiguous()
+        self.item_shape = tuple(self.xw.shape[1:])
+        roi_p = F.pad(ctx.roi.float(), pads) > 0
+        self.roi_idx = torch.nonzero(roi_p.flatten()).flatten().to(self.device)
+        whole = tuple(slice(0, n) for n in self.item_shape)
+        self.place = [_intersect([slice(s.start + o, s.stop + o) for s, o in zip(b, lo)], whole)
+                      for b in blocks]
+        # the clean logits are those of this very input: reuse them
+        self.clean_roi_logits = ctx.clean_logits.flatten(1)[:, ctx.roi.flatten()].to(self.device)
+
+    # ----------------------------------------------------------- sliding windows --
+    def _init_sliding(self, blocks):
+        from monai.data.utils import compute_importance_map, dense_patch_slices
+
+        ctx, model = self.ctx, self.ctx.model
+        patch = tuple(int(p) for p in model.patch_size)
+        shape = ctx.shape
+        # as monai.inferers.sliding_window_inference: pad up to the patch, scan, blend
+        lo = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
+        hi = [max(p - s, 0) - a for s, p, a in zip(shape, patch, lo)]
+        pads = [v for a, b in zip(reversed(lo), reversed(hi)) for v in (a, b)]
+        xp = F.pad(ctx.x, pads).to(self.device)
+        psize = tuple(xp.shape[1:])
+        interval = [p if p == s else max(int(p * (1 - model.overlap)), 1) for s, p in zip(psize, patch)]
+        wins = [tuple(w) for w in dense_patch_slices(psize, patch, interval)]
+        imp = compute_importance_map(patch, mode=model.blend, sigma_scale=0.125, device=self.device,
+                                     dtype=torch.float32).reshape(-1)
+        coords = torch.nonzero(ctx.roi) + torch.tensor(lo)                      # (nR, D) padded
+        n_r = coords.shape[0]
+        self.xp, self.item_shape = xp, patch
+        self.win_slices, self.win_pos, self.win_loc, self.win_imp = [], [], [], []
+        strides = torch.tensor([int(np.prod(patch[d + 1:])) for d in range(len(patch))])
+        for w in wins:
+            start = torch.tensor([s.start for s in w])
+            inside = ((coords >= start) & (coords < start + torch.tensor(patch))).all(1)
+            if not inside.any():
+                continue
+            pos = torch.nonzero(inside).flatten()
+            loc = ((coords[pos] - start) * strides).sum(1)
+            self.win_slices.append(w)
+            self.win_pos.append(pos.to(self.device))
+            self.win_loc.append(loc.to(self.device))
+            self.win_imp.append(imp[loc.to(self.device)])
+        self.denom = torch.zeros(n_r, device=self.device)
+        for pos, wt in zip(self.win_pos, self.win_imp):
+            self.denom.index_add_(0, pos, wt)
+        # block -> [(window k, placement)] for the RoI windows it touches
+        self.place = []
+        for b in blocks:
+            bp = [slice(s.start + o, s.stop + o) for s, o in zip(b, lo)]
+            hits = [(k, pl) for k, w in enumerate(self.win_slices) if (pl := _intersect(bp, w)) is not None]
+            self.place.append(hits or None)
+        # clean contributions of every RoI window (one batched pass)
+        n_cls = model.out_channels
+        self.clean_contrib = []
+        self.clean_num = torch.zeros(n_cls, n_r, device=self.device)
+        with torch.inference_mode():
+            bs = max(1, default_batch(ctx, patch))
+            for s0 in range(0, len(self.win_slices), bs):
+                ks = list(range(s0, min(s0 + bs, len(self.win_slices))))
+                out = ctx.forward(torch.stack([xp[(slice(None),) + self.win_slices[k]] for k in ks]))
+                for i, k in enumerate(ks):
+                    c = out[i].flatten(1).index_select(1, self.win_loc[k]).float() * self.win_imp[k]
+                    self.clean_contrib.append(c)
+                    self.clean_num.index_add_(1, self.win_pos[k], c)
+        self.clean_roi_logits = self.clean_num / self.denom
 
     # ---------------------------------------------------------------------- helpers --
     def reachable(self, block_id: int) -> bool:
         return self.place[block_id] is not None
 
-    def dice(self, logits: torch.Tensor, roi_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Dice of ``label == target`` vs the reference on the RoI voxels -> ``(B,)`` float64.
+    @property
+    def n_windows(self) -> int:
+        return len(self.win_slices) if self.sliding else 1
 
-        ``logits``: ``(B, L, *window)`` (padded window; ``roi_idx`` for other layouts)."""
-        idx = self.roi_idx if roi_idx is None else roi_idx
-        lf = logits.flatten(2).index_select(2, idx)                    # (B, L, nR)
+    def _dice_vals(self, lf: torch.Tensor) -> torch.Tensor:
+        """Dice of ``label == target`` vs the reference from RoI logits ``(B, L, nR)`` -> ``(B,)``."""
         if self.sigmoid:
             pred = (lf[:, 0] > 0) if self.target == 1 else (lf[:, 0] <= 0)
         else:
@@ -232,76 +289,94 @@ class RoIDiceEngine:
         denom = pred.sum(1).double() + self.n_ref
         return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)).cpu()
 
-    def _forward(self, xb: torch.Tensor) -> torch.Tensor:
-        ctx = self.ctx
-        if not self.sliding:
-            return ctx.forward(xb)
-        from monai.inferers import sliding_window_inference
+    def _paste(self, row: torch.Tensor, placement, k: int) -> None:
+        loc, crop = placement
+        row[loc] = self.bank[k][crop]
 
-        ctx.n_forward += int(xb.shape[0])
-        m = ctx.model
-        return sliding_window_inference(xb, m.patch_size, max(1, m.sw_batch_size), m.forward,
-                                        overlap=m.overlap, mode=m.blend)
-
-    def _clean_dice(self) -> float:
-        if self.full:   # the clean logits are those of this very input: reuse them
-            roi_idx = torch.nonzero(self.ctx.roi.flatten()).flatten().to(self.device)
-            return float(self.dice(self.ctx.clean_logits[None].to(self.device), roi_idx)[0])
-        with torch.inference_mode():
-            return float(self.dice(self._forward(self.xw[None]))[0])
-
-    # ------------------------------------------------------------------------- run --
-    def _batch(self, chunk) -> torch.Tensor:
+    def _run_single(self, chunk) -> torch.Tensor:
         xb = self.xw.expand(len(chunk), *self.xw.shape).clone()
         for i, job in enumerate(chunk):
-            row = xb[i]
             for blk, k in job:
-                pl = self.place[blk]
-                if pl is not None:
-                    row[pl[0]] = self.bank[k][pl[1]]
-        return xb
+                if self.place[blk] is not None:
+                    self._paste(xb[i], self.place[blk], k)
+        logits = self.ctx.forward(xb)
+        return self._dice_vals(logits.flatten(2).index_select(2, self.roi_idx))
 
+    def _items(self, job) -> dict[int, list]:
+        """RoI windows touched by a job -> the pastes to make in each."""
+        items: dict[int, list] = {}
+        for blk, k in job:
+            for w, pl in self.place[blk] or ():
+                items.setdefault(w, []).append((pl, k))
+        return items
+
+    def _run_sliding(self, chunk) -> torch.Tensor:
+        per_job = [self._items(job) for job in chunk]
+        flat = [(j, w, pastes) for j, it in enumerate(per_job) for w, pastes in it.items()]
+        num = self.clean_num.expand(len(chunk), *self.clean_num.shape).clone()
+        if flat:
+            xb = torch.stack([self.xp[(slice(None),) + self.win_slices[w]] for _, w, _ in flat])
+            for i, (_, _, pastes) in enumerate(flat):
+                for pl, k in pastes:
+                    self._paste(xb[i], pl, k)
+            out = self.ctx.forward(xb)
+            for i, (j, w, _) in enumerate(flat):
+                new = out[i].flatten(1).index_select(1, self.win_loc[w]).float() * self.win_imp[w]
+                num[j].index_add_(1, self.win_pos[w], new - self.clean_contrib[w])
+        return self._dice_vals(num / self.denom)
+
+    def cost(self, job) -> int:
+        """Forward rows a job needs."""
+        return 1 if not self.sliding else len(self._items(job))
+
+    # ------------------------------------------------------------------------- run --
     def run(self, jobs: list[list[tuple[int, int]]], out: torch.Tensor) -> Iterator[int]:
         """Evaluate ``jobs`` into ``out`` (Dice per job), yielding the count done after each batch.
 
-        Unless the batch size was fixed by the user, the first long run tries half, once
-        and twice the default batch size on its first batches (real work, results do not
-        depend on the batch size) and keeps the fastest per image."""
+        A batch holds about ``batch_size`` network rows (images or windows). Unless the
+        batch size was fixed by the user, the first long run tries half, once and twice
+        the default on its first batches (real work; results do not depend on the batch
+        size) and keeps the fastest per row."""
         trial: list[int] = []
         if not self.tuned and len(jobs) >= 8 * self.batch_size:
             b = self.batch_size
             trial = [c for _ in range(2) for c in sorted({max(1, b // 2), b, 2 * b})]
             self.tuned = True
         timing: dict[int, float] = {}
+        costs = [self.cost(j) for j in jobs] if self.sliding else None
         start = 0
+        run_chunk = self._run_sliding if self.sliding else self._run_single
         with torch.inference_mode():
             while start < len(jobs):
                 tuning = bool(trial)
                 bs = trial.pop(0) if tuning else self.batch_size
-                chunk = jobs[start:start + bs]
+                stop, rows = start, 0
+                while stop < len(jobs) and (stop == start or rows + (costs[stop] if costs else 1) <= bs):
+                    rows += costs[stop] if costs else 1
+                    stop += 1
                 t0 = time.perf_counter()
-                out[start:start + len(chunk)] = self.dice(self._forward(self._batch(chunk)))
-                if tuning and len(chunk) == bs:
-                    per = (time.perf_counter() - t0) / bs
+                out[start:stop] = run_chunk(jobs[start:stop])
+                if tuning and rows >= bs:
+                    per = (time.perf_counter() - t0) / max(rows, 1)
                     timing[bs] = min(timing.get(bs, per), per)
                     if not trial:
                         self.batch_size = min(timing, key=timing.get)
                         self.timing = timing
-                start += len(chunk)
+                start = stop
                 yield start
 
 
-def default_batch(ctx: Context, xw: torch.Tensor) -> int:
-    """Batch of perturbed copies per forward pass.
+def default_batch(ctx: Context, item_shape: Sequence[int]) -> int:
+    """Network rows (perturbed images or windows) per forward pass.
 
-    GPU: from free memory (inference needs no stored activations). CPU: about 2^17
-    voxels per batch (larger batches gain nothing on a CPU and cost memory)."""
-    n_vox = int(np.prod(xw.shape[1:]))
+    GPU: from free memory (inference keeps no activations for a backward pass). CPU: about
+    2^17 voxels per batch (larger batches gain nothing on a CPU and cost memory)."""
+    n_vox = int(np.prod(item_shape)) * max(1, ctx.model.in_channels)
     if ctx.batch_size:
         return max(1, int(ctx.batch_size))
     if ctx.model.device.type == "cpu":
         return int(max(1, min(64, 2 ** 17 // max(n_vox, 1))))
-    return ctx.auto_batch(per_item_bytes=n_vox * 4 * 24 * max(1, ctx.model.in_channels), cap=256)
+    return ctx.auto_batch(per_item_bytes=n_vox * 4 * 24, cap=256)
 
 
 def reference_positive(ctx: Context, reference) -> torch.Tensor:
@@ -341,6 +416,13 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
         raise MethodError(f"n_screen must be >= 0 and n_draws >= 1, got {n_screen}, {n_draws}")
     if not 0 <= tau <= 1:
         raise MethodError(f"tau is a Dice difference in [0, 1] (0.02 = 2 Dice points), got {tau}")
+    if isinstance(adaptive, str):     # from the CLI: "true" / "false" / a half-width
+        low = adaptive.strip().lower()
+        adaptive = True if low in ("true", "yes", "on") else False if low in ("false", "no", "off", "") else adaptive
+        try:
+            adaptive = float(adaptive) if isinstance(adaptive, str) else adaptive
+        except ValueError:
+            pass
     if adaptive is not False and adaptive is not None and not isinstance(adaptive, (bool, int, float)):
         raise MethodError(f"adaptive must be True/False or a CI half-width, got {adaptive!r}")
     ci_target = (tau if tau > 0 else 0.01) if adaptive is True else (float(adaptive) if adaptive else 0.0)
@@ -454,8 +536,7 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
     n_pos = int((vals < 0).sum())
     n_neg = int((vals > 0).sum())
     n_ids = len(ids)
-    saved = sum(n_draws - int(count[k]) for k in relevant)
-    win = [[s.start, s.stop] for s in engine.window]
+    saved = sum((n_draws - int(count[k])) * engine.cost([(k, 0)]) for k in relevant)
     extras = {
         "convention": CONVENTION, "dice_units": "fraction in [0, 1]", "m0": m0,
         "share_positive": n_pos / n_ids, "share_negative": n_neg / n_ids,
@@ -465,7 +546,7 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
         "n_relevant": len(relevant), "n_outside_window": n_ids - len(reach),
         "n_forward_screen": n_forward_screen, "n_forward_ate": n_forward_ate,
         "passes_saved": int(saved), "adaptive_ci": ci_target, "batch_size": engine.batch_size,
-        "window": win, "window_is_full_image": engine.full, "window_sliding": engine.sliding,
+        "sliding_windows": engine.sliding, "n_roi_windows": engine.n_windows,
         "bank": repr(bk), "bank_size": n_bank,
         "pdcr_seconds": time.perf_counter() - t0,
         "blocks": table, "block_grid": grid.info(),
