@@ -16,25 +16,6 @@ from seg_explain.models import SegModel
 N_CLASSES = 5
 
 
-def ensure_gradient():
-    """Until explainers/gradients.py lands: a minimal vanilla gradient of f̂ (TEMPORARY)."""
-    from seg_explain.explainers.base import methods, register
-
-    if "gradient" in methods():
-        return
-
-    @register("gradient", defaults={}, kind="gradient")
-    def _gradient(ctx):
-        x = ctx.x[None].clone().requires_grad_(True)
-        ctx.f_hat(ctx.forward(x)).sum().backward()
-        ctx.n_backward += 1
-        yield (1, 1)
-        return x.grad[0]
-
-
-ensure_gradient()
-
-
 # ------------------------------------------------------------------- planted model --
 def planted_layout(shape=(16, 16, 16)) -> np.ndarray:
     """Five fixed regions: background shell, four slabs (classes 1..4)."""
@@ -247,3 +228,16 @@ def test_2d_random_unet(unet2d, rng):
     L = len(unet2d.class_names)
     for a in np.flatnonzero(res.present[0]):
         assert np.sum(res.local[0, a, :L]) == pytest.approx(1.0)
+
+
+def test_classes_subset_absent_everywhere_and_shared_pass_counts():
+    model, lay = planted_model()
+    imgs = [planted_image(0), planted_image(1, kill3=True)]
+    res = agg2exp(model, imgs, method="smoothgrad", n_samples=4, classes=["c"])
+    assert res.present.tolist() == [[False, False, False, True, False], [False] * 5]
+    assert np.isnan(res.local[1]).all() and np.isfinite(res.local[0, 3]).all()
+    np.testing.assert_array_equal(res.volumes[1], np.bincount(model.predict(imgs[1]).ravel(), minlength=5))
+    res = agg2exp(model, imgs[:1], method="smoothgrad", n_samples=4)
+    assert res.n_forward[0] == 1 + 4          # clean prediction + 4 noisy copies, shared by 5 classes
+    assert res.n_backward[0] == 5 * 4
+    assert res.global_importance[2, 4] > 0.99

@@ -7,10 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_aggregate import ensure_gradient
 from seg_explain.cli import main
-
-ensure_gradient()
 
 
 def write_nifti(path, arr, spacing=2.0):
@@ -27,6 +24,7 @@ def images(tmp_path):
         m = np.zeros((16, 16, 16), np.uint8)
         m[i:i + 6, 4:10, 4:10] = 1
         write_nifti(tmp_path / f"case{i}_lesion.nii.gz", m)
+        write_nifti(tmp_path / f"case{i}_gt.nii.gz", rng.integers(0, 4, (16, 16, 16)).astype(np.uint8))
     return paths
 
 
@@ -36,7 +34,8 @@ def test_agg2exp_writes_everything_and_skips_a_bad_file(bundle3d, images, tmp_pa
     out = tmp_path / "out"
     code = main(["agg2exp", *images[:2], str(bad), *images[2:], "--model", str(bundle3d),
                  "--method", "gradient", "--out", str(out),
-                 "--extra-roi", f"lesion={tmp_path}/{{stem}}_lesion.nii.gz"])
+                 "--extra-roi", f"lesion={tmp_path}/{{stem}}_lesion.nii.gz",
+                 "--ground-truth", f"{tmp_path}/{{stem}}_gt.nii.gz"])
     err = capsys.readouterr().err
     assert code == 0
     assert "skipping corrupt" in err and "warning: 1 of 6 image(s) skipped" in err
@@ -58,6 +57,8 @@ def test_agg2exp_writes_everything_and_skips_a_bad_file(bundle3d, images, tmp_pa
     assert len(g) == 4 * 5 and "mass_sd" in g[0]
     o = list(csv.DictReader(open(out / "outliers.csv")))
     assert {r["image"] for r in o} == {f"case{i}" for i in range(5)}
+    assert all(0 <= float(r["dice"]) <= 1 for r in o)
+    assert "Spearman" in err
 
 
 def test_agg2exp_no_outliers_below_five_images_and_all_bad(bundle3d, images, tmp_path, capsys):

@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_aggregate import ensure_gradient
 from test_kernel_shap import additive_case
 from seg_explain.metrics import (MethodSpec, complexity, evaluate, faithfulness, normalise,
                                  sensitivity)
-
-ensure_gradient()
 
 
 def linear_f(w):

@@ -8,11 +8,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from conftest import make_unet, wrap
-from test_aggregate import ensure_gradient
 from seg_explain import agg2exp
 from seg_explain.outliers import OutlierDetector, detect_outliers, dice_correlation
-
-ensure_gradient()
 
 
 def synthetic(n_clean=12, L=3, R=4, seed=0):

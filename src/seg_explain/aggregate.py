@@ -10,7 +10,8 @@ voxels, the shared target f̂_a) with one attribution method; the attribution ``
     local_mean[a, b] = local[a, b] · p / |b|   (per-voxel mean variant: the mean |e_a| in b
                        relative to the mean over the whole image; 1 = as dense as average)
 
-Regions (columns) are the model's classes as *predicted* in that image (they partition
+``e_a`` is the attribution on the grid of the image passed in (``Explanation.attribution``;
+summed over channels for multi-channel inputs). Regions (columns) are the model's classes as *predicted* in that image (they partition
 the image, so each row sums to 1 over the class columns, background included), followed
 by any extra RoI masks (a lesion mask, a painted layer, another model's output). Extra
 columns share the row's denominator (the whole image), so they read "share of the
@@ -31,7 +32,9 @@ averaged over the images where it was predicted; ``n_present`` says over how man
 
 Work is done one image at a time (every class's attribution from shared forward passes via
 :func:`seg_explain.explainers.multiclass.explain_classes_iter`); only the small matrices are
-kept, so memory does not grow with the number of images. :func:`agg2exp_iter` is the
+kept, so memory does not grow with the number of images (the peak is one image's
+attributions, one per explained class). With ``classes=[...]`` only those classes are
+explained (the others are NaN rows); the regions are always every class. :func:`agg2exp_iter` is the
 generator form for the GUI: it yields ``(done, total)`` (per-mille of the whole run) and can
 be closed between steps; :class:`Agg2ExpRun` also gives the partial result of what has
 finished so far.
@@ -52,57 +55,6 @@ from .errors import InputMismatchError, SegExplainError
 from .io import LoadedImage, load_image
 
 STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
-
-
-# ---------------------------------------------------------------- per-class attributions --
-def _multiclass_iter():
-    """The shared-forward-pass engine if present, else a local fallback."""
-    try:
-        from .explainers.multiclass import explain_classes_iter
-        return explain_classes_iter
-    except ImportError:  # engine not there (yet): explain one class at a time
-        return _fallback_classes_iter
-
-
-def _fallback_classes_iter(model, image, method, classes=None, seed=0, batch_size=None, **params):
-    """explain() per predicted class, sharing the prepared image and the clean logits."""
-    from .explainers.base import finalize, get_spec, make_context
-    from .errors import MethodError
-
-    spec = get_spec(method)
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
-                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
-    full = {**spec.defaults, **params}
-    prep = model.prepare(image)
-    clean = model.logits_tensor(prep.x)
-    pred = prep.to_image(model.labels_from_logits(clean).numpy().astype(np.int32), order=0)
-    if classes is None:
-        classes = [int(c) for c in np.unique(pred)]
-    else:
-        classes = [model.class_index(c) for c in classes]
-    out = []
-    n = max(1, len(classes))
-    for k, c in enumerate(classes):
-        t0 = time.perf_counter()
-        ctx, roi_img, _ = make_context(model, None, c, None, None, None, seed, batch_size,
-                                       prep=prep, clean_logits=clean)
-        gen = spec.fn(ctx, **full)
-        while True:
-            try:
-                d, t = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield (k * 1000 + int(1000 * d / max(t, 1)), n * 1000)
-        extras: dict[str, Any] = {}
-        if isinstance(result, tuple):
-            result, extras = result
-        out.append(finalize(ctx, spec.name, result, roi_img,
-                            {**full, "seed": seed, "batch_size": batch_size}, t0, extras))
-        yield ((k + 1) * 1000, n * 1000)
-    return out
 
 
 # ---------------------------------------------------------------------- the matrices --
@@ -482,34 +434,44 @@ class Agg2ExpRun:
 
     def _one(self, i: int, img, name: str):
         t0 = time.perf_counter()
+        from .explainers.multiclass import explain_classes_iter
+
         image = _load(img)
-        engine = _multiclass_iter()
-        gen = engine(self.model, image, self.method, classes=self.classes, seed=self.seed,
-                     batch_size=self.batch_size, **self.params)
-        while True:
-            try:
-                d, t = next(gen)
-            except StopIteration as stop:
-                exps = stop.value
-                break
-            yield (i * STEPS_PER_IMAGE + min(STEPS_PER_IMAGE - 1, int(STEPS_PER_IMAGE * d / max(t, 1))), self.total)
-        if not exps:
-            raise InputMismatchError(f"{name}: nothing to explain")
-        shape = tuple(exps[0].attribution.shape)
+        gen = explain_classes_iter(self.model, image, self.method, classes=self.classes, seed=self.seed,
+                                   batch_size=self.batch_size, **self.params)
+        exps = []
+        try:
+            while True:
+                try:
+                    d, t = next(gen)
+                except StopIteration as stop:
+                    exps = stop.value
+                    break
+                yield (i * STEPS_PER_IMAGE + min(STEPS_PER_IMAGE - 1, int(STEPS_PER_IMAGE * d / max(t, 1))),
+                       self.total)
+        except InputMismatchError:
+            if self.classes is None:
+                raise
+            # none of the requested classes is predicted here: all rows NaN
+        if exps:
+            shape = tuple(exps[0].attribution.shape)
+        else:
+            labels = np.asarray(self.model.predict(image)).astype(np.int64)
+            shape = labels.shape
         # predicted label map on the image grid from the classes' RoIs (they partition the
         # image when every predicted class is explained; else recomputed)
-        labels = self._labels(image, exps, shape)
+        if exps:
+            labels = self._labels(image, exps, shape)
         extra = self.extra.masks(i, name, shape)
         L, R = self.L, len(self.col_names)
         rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
         present = np.zeros(L, bool)
-        vol = None
+        vol = region_masses(np.zeros(shape), labels, L, extra)["volume"]
         for e in exps:
             m = region_masses(e.attribution, labels, L, extra)
             for k in rows:
                 rows[k][e.target] = m[k]
             present[e.target] = True
-            vol = m["volume"]
         dice = None
         if self.ground_truth is not None:
             gt = self.ground_truth[i]

@@ -109,6 +109,10 @@ def run(args) -> int:
         det = detect_outliers(res, seed=args.seed)
         det.to_csv(out / "outliers.csv")
         written.append("outliers.csv")
+        if det.spearman and not args.quiet:
+            rho, pval, k = det.spearman["all"]
+            print(f"[agg2exp] Spearman(anomaly score, Dice) over {k} image-class pairs: "
+                  f"rho={rho:.3f} (p={pval:.3g})", file=sys.stderr)
     elif not args.quiet:
         print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
     from ..plots import plot_graph, plot_heatmap, save_figure
