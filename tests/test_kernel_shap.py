@@ -170,3 +170,16 @@ def test_3d_grid_default_and_clamped():
     assert np.bincount(fmap.ravel()).tolist() == [64] * 64
     fmap, g = cube_features((3, 32), 8)
     assert g == (3, 8)
+
+
+def test_several_classes_share_coalitions_and_passes(unet2d, rng):
+    from seg_explain.explainers.multiclass import explain_classes
+
+    img = rng.standard_normal((32, 32)).astype(np.float32)
+    exps = explain_classes(unet2d, img, "kernel_shap", n_samples=20, grid=3)
+    assert len(exps) == len(np.unique(unet2d.predict(img))) > 1
+    for e in exps:
+        single = explain(unet2d, img, "kernel_shap", target=e.target, n_samples=20, grid=3)
+        np.testing.assert_allclose(e.attribution, single.attribution, rtol=1e-4, atol=1e-5)
+        assert e.extras["efficiency_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert exps[0].extras["shared_passes"]["n_forward"] == 1 + 2 + 20   # not × classes

@@ -20,7 +20,9 @@ regression is solved with the efficiency constraint ``Σφ = f̂(x) − f̂(base
 imposed exactly (one coefficient eliminated), so the efficiency axiom holds up to
 rounding whatever the sample size. Many coalitions go through the network per forward
 pass (``batch_size``, auto by default) under ``torch.inference_mode``; models larger
-than their patch use MONAI sliding windows for each batch.
+than their patch use MONAI sliding windows for each batch. Several classes of one image
+(:mod:`.multiclass`, Agg2Exp) share the coalitions and every forward pass: f̂ of all the
+classes is read from the same logits, so K classes cost one set of passes, not K.
 
 Returned map (model grid, then the image grid): each voxel gets its feature's Shapley
 value **divided by the feature's voxel count**, so that the map sums to
@@ -46,6 +48,16 @@ DEFAULT_SAMPLES = {"cubes": 1000, "semantic": 200}
 
 
 # ---------------------------------------------------------------------- helpers --
+def _logits(model, xb: torch.Tensor) -> torch.Tensor:
+    """Inference-mode logits of a batch; sliding windows when it exceeds the model's patch."""
+    if model.needs_windows(xb.shape[2:]):
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(xb.to(model.device), model.patch_size, model.sw_batch_size,
+                                        model.forward, overlap=model.overlap, mode=model.blend)
+    return model.forward(xb.to(model.device))
+
+
 def f_hat_batch(ctx: Context, xb: torch.Tensor, c: int | None = None,
                 roi: torch.Tensor | None = None) -> torch.Tensor:
     """f̂ of a batch of prepared images ``(B, C, *S)`` -> ``(B,)`` float64 on CPU.
@@ -53,18 +65,24 @@ def f_hat_batch(ctx: Context, xb: torch.Tensor, c: int | None = None,
     Inference mode; sliding windows when the image exceeds the model's patch. Counts
     ``B`` forward passes on ``ctx``.
     """
-    model = ctx.model
     with torch.inference_mode():
-        if model.needs_windows(xb.shape[2:]):
-            from monai.inferers import sliding_window_inference
+        ctx.n_forward += int(xb.shape[0])
+        return ctx.f_hat(_logits(ctx.model, xb), c, roi).double().cpu()
 
-            ctx.n_forward += int(xb.shape[0])
-            logits = sliding_window_inference(xb.to(model.device), model.patch_size,
-                                              model.sw_batch_size, model.forward,
-                                              overlap=model.overlap, mode=model.blend)
-        else:
-            logits = ctx.forward(xb.to(model.device))
-        return ctx.f_hat(logits, c, roi).double().cpu()
+
+def f_hats_batch(ctxs, xb: torch.Tensor) -> torch.Tensor:
+    """f̂ of every context's (class, RoI) from one forward of ``xb`` -> ``(B, K)`` float64.
+
+    The forward rows are booked on every context (they are shared)."""
+    from ..targets import roi_sums
+
+    model = ctxs[0].model
+    with torch.inference_mode():
+        logits = _logits(model, xb)
+        out = roi_sums(logits, [c.target for c in ctxs], [c.roi for c in ctxs], model.sigmoid)
+    for c in ctxs:
+        c.n_forward += int(xb.shape[0])
+    return out.double().cpu()
 
 
 def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
@@ -159,53 +177,74 @@ def solve_shap(Z: np.ndarray, w: np.ndarray, fz: np.ndarray, f0: float, f1: floa
 
 
 # -------------------------------------------------------------------- explainer --
-@register("kernel_shap", defaults={"features": "cubes", "grid": None, "n_samples": None, "baseline": "min"},
-          kind="shapley",
-          doc="KernelSHAP on cube or semantic supervoxels (Agg2Exp); removed features set to a baseline")
-def kernel_shap(ctx: Context, features: str = "cubes", grid=None, n_samples=None,
-                baseline="min") -> Iterator[tuple[int, int]]:
+def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
+                      baseline="min") -> Iterator[tuple[int, int]]:
+    """KernelSHAP of several classes of one image from the *same* coalitions: each batch of
+    perturbed images goes through the network once and f̂ of every class is read from it
+    (used by :mod:`.multiclass`; identical to explaining the classes one by one)."""
+    if not ctxs:
+        raise MethodError("nothing to explain: no class given")
+    ctx0 = ctxs[0]
+    if any(c.prep.x is not ctx0.prep.x for c in ctxs[1:]):
+        raise MethodError("classes explained together must share one prepared image")
     if features not in ("cubes", "semantic"):
         raise MethodError(f"kernel_shap features must be 'cubes' or 'semantic', got {features!r}")
-    x = ctx.x
-    shape = ctx.shape
+    x = ctx0.x
+    shape = ctx0.shape
     if features == "cubes":
         fmap, g = cube_features(shape, grid)
         labels_of = None
     else:
-        fmap, labels_of = semantic_features(ctx.clean_labels.numpy())
+        fmap, labels_of = semantic_features(ctx0.clean_labels.numpy())
         g = None
     M = int(fmap.max()) + 1
     n = int(n_samples) if n_samples is not None else DEFAULT_SAMPLES[features]
     if n < 1:
         raise MethodError("n_samples must be >= 1")
-    rng = np.random.default_rng(int(ctx.seed))
+    rng = np.random.default_rng(int(ctx0.seed))
     Z, w, exact = coalitions(M, n, rng)
     base = baseline_tensor(x, baseline)
     fmap_t = torch.from_numpy(fmap)
     sizes = np.bincount(fmap.ravel(), minlength=M).astype(np.float64)
 
-    bs = ctx.auto_batch(per_item_bytes=float(np.prod(shape)) * 4 * 40 * max(1, x.shape[0]), cap=32)
+    bs = ctx0.auto_batch(per_item_bytes=float(np.prod(shape)) * 4 * 40 * max(1, x.shape[0]), cap=32)
     total = len(Z) + 2
     # the two anchors: everything on (x) and everything off (baseline)
-    f_anchor = f_hat_batch(ctx, torch.stack([x, base]))
-    f1, f0 = float(f_anchor[0]), float(f_anchor[1])
+    f_anchor = f_hats_batch(ctxs, torch.stack([x, base])).numpy()
+    f1, f0 = f_anchor[0], f_anchor[1]                             # (K,)
     done = 2
     yield (done, total)
-    fz = np.empty(len(Z), np.float64)
+    fz = np.empty((len(Z), len(ctxs)), np.float64)
     for s in range(0, len(Z), bs):
         zb = torch.from_numpy(Z[s:s + bs])
         keep = zb[:, fmap_t]                                   # (B, *S) voxel on/off
         xb = torch.where(keep[:, None], x[None], base[None])    # (B, C, *S)
-        fz[s:s + len(zb)] = f_hat_batch(ctx, xb).numpy()
+        fz[s:s + len(zb)] = f_hats_batch(ctxs, xb).numpy()
         done += len(zb)
         yield (done, total)
-    phi = solve_shap(Z, w, fz, f0, f1) if M > 1 else np.array([f1 - f0])
-    per_voxel = phi / np.maximum(sizes, 1)
-    attr = torch.from_numpy(per_voxel[fmap].astype(np.float32))
-    extras = {"phi": phi.tolist(), "feature_sizes": sizes.astype(int).tolist(),
-              "feature_labels": labels_of if labels_of is not None else list(range(M)),
-              "grid": list(g) if g is not None else None, "f_x": f1, "f_baseline": f0,
-              "efficiency_gap": float(phi.sum() - (f1 - f0)), "n_features": M,
-              "n_coalitions": int(len(Z)), "exact": bool(exact), "batch_size": bs,
-              "features": features}
-    return attr, extras
+    out = []
+    for k in range(len(ctxs)):
+        phi = solve_shap(Z, w, fz[:, k], f0[k], f1[k]) if M > 1 else np.array([f1[k] - f0[k]])
+        per_voxel = phi / np.maximum(sizes, 1)
+        attr = torch.from_numpy(per_voxel[fmap].astype(np.float32))
+        extras = {"phi": phi.tolist(), "feature_sizes": sizes.astype(int).tolist(),
+                  "feature_labels": labels_of if labels_of is not None else list(range(M)),
+                  "grid": list(g) if g is not None else None, "f_x": float(f1[k]),
+                  "f_baseline": float(f0[k]), "efficiency_gap": float(phi.sum() - (f1[k] - f0[k])),
+                  "n_features": M, "n_coalitions": int(len(Z)), "exact": bool(exact),
+                  "batch_size": bs, "features": features}
+        out.append((attr, extras))
+    return out
+
+
+@register("kernel_shap", defaults={"features": "cubes", "grid": None, "n_samples": None, "baseline": "min"},
+          kind="shapley",
+          doc="KernelSHAP on cube or semantic supervoxels (Agg2Exp); removed features set to a baseline")
+def kernel_shap(ctx: Context, features: str = "cubes", grid=None, n_samples=None,
+                baseline="min") -> Iterator[tuple[int, int]]:
+    res = yield from kernel_shap_multi([ctx], features=features, grid=grid, n_samples=n_samples,
+                                       baseline=baseline)
+    return res[0]
+
+
+kernel_shap.multi = kernel_shap_multi
