@@ -15,7 +15,7 @@ skull on the head that has one.  The intensity normalisation is the bundle's own
 ``configs/inference.json`` so that training and inference cannot drift apart.
 
     python scripts/train_sample_models.py                 # both, then evaluate
-    python scripts/train_sample_models.py --which 3d --iters 900
+    python scripts/train_sample_models.py --which 3d --iters3d 800
     python scripts/train_sample_models.py --eval-only
 """
 from __future__ import annotations
@@ -351,8 +351,8 @@ def train2d(iters: int, seed: int, out: Path, batch: int = 16, lr: float = 3e-3)
 def main() -> None:
     ap = argparse.ArgumentParser(description="Train the sample MONAI bundles")
     ap.add_argument("--which", choices=["3d", "2d", "both"], default="both")
-    ap.add_argument("--iters3d", type=int, default=900)
-    ap.add_argument("--iters2d", type=int, default=1500)
+    ap.add_argument("--iters3d", type=int, default=800)
+    ap.add_argument("--iters2d", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(SAMPLE / "models"))
