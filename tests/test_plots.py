@@ -60,6 +60,8 @@ def test_graph_keeps_top_k_incoming_edges():
     assert set(g.predecessors("liver")) == set(top)
     assert g.nodes["liver"]["context_mass"] == pytest.approx(gm[1, 1])
     assert importance_graph(res, top_k=1, include_self=True).number_of_edges() == len(ROWS)
+    g = importance_graph(res, top_k=2, exclude=["background"])
+    assert "background" not in {u for u, _ in g.edges} and g.in_degree("liver") == 2
     m = np.array([[1.0, np.nan], [np.nan, np.nan]])
     assert importance_graph(m, ["a", "b"], ["a", "b"], include_self=True).number_of_edges() == 1
 

@@ -95,10 +95,13 @@ def plot_heatmap(matrix, row_names: Sequence[str] | None = None, col_names: Sequ
 
 
 def importance_graph(matrix, row_names: Sequence[str] | None = None, col_names: Sequence[str] | None = None,
-                     top_k: int = 3, include_self: bool = False, min_weight: float = 0.0):
+                     top_k: int = 3, include_self: bool = False, min_weight: float = 0.0,
+                     exclude: Sequence[str] = ()):
     """``networkx.DiGraph`` with an edge region → class for the top-k regions of each class.
 
-    Rows that are all NaN (class never predicted) get no edges. Node attribute
+    Rows that are all NaN (class never predicted) get no edges; regions named in
+    ``exclude`` (e.g. ``["background"]``, which often dominates by sheer volume) are not
+    sources of edges. Node attribute
     ``context_mass`` holds the diagonal for class nodes; edge attribute ``weight`` the
     importance.
     """
@@ -117,7 +120,8 @@ def importance_graph(matrix, row_names: Sequence[str] | None = None, col_names: 
     for i, target in enumerate(rn):
         row = m[i]
         cand = [(float(row[j]), cn[j]) for j in range(len(cn))
-                if np.isfinite(row[j]) and row[j] > min_weight and (include_self or cn[j] != target)]
+                if np.isfinite(row[j]) and row[j] > min_weight and (include_self or cn[j] != target)
+                and cn[j] not in exclude]
         cand.sort(key=lambda t: -t[0])
         for w, src in cand[:max(0, int(top_k))]:
             g.add_edge(src, target, weight=w)
@@ -126,13 +130,14 @@ def importance_graph(matrix, row_names: Sequence[str] | None = None, col_names: 
 
 def plot_graph(matrix, row_names: Sequence[str] | None = None, col_names: Sequence[str] | None = None,
                top_k: int = 3, ax=None, fig=None, include_self: bool = False, title: str | None = None,
-               max_width: float = 6.0, drop_isolated: bool = True, cmap: str = "viridis") -> Figure:
+               max_width: float = 6.0, drop_isolated: bool = True, cmap: str = "viridis",
+               exclude: Sequence[str] = ()) -> Figure:
     """Draw :func:`importance_graph` on a circle; edge width and colour ∝ importance."""
     import networkx as nx
     from matplotlib import colormaps
     from matplotlib.patches import FancyArrowPatch
 
-    g = importance_graph(matrix, row_names, col_names, top_k, include_self)
+    g = importance_graph(matrix, row_names, col_names, top_k, include_self, exclude=exclude)
     if drop_isolated:
         g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
     f, a = _axes(ax, fig, figsize=(6, 6))
