@@ -121,7 +121,9 @@ def run_table(model, images, methods, metric_kw, k_fg, log) -> MetricsResult:
         cls = classes_for(model, img, k_fg)
         log(f"  {name} {img.shape}: classes {[model.class_names[c] for c in cls]}")
         t0 = time.perf_counter()
-        res = evaluate(model, [img], methods, classes=cls, names=[name], **metric_kw)
+        res = evaluate(model, [img], methods, classes=cls, names=[name], on_error="skip", **metric_kw)
+        for _, c, meth, msg in res.settings.get("failed", []):
+            log(f"    {meth} failed on {c}: {msg}")
         log(f"    done in {time.perf_counter() - t0:.0f}s")
         rows += res.rows
         labels, settings = res.labels, res.settings

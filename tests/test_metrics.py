@@ -85,3 +85,17 @@ def test_method_spec_parsing():
     assert s.method == "kernel_shap" and s.params == {"features": "semantic", "n_samples": 50}
     assert MethodSpec.parse(("x", "gradient")).params == {}
     assert MethodSpec.parse({"method": "pdcr", "params": {"block_size": 4}}).label == "pdcr"
+
+
+def test_evaluate_reports_a_failing_method_and_goes_on(unet2d, rng):
+    from seg_explain import MethodError
+
+    img = rng.standard_normal((32, 32)).astype(np.float32)
+    methods = ["gradient", ("bad", "kernel_shap", {"baseline": np.zeros((3, 3))})]
+    res = evaluate(unet2d, [img, np.zeros((4, 4, 4))], methods, classes=[0], n_faithfulness=10,
+                   n_sensitivity=0, on_error="skip")
+    assert [r["method"] for r in res.rows] == ["gradient"]
+    assert [f[2] for f in res.settings["failed"]] == ["bad"]
+    assert [s[0] for s in res.settings["skipped"]] == ["image_1"]
+    with pytest.raises(MethodError):
+        evaluate(unet2d, [img], methods, classes=[0], n_faithfulness=10, n_sensitivity=0)

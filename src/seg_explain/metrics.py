@@ -252,6 +252,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(imgs)]
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
+    failed: list[tuple[str, str, str, str]] = []   # (image, class, method, reason)
     total = len(imgs) * len(resolved)
     done = 0
     for i, (img, name) in enumerate(zip(imgs, names)):
@@ -284,7 +285,13 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
                     out = drive(reg.fn(ctx2, **full))
                     return _model_attr(out, sd), ctx2, time.perf_counter() - t0
 
-                a, ctx, secs = run(prep.x)
+                try:
+                    a, ctx, secs = run(prep.x)
+                except SegExplainError as exc:   # e.g. PdCR with no block outside a huge RoI
+                    if on_error == "raise":
+                        raise
+                    failed.append((name, model.class_names[c], sp.label, str(exc)))
+                    continue
                 fctx = Context(model, prep, c, roi, seed=seed, batch_size=batch_size)
                 bs = fctx.auto_batch(per_item_bytes=float(np.prod(prep.shape)) * 4 * 40 * model.in_channels, cap=32)
                 faith, _ = faithfulness(lambda xb: f_hat_batch(fctx, xb).numpy(), prep.x, sign * a,
@@ -301,7 +308,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
                 "noise": noise, "theta": theta, "baseline": baseline, "seed": seed,
                 "method_params": {sp.label: {k: (f"<{type(v).__name__}>" if not isinstance(v, (int, float, str, bool, type(None))) else v)
                                              for k, v in full.items()} for sp, _, full in resolved},
-                "skipped": skipped}
+                "skipped": skipped, "failed": failed}
     if not rows and skipped:
         raise InputMismatchError("No image could be evaluated: " + "; ".join(f"{n}: {m}" for n, m in skipped))
     return MetricsResult(rows, [sp.label for sp, _, _ in resolved], settings)
@@ -318,7 +325,9 @@ def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
     ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
     to every method that has them. Metric settings: ``n_faithfulness`` (100), ``subset``
     (0.05), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` ("min"),
-    ``seed`` (0), ``batch_size``, ``on_error`` ("raise" | "skip").
+    ``seed`` (0), ``batch_size``, ``on_error`` ("raise" | "skip": an unreadable image is
+    listed in ``settings["skipped"]``, a method that cannot explain one class in
+    ``settings["failed"]``; the rest is evaluated).
     """
     from .explainers.base import drive
 

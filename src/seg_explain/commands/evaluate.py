@@ -68,6 +68,8 @@ def run(args) -> int:
                   file=sys.stderr, flush=True)
     for nm, msg in res.settings.get("skipped", []):
         print(f"seg-explain: skipping {nm}: {msg}", file=sys.stderr)
+    for nm, cls, meth, msg in res.settings.get("failed", []):
+        print(f"seg-explain: {meth} could not explain {cls} in {nm}: {msg}", file=sys.stderr)
     res.to_csv(out / "metrics.csv")
     res.summary_to_csv(out / "metrics_summary.csv")
     print(res.table())
