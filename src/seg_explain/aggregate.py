@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputMismatchError, SegExplainError
+from .errors import Cancelled, InputMismatchError, SegExplainError
 from .io import LoadedImage, load_image
 
 STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
@@ -421,8 +421,8 @@ class Agg2ExpRun:
             try:
                 row = yield from self._one(i, img, name)
             except Exception as exc:  # noqa: BLE001 - skip mode reports any failure of one image
-                if self.on_error == "raise" or not isinstance(exc, (SegExplainError, ValueError,
-                                                                     RuntimeError, OSError)):
+                if (self.on_error == "raise" or isinstance(exc, Cancelled)
+                        or not isinstance(exc, (SegExplainError, ValueError, RuntimeError, OSError))):
                     raise
                 self.skipped.append((name, str(exc)))
                 self.status = f"skipped {name}: {exc}"

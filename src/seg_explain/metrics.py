@@ -228,7 +228,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     from .aggregate import _as_list, _load, _name_of
     from .explainers.base import Context, drive, get_spec
     from .explainers.kernel_shap import f_hat_batch
-    from .errors import SegExplainError
+    from .errors import Cancelled, SegExplainError
     from .models.base import Prepared
 
     specs = [MethodSpec.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
@@ -288,7 +288,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
                 try:
                     a, ctx, secs = run(prep.x)
                 except SegExplainError as exc:   # e.g. PdCR with no block outside a huge RoI
-                    if on_error == "raise":
+                    if on_error == "raise" or isinstance(exc, Cancelled):
                         raise
                     failed.append((name, model.class_names[c], sp.label, str(exc)))
                     continue
