@@ -159,36 +159,39 @@ def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
 
 @pytest.fixture(scope="module")
 def sample_or_unet():
-    """The 2D sample model on a crop of its sample image when it is installed, else a
-    small random MONAI UNet on a smooth random image (tiny, 2 CPU cores)."""
-    try:
-        from seg_explain import load_image, load_model
-
-        model = load_model(sample_path("models", "brain2d"), device="cpu")
-        img = load_image(sample_path("brain2d", "colin27_axial_t1.tif")).data.astype(np.float32)
-        lab = load_image(sample_path("brain2d", "colin27_axial_labels.tif")).data
-        from seg_explain.bank import resolve_bank
-
-        pred = model.predict(img)
-        target = int(np.bincount(pred[pred > 0]).argmax())
-        return model, img, pred == target, target, resolve_bank(None, model, 8)
-    except (SegExplainError, FileNotFoundError, OSError):
-        pass
+    """The trained 2D sample model on a 40² crop of its sample slice (with the shipped
+    bank) when it is installed, else a small random MONAI UNet on a smooth random image.
+    RoI: the class predicted at the crop centre, inside a 14² square (a painted RoI)."""
     from scipy import ndimage as ndi
 
-    rng = np.random.default_rng(0)
-    model = wrap(make_unet(2, seed=3), 2)
+    try:
+        from seg_explain import load_image, load_model
+        from seg_explain.bank import resolve_bank
 
-    def smooth(shape, seed):
-        r = np.random.default_rng(seed).random(shape)
-        return ndi.gaussian_filter(r, 2).astype(np.float32) * 4
+        model = load_model(sample_path("models", "brain2d"), device="cpu")
+        full = load_image(sample_path("brain2d", "colin27_axial_t1.tif")).data.astype(np.float32)
+        cy, cx = full.shape[0] // 2, full.shape[1] // 2
+        img = np.ascontiguousarray(full[cy - 20:cy + 20, cx - 20:cx + 20])
+        bank = resolve_bank(None, model, 8)
+    except (SegExplainError, FileNotFoundError, OSError):
+        model = wrap(make_unet(2, seed=3), 2)
 
-    img = smooth((40, 40), 0)
+        def smooth(shape, seed):
+            r = np.random.default_rng(seed).random(shape)
+            return ndi.gaussian_filter(r, 2).astype(np.float32) * 4
+
+        img = smooth((40, 40), 0)
+        bank = [smooth((40, 40), s) for s in (1, 2, 3)]
+        pred = model.predict(img)
+        roi = np.zeros((40, 40), bool)
+        roi[14:26, 15:25] = True
+        return model, img, roi, int(np.bincount(pred.ravel()).argmax()), bank
     pred = model.predict(img)
-    target = int(np.bincount(pred.ravel()).argmax())
-    roi = np.zeros((40, 40), bool)
-    roi[14:26, 15:25] = True
-    return model, img, roi, target, [smooth((40, 40), s) for s in (1, 2, 3)]
+    target = int(pred[20, 20])
+    square = np.zeros((40, 40), bool)
+    square[13:27, 13:27] = True
+    roi = square & (pred == target)
+    return model, img, roi, target, bank
 
 
 # ------------------------------------------------------------------- generator etc --
@@ -289,10 +292,18 @@ def test_bad_parameters(small):
             explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), **kw)
 
 
-def test_reference_shape_checked(small):
+def test_reference_shape_checked_and_paths(small, tmp_path):
     model, img, roi = small
     with pytest.raises(InputMismatchError, match="reference"):
         explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), reference=np.zeros((5, 5)))
+    gt = roi.copy()
+    gt[: gt.shape[0] // 2] = False          # half the RoI: M0 = 2/3
+    np.save(tmp_path / "gt.npy", gt.astype(np.uint8))
+    kw = dict(target=1, roi=roi, bank=bank_for((16, 16)), n_draws=2)
+    a = explain(model, img, "pdcr", reference=gt, **kw)
+    b = explain(model, img, "pdcr", reference=str(tmp_path / "gt.npy"), **kw)
+    assert a.extras["m0"] == b.extras["m0"] == pytest.approx(2 * gt.sum() / (gt.sum() + roi.sum()))
+    assert np.array_equal(a.attribution, b.attribution)
 
 
 def test_bank_identical_to_image_refused(small):

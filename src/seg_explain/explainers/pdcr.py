@@ -380,9 +380,20 @@ def default_batch(ctx: Context, item_shape: Sequence[int]) -> int:
 
 
 def reference_positive(ctx: Context, reference) -> torch.Tensor:
-    """The reference as a boolean ``label == target`` mask on the model grid."""
+    """The reference as a boolean ``label == target`` mask on the model grid.
+
+    ``reference``: None (the model's clean prediction), a label map of the image's spatial
+    shape (image grid; a boolean mask means "is the target"), a LoadedImage or a path."""
     if reference is None:
         return ctx.clean_labels == ctx.target
+    import os
+
+    from ..io import LoadedImage, load_image
+
+    if isinstance(reference, (str, os.PathLike)):      # e.g. --param reference=gt.nii.gz
+        reference = load_image(reference)
+    if isinstance(reference, LoadedImage):
+        reference = reference.data
     ref = np.asarray(reference)
     if ref.shape != tuple(ctx.prep.image_shape):
         raise InputMismatchError(
