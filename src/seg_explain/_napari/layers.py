@@ -1,0 +1,194 @@
+"""Arrays <-> napari layers: geometry, attribution colormaps, outlines, label tables.
+
+Nothing here runs a model. Heavy numpy work meant for a worker thread (limits, outlines)
+is plain functions of arrays; functions that take a layer must run on the main thread.
+
+Layer metadata written by this plugin:
+
+- ``metadata["loaded_image"]``: a geometry-only :class:`~seg_explain.io.LoadedImage`
+  (spacing, affine, original header; ``data`` is empty) so the writer can save a layer
+  with the affine of the file it came from;
+- ``metadata["seg_explain"]``: a dict with ``kind`` (``"image"``, ``"prediction"``,
+  ``"attribution"``, ``"roi_outline"``, ``"roi"``) and what made the layer (method,
+  parameters, timings, model, target, RoI ...).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+GEOMETRY_KEY = "loaded_image"
+META_KEY = "seg_explain"
+
+# ----------------------------------------------------------------------- geometry --
+
+
+def geometry_only(li):
+    """A copy of a LoadedImage without its voxels (kept in layer metadata)."""
+    from ..io import LoadedImage
+
+    meta = dict(li.meta)
+    if li.data.size:
+        meta["grid_shape"] = tuple(int(s) for s in li.spatial_shape)
+    return LoadedImage(np.zeros((0,) * max(1, li.spatial_dims), np.float32),
+                       tuple(li.spacing), np.array(li.affine, float), li.path, li.spatial_dims, meta)
+
+
+def layer_kwargs_for(li, name: str, **extra) -> dict[str, Any]:
+    """napari layer kwargs (scale, translate, metadata) for data on ``li``'s grid."""
+    lead = (1.0,) * (li.data.ndim - li.spatial_dims) if li.data.size else ()
+    meta = {GEOMETRY_KEY: geometry_only(li), META_KEY: {"kind": "image", "path": li.path}}
+    meta[META_KEY].update(extra.pop("seg_explain", {}))
+    kw = {"name": name, "scale": lead + tuple(float(s) for s in li.spacing),
+          "translate": tuple(0.0 for _ in lead) + tuple(float(t) for t in li.origin), "metadata": meta}
+    kw.update(extra)
+    return kw
+
+
+def make_loaded(data: np.ndarray, spacing: Sequence[float], translate: Sequence[float],
+                spatial_dims: int, path: str | None = None):
+    """A LoadedImage for an array shown with napari ``scale``/``translate`` (project
+    convention: 3D arrays are LPS ``(Z, Y, X)``; the affine's origin equals ``translate``)."""
+    from ..io import _LPS_TO_RAS, _PERM, LoadedImage
+
+    sp = tuple(float(abs(s)) or 1.0 for s in spacing)
+    tr = np.asarray(translate, float)
+    if spatial_dims == 3:
+        aff = _LPS_TO_RAS @ np.diag([sp[2], sp[1], sp[0], 1.0]) @ _PERM
+        dirs = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0, keepdims=True)
+        aff[:3, 3] = dirs @ tr
+        return LoadedImage(data, sp, aff, path, 3, {"format": "array"})
+    aff = np.diag([sp[0], sp[1], 1.0, 1.0])
+    aff[:2, 3] = tr
+    return LoadedImage(data, sp, aff, path, 2, {"format": "array", "origin2d": tuple(float(t) for t in tr)})
+
+
+def spatial_dims_of(layer) -> int:
+    """2 or 3: from the kept geometry, else from the layer's shape (RGB = 2D)."""
+    li = layer.metadata.get(GEOMETRY_KEY) if isinstance(layer.metadata, dict) else None
+    if li is not None and getattr(li, "spatial_dims", None) in (2, 3):
+        return int(li.spatial_dims)
+    if getattr(layer, "rgb", False):
+        return 2
+    return 2 if layer.ndim == 2 else 3
+
+
+def spatial_shape_of(layer) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in np.shape(layer.data))
+    if getattr(layer, "rgb", False):
+        return shape[:-1]
+    return shape[-spatial_dims_of(layer):]
+
+
+def image_from_layer(layer, spatial_dims: int | None = None):
+    """Copy an Image layer's voxels and geometry into a LoadedImage (main thread only).
+
+    The copy is what a worker may touch; the layer itself is never handed to a thread."""
+    data = np.array(layer.data, copy=True)
+    sd = spatial_dims or spatial_dims_of(layer)
+    if getattr(layer, "rgb", False):
+        data = np.moveaxis(data[..., :3], -1, 0)
+        sd = 2
+    if data.ndim not in (sd, sd + 1):
+        raise ValueError(f"Layer '{layer.name}' has shape {data.shape}: expected a {sd}D image "
+                         "(optionally with a leading channel axis)")
+    li = layer.metadata.get(GEOMETRY_KEY) if isinstance(layer.metadata, dict) else None
+    if li is not None and getattr(li, "spatial_dims", None) == sd:
+        return li.with_data(data)
+    scale = tuple(layer.scale)[-sd:]
+    translate = tuple(layer.translate)[-sd:]
+    return make_loaded(data, scale, translate, sd, layer.metadata.get(META_KEY, {}).get("path")
+                       if isinstance(layer.metadata, dict) else None)
+
+
+def current_index(viewer, layer, axis: int = 0) -> int:
+    """The layer's data index along ``axis`` at the viewer's current slice."""
+    pt = layer.world_to_data(viewer.dims.point[-layer.ndim:]) if viewer.dims.ndim >= layer.ndim \
+        else [0] * layer.ndim
+    n = int(np.shape(layer.data)[axis])
+    return int(min(max(int(round(float(pt[axis]))), 0), n - 1))
+
+
+# ---------------------------------------------------------------------- colormaps --
+
+def _ramp(a: np.ndarray, lo, hi) -> np.ndarray:
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    return lo[None, :] + a[:, None] * (hi - lo)[None, :]
+
+
+def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.02,
+                     full_at: float = 0.55, max_alpha: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA control points of the attribution colormap over ``[0, 1]``.
+
+    The middle (value 0 when the contrast limits are symmetric) is fully transparent;
+    alpha ramps with |value| (0 inside ``dead_zone``, ``max_alpha`` from ``full_at`` of the
+    half-range on). Positive = red -> yellow, negative = blue -> cyan (``reverse`` swaps
+    them, for maps whose negative values are the supporting evidence, e.g. PdCR's ATE).
+    """
+    n = n if n % 2 else n + 1
+    t = np.linspace(0.0, 1.0, n)
+    v = 2 * t - 1
+    a = np.abs(v)
+    alpha = np.clip((a - dead_zone) / max(full_at - dead_zone, 1e-6), 0, 1) ** 0.75 * max_alpha
+    warm = _ramp(a, (0.85, 0.05, 0.05), (1.0, 0.92, 0.25))
+    cool = _ramp(a, (0.05, 0.25, 1.0), (0.3, 0.95, 1.0))
+    pos, neg = (cool, warm) if reverse else (warm, cool)
+    rgb = np.where((v >= 0)[:, None], pos, neg)
+    rgba = np.concatenate([rgb, alpha[:, None]], 1)
+    rgba[n // 2] = (0.0, 0.0, 0.0, 0.0)
+    return rgba.astype(np.float32), t
+
+
+def attribution_colormap(reverse: bool = False):
+    """napari Colormap: diverging, transparent at the centre (see :func:`diverging_colors`)."""
+    from napari.utils.colormaps import Colormap
+
+    colors, controls = diverging_colors(reverse=reverse)
+    name = "seg-explain diverging (neg red)" if reverse else "seg-explain diverging"
+    return Colormap(colors=colors, controls=controls, name=name, interpolation="linear")
+
+
+def symmetric_limits(a: np.ndarray, robust: bool = True, percentile: float = 99.5
+                     ) -> tuple[float, float]:
+    """``(lim, max_abs)``: contrast limits are ``(-lim, lim)``; ``lim`` is the
+    ``percentile`` of |a| over non-zero voxels (robust) or max |a|."""
+    a = np.asarray(a)
+    absa = np.abs(a[np.isfinite(a)])
+    nz = absa[absa > 0]
+    if nz.size == 0:
+        return 1.0, 1.0
+    mx = float(nz.max())
+    lim = float(np.percentile(nz, percentile)) if robust and nz.size >= 100 else mx
+    if not np.isfinite(lim) or lim <= 0:
+        lim = mx
+    return lim, mx
+
+
+# ----------------------------------------------------------------------- outlines --
+
+def roi_outline(mask: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """Boundary voxels of a mask, traced in-plane (per axial slice in 3D) so every 2D
+    slice shows a closed contour; returns uint8 (1 on the outline)."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, bool)
+    if spatial_dims == 3 and m.ndim == 3:
+        st = np.zeros((3, 3, 3), bool)
+        st[1] = ndimage.generate_binary_structure(2, 1)
+    else:
+        st = ndimage.generate_binary_structure(m.ndim, 1)
+    inner = ndimage.binary_erosion(m, structure=st, border_value=0)
+    return (m & ~inner).astype(np.uint8)
+
+
+# -------------------------------------------------------------------------- labels --
+
+def class_features(class_names: Sequence[str]) -> dict[str, list]:
+    """A Labels ``features`` table so the status bar shows the class name under the cursor."""
+    return {"index": list(range(len(class_names))), "class": [str(c) for c in class_names]}
+
+
+def is_result_layer(layer, kinds=("attribution", "roi_outline")) -> bool:
+    md = layer.metadata if isinstance(layer.metadata, dict) else {}
+    return isinstance(md.get(META_KEY), dict) and md[META_KEY].get("kind") in kinds
