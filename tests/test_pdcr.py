@@ -141,7 +141,7 @@ def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     e1b = explain(model, img, "pdcr", seed=0, **kw)
     e2 = explain(model, img, "pdcr", seed=1, **kw)
     assert np.array_equal(e1.attribution, e1b.attribution)
-    assert np.abs(e1.attribution).max() > 0.02
+    assert np.abs(e1.attribution).max() > 0.05
     r = np.corrcoef(e1.attribution.ravel(), e2.attribution.ravel())[0, 1]
     assert r > 0.9, r
 
@@ -159,9 +159,10 @@ def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
 
 @pytest.fixture(scope="module")
 def sample_or_unet():
-    """The trained 2D sample model on a 40² crop of its sample slice (with the shipped
-    bank) when it is installed, else a small random MONAI UNet on a smooth random image.
-    RoI: the class predicted at the crop centre, inside a 14² square (a painted RoI)."""
+    """The trained 2D sample model on a 48² crop of its sample slice around the shipped
+    painted RoI (``colin27_axial_roi_frontal_L``, explained for class frontal_L) with the
+    shipped bank, when it is installed; else a small random MONAI UNet on a smooth random
+    image (RoI: a 12x10 rectangle explained for the majority class)."""
     from scipy import ndimage as ndi
 
     try:
@@ -170,28 +171,23 @@ def sample_or_unet():
 
         model = load_model(sample_path("models", "brain2d"), device="cpu")
         full = load_image(sample_path("brain2d", "colin27_axial_t1.tif")).data.astype(np.float32)
-        cy, cx = full.shape[0] // 2, full.shape[1] // 2
-        img = np.ascontiguousarray(full[cy - 20:cy + 20, cx - 20:cx + 20])
-        bank = resolve_bank(None, model, 8)
+        roi = load_image(sample_path("brain2d", "colin27_axial_roi_frontal_L.tif")).data > 0
+        crop = (slice(4, 52), slice(42, 90))
+        return (model, np.ascontiguousarray(full[crop]), roi[crop], "frontal_L",
+                resolve_bank(None, model, 8))
     except (SegExplainError, FileNotFoundError, OSError):
-        model = wrap(make_unet(2, seed=3), 2)
+        pass
+    model = wrap(make_unet(2, seed=3), 2)
 
-        def smooth(shape, seed):
-            r = np.random.default_rng(seed).random(shape)
-            return ndi.gaussian_filter(r, 2).astype(np.float32) * 4
+    def smooth(shape, seed):
+        r = np.random.default_rng(seed).random(shape)
+        return ndi.gaussian_filter(r, 2).astype(np.float32) * 4
 
-        img = smooth((40, 40), 0)
-        bank = [smooth((40, 40), s) for s in (1, 2, 3)]
-        pred = model.predict(img)
-        roi = np.zeros((40, 40), bool)
-        roi[14:26, 15:25] = True
-        return model, img, roi, int(np.bincount(pred.ravel()).argmax()), bank
+    img = smooth((40, 40), 0)
     pred = model.predict(img)
-    target = int(pred[20, 20])
-    square = np.zeros((40, 40), bool)
-    square[13:27, 13:27] = True
-    roi = square & (pred == target)
-    return model, img, roi, target, bank
+    roi = np.zeros((40, 40), bool)
+    roi[14:26, 15:25] = True
+    return model, img, roi, int(np.bincount(pred.ravel()).argmax()), [smooth((40, 40), s) for s in (1, 2, 3)]
 
 
 # ------------------------------------------------------------------- generator etc --
