@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """PdCR cost and faithfulness on the 2D sample model.
 
-    python benchmarks/bench_pdcr.py [--n-rois 10] [--draws 10] [--skip-progressive] [--json out.json]
+    python benchmarks/bench_pdcr.py [--n-rois 10] [--draws 10] [--skip-progressive] [--threads 2]
+                                    [--repeat 1] [--json out.json]
 
 1. Cost at the paper's settings (8 px blocks, S = 3, N = 50, tau = 0.02, default sample bank)
    on the shipped 2D sample image (``colin27_axial_t1``, its native 2 mm grid) and RoI
    (``colin27_axial_roi_frontal_L``): wall time, forward passes, and
    ``ratio = wall / (n_forward x bare per-image forward time at the best batch size)``
-   (1.0 = nothing but forward passes; goal <= 1.2); the reference code's loop
+   (1.0 = nothing but forward passes; goal <= 1.2) and the share of the wall time spent
+   outside the network (robust to other load on a shared machine); the reference code's loop
    (lcmmai/PdCR ``occlusion_sensitivity_optimized``: block by block, one batch of S then
    one of N copies, full-image argmax) re-implemented on the same model and bank for
    comparison; the batch-1 cost of the same passes; and ``adaptive=True``.
@@ -128,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--draws", type=int, default=10, help="progressive-perturbation draws per k")
     ap.add_argument("--skip-progressive", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="PdCR timing runs (minimum reported)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -149,19 +152,44 @@ def main(argv=None):
     ref_s, ref_n = reference_style(model, x, torch.from_numpy(roi), model.class_index("frontal_L"),
                                    bank.for_block_size(8))
     rows.append(["reference-style loop", f"{ref_s:.2f}", ref_n, "3 / 50", f"{ref_n * t_best:.2f}",
-                 f"{ref_s / (ref_n * t_best):.2f}", f"{ref_n * t_one:.1f}", "", "", "", ""])
+                 f"{ref_s / (ref_n * t_best):.2f}", "", f"{ref_n * t_one:.1f}", "1.0x", "", "", ""])
     res["reference_style"] = {"wall_s": ref_s, "n_forward": ref_n, "ratio": ref_s / (ref_n * t_best)}
+    # time spent inside the network, to split the wall time robustly on a loaded machine
+    from seg_explain.explainers import base as _base
+
+    net_s = [0.0]
+    _orig = _base.Context.forward
+
+    def _timed(self, xb):
+        t = time.perf_counter()
+        try:
+            return _orig(self, xb)
+        finally:
+            net_s[0] += time.perf_counter() - t
+
     for name, kw in (("PdCR paper settings", {}), ("PdCR adaptive=True", {"adaptive": True})):
-        t0 = time.perf_counter()
-        e = explain(model, img, "pdcr", target="frontal_L", roi=roi, bank=bank, seed=0, **PAPER, **kw)
-        wall = time.perf_counter() - t0
+        best = None
+        for _ in range(args.repeat):     # minimum over repeats, like the bare timings
+            _base.Context.forward = _timed
+            net_s[0] = 0.0
+            t0 = time.perf_counter()
+            try:
+                e = explain(model, img, "pdcr", target="frontal_L", roi=roi, bank=bank, seed=0, **PAPER, **kw)
+            finally:
+                _base.Context.forward = _orig
+            wall = time.perf_counter() - t0
+            if best is None or wall < best[0]:
+                best = (wall, net_s[0], e)
+        wall, net_s[0], e = best
         nf = e.n_forward
         ideal = nf * t_best
         ex = e.extras
         rows.append([name, f"{wall:.2f}", nf, ex["batch_size"], f"{ideal:.2f}", f"{wall / ideal:.2f}",
+                     f"{100 * (wall - net_s[0]) / wall:.1f}%",
                      f"{nf * t_one:.1f}", f"{ref_s / wall:.1f}x", ex["n_relevant"], ex["passes_saved"],
                      f"{ex['ate_min']:.3f}"])
         res[name] = {"wall_s": wall, "n_forward": nf, "batch": ex["batch_size"], "ratio": wall / ideal,
+                     "outside_network_share": (wall - net_s[0]) / wall,
                      "n_relevant": ex["n_relevant"], "passes_saved": ex["passes_saved"],
                      "share_positive": ex["share_positive"], "share_negative": ex["share_negative"],
                      "ate_min": ex["ate_min"], "ate_max": ex["ate_max"]}
@@ -171,7 +199,7 @@ def main(argv=None):
             res[name]["corr_with_full"] = float(np.corrcoef(full.ravel(), e.attribution.ravel())[0, 1])
     print()
     print(table(rows, ["run", "wall s", "n_forward", "batch", f"bare s (best b={best_b})", "ratio",
-                       "batch-1 cost s", "vs reference-style", "relevant blocks", "passes saved", "ATE min"]))
+                       "outside network", "batch-1 cost s", "vs reference-style", "relevant blocks", "passes saved", "ATE min"]))
     if "PdCR adaptive=True" in res:
         print(f"adaptive vs full map correlation: {res['PdCR adaptive=True']['corr_with_full']:.3f}")
 

@@ -64,7 +64,7 @@ def bank_for(shape, n=3, seed=1):
     return [rng.random(shape).astype(np.float32) for _ in range(n)]
 
 
-def block_values(exp, grid_shape_unused=None):
+def block_values(exp):
     return {tuple(b["index"]): b for b in exp.extras["blocks"]}
 
 
