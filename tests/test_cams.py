@@ -179,3 +179,16 @@ def test_cam_on_torchscript_model_is_refused(tmp_path, rng):
     xt = torch.as_tensor(x)[None, None].requires_grad_(True)
     (net(xt)[:, c] * torch.as_tensor(roi, dtype=torch.float32)).sum().backward()
     close(e.attribution, xt.grad[0, 0].numpy())
+
+
+def test_cam_upsampling_crops_the_divisor_padding(unet2d, rng):
+    """An image that is not a multiple of the size divisor: the network sees it zero-padded
+    (SegModel.forward), the CAM is upsampled to the padded grid and cropped back."""
+    x = rng.normal(size=(30, 37)).astype(np.float32)      # divisor 4 -> padded to 32 x 40
+    c, roi = present_class(unet2d, x)
+    e = explain(unet2d, x, "seg_hires_grad_cam", target=c)
+    pads = [(1, 1), (1, 2)]                                 # extra // 2 low, the rest high
+    xp = np.pad(x, pads)
+    roi_p = np.pad(roi, pads)
+    ref = hooked_cam(unet2d.network, BOTTLENECK, xp, c, roi_p, True)
+    close(e.attribution, ref[1:31, 1:38])

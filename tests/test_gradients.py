@@ -248,6 +248,29 @@ def test_multiclass_equals_per_class_with_fewer_forwards(unet2d, rng, method, pa
     assert shared["n_backward"] == sum(e.n_backward for e in exps)
 
 
+def test_multiclass_fallback_for_methods_without_a_shared_form(unet2d, rng):
+    """A method with no multi-class form runs per class on the shared prepared image."""
+    from seg_explain.explainers.base import REGISTRY, register
+
+    @register("_test_roi_logits", defaults={"scale": 1.0})
+    def roi_logits(ctx, scale=1.0):
+        yield (0, 1)
+        logits = ctx.forward(ctx.x[None])[0]
+        return scale * logits[ctx.target] * ctx.roi
+
+    try:
+        x = image(2, rng)
+        exps = explain_classes(unet2d, x, "_test_roi_logits", scale=2.0)
+        assert len(exps) > 1
+        for e in exps:
+            close(e.attribution, explain(unet2d, x, "_test_roi_logits", target=e.target, scale=2.0).attribution)
+            assert e.n_forward == 2  # its own pass + the shared clean prediction
+        sp = exps[0].extras["shared_passes"]
+        assert sp["shared_forward"] is False and sp["n_forward"] == 1 + len(exps)
+    finally:
+        REGISTRY.pop("_test_roi_logits", None)
+
+
 def test_multiclass_subset_and_absent_classes(unet2d, rng):
     x = image(2, rng)
     present = sorted(np.unique(unet2d.predict(x)).tolist())

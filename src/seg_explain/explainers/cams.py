@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
-from ..targets import class_logit
 from ..windows import WindowAccumulator, model_windows, window_shape
 from .base import Context, register
-from .gradients import Counts, book, check_same_image
+from .gradients import Counts, book, check_same_image, roi_cotangent
 
 _KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
     "SegResNet": lambda m: f"down_layers.{len(m.down_layers) - 1}",
@@ -193,9 +192,6 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
         try:
             with torch.enable_grad():
                 logits = model.forward(x[(slice(None),) + w][None].to(dev, torch.float32))
-                f = torch.stack([(class_logit(logits, targets[k][0], model.sigmoid)
-                                  * targets[k][1][w].to(dev, logits.dtype)).flatten(1).sum(1)
-                                 for k in ks], dim=1)
         finally:
             h.remove()
         counts.forward += 1
@@ -204,16 +200,17 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
                               "choose a layer that runs once")
         A = store[0]
         layer_shape = tuple(A.shape[1:])
-        if not f.requires_grad:
+        if not logits.requires_grad:
             raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
         for j, k in enumerate(ks):
-            (G,) = torch.autograd.grad(f[:, j].sum(), A, retain_graph=j < len(ks) - 1, allow_unused=True)
+            go = roi_cotangent(logits, targets[k][0], targets[k][1][w].to(dev, logits.dtype), model.sigmoid)
+            (G,) = torch.autograd.grad(logits, A, go, retain_graph=j < len(ks) - 1, allow_unused=True)
             if G is None:
                 raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
             counts.backward[k] += 1
             m = cam_map(A.detach(), G.detach(), hires, bool(relu))
             accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
-        del logits, f, A, store
+        del logits, A, store
         yield (done, total)
     book(ctxs, counts)
     extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,

@@ -115,7 +115,8 @@ def batch_for(ctx: Context, n_points: int, wshape: Sequence[int]) -> int:
     if ratio is not None:
         # saved activations + their gradients during backward + input/grad buffers
         per = float(np.prod(wshape)) * 4.0 * (2.0 * ratio + 4.0 * ctx.model.in_channels)
-    return int(max(1, min(int(n_points), ctx.auto_batch(per))))
+    cap = 64 if ctx.model.device.type != "cpu" else 8   # bigger CPU batches only cost memory
+    return int(max(1, min(int(n_points), ctx.auto_batch(per, cap=cap))))
 
 
 # ------------------------------------------------------------------ the engine --
@@ -160,16 +161,22 @@ def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tenso
             xb = point_fn(w, i0, i1).to(dev, torch.float32).requires_grad_(True)
             with torch.enable_grad():
                 logits = model.forward(xb)
-                f = torch.stack([(class_logit(logits, targets[k][0], sigmoid) * r).flatten(1).sum(1)
-                                 for k, r in zip(ks, rois)], dim=1)
             counts.forward += i1 - i0
             for j, k in enumerate(ks):
-                (g,) = torch.autograd.grad(f[:, j].sum(), xb, retain_graph=j < len(ks) - 1)
+                # vector-Jacobian product with ∂f̂_k/∂logits (the RoI in class k's channel):
+                # only class k's branch is traversed, the graph is kept for the next class
+                go = roi_cotangent(logits, targets[k][0], rois[j], sigmoid)
+                (g,) = torch.autograd.grad(logits, xb, go, retain_graph=j < len(ks) - 1)
                 bufs[j] += g.detach().sum(0).float().cpu()
                 counts.backward[k] += i1 - i0
+                del go, g
             if on_batch is not None:
-                on_batch(wi, ks, i0, i1, f.detach().double().cpu())
-            del logits, f, xb
+                with torch.no_grad():
+                    lg = logits.detach()
+                    f = torch.stack([(class_logit(lg, targets[k][0], sigmoid) * r).flatten(1).sum(1)
+                                     for k, r in zip(ks, rois)], dim=1)
+                on_batch(wi, ks, i0, i1, f.double().cpu())
+            del logits, xb
             done += 1
             yield (done, total)
         for j, k in enumerate(ks):
@@ -178,6 +185,16 @@ def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tenso
                 on_window(wi, k, mean)
             accs[k].add(w, mean)
     return [a.result() for a in accs]
+
+
+def roi_cotangent(logits: torch.Tensor, c: int, roi: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """∂f̂_c/∂logits for a batch: the RoI (float, window grid) in class c's logit channel."""
+    go = torch.zeros_like(logits)
+    if sigmoid:
+        go[:, 0] = roi if c == 1 else -roi
+    else:
+        go[:, c] = roi
+    return go
 
 
 def f_hat_windows(model, x: torch.Tensor, targets, counts: Counts) -> torch.Tensor:
