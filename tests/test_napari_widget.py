@@ -178,6 +178,7 @@ def test_pdcr_outline_and_summary(make_napari_viewer, qtbot, bundle2d, monkeypat
     widget.params.set_value("tau", 0.0)
     run_explain(widget, qtbot, timeout=120000)
     assert "Done" in widget.status.text(), widget.status.text()
+    qtbot.waitUntil(lambda: f"RoI outline · {roi.name}:1" in viewer.layers, timeout=5000)
     names = [ly.name for ly in viewer.layers]
     attr = viewer.layers[f"pdcr · frontal_L · {roi.name}:1"]
     outline = viewer.layers[f"RoI outline · {roi.name}:1"]

@@ -145,6 +145,7 @@ class Agg2ExpWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.events.theme.connect(self._on_theme)
+        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         self._refresh_images()
         self._on_method_changed()
         self.draw()
@@ -226,10 +227,10 @@ class Agg2ExpWidget(QWidget):
         self.tabs = QTabWidget()
         self.heat_fig = Figure(figsize=(5, 4.5), layout="constrained")
         self.heat_canvas = FigureCanvasQTAgg(self.heat_fig)
-        self.heat_canvas.setMinimumHeight(320)
+        self.heat_canvas.setMinimumHeight(340)
         self.graph_fig = Figure(figsize=(5, 4.5), layout="constrained")
         self.graph_canvas = FigureCanvasQTAgg(self.graph_fig)
-        self.graph_canvas.setMinimumHeight(320)
+        self.graph_canvas.setMinimumHeight(340)
         self.tabs.addTab(self.heat_canvas, "Heatmap")
         self.tabs.addTab(self.graph_canvas, "Graph")
         lay.addWidget(self.tabs, 1)
@@ -245,6 +246,8 @@ class Agg2ExpWidget(QWidget):
         self.status.setObjectName("agg_status")
         lay.addWidget(self.status)
 
+        self.use_files.toggled.connect(self._show_files)
+        self._show_files(False)
         self.add_files_button.clicked.connect(self._add_files)
         self.clear_files_button.clicked.connect(self.file_list.clear)
         self.model_combo.activated.connect(self._on_model_activated)
@@ -256,6 +259,26 @@ class Agg2ExpWidget(QWidget):
         self.csv_button.clicked.connect(lambda: self.export_csv())
         self.png_button.clicked.connect(lambda: self.export_png())
         self.heat_canvas.mpl_connect("button_press_event", self._on_click)
+
+    def _show_files(self, on: bool) -> None:
+        for w in (self.file_list, self.add_files_button, self.clear_files_button):
+            w.setVisible(bool(on))
+
+    def _fit_fonts(self, fig, ax, n_rows: int, n_cols: int) -> None:
+        """Tick labels small enough that every class name fits the canvas."""
+        h_px = max(self.heat_canvas.height(), 200)
+        w_px = max(self.heat_canvas.width(), 200)
+        pt_per_px = 72.0 / fig.dpi
+        size_y = 0.55 * h_px / max(n_rows, 1) * pt_per_px
+        size_x = 0.6 * w_px / max(n_cols, 1) * pt_per_px
+        size = float(np.clip(min(size_x, size_y), 5.0, 9.0))
+        ax.tick_params(labelsize=size)
+        ax.xaxis.label.set_size(size + 1)
+        ax.yaxis.label.set_size(size + 1)
+        ax.title.set_size(size + 2)
+        for cax in fig.axes[1:]:
+            cax.tick_params(labelsize=size)
+            cax.yaxis.label.set_size(size + 1)
 
     def _fill_models(self, select: str | None = None) -> None:
         self.model_combo.clear()
@@ -338,6 +361,11 @@ class Agg2ExpWidget(QWidget):
         for f in files:
             self.file_list.addItem(str(f))
         self.use_files.setChecked(True)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API: refit the fonts
+        super().resizeEvent(event)
+        if self.result is not None:
+            self.draw()
 
     # ---------------------------------------------------------------- run --
     @property
@@ -447,7 +475,8 @@ class Agg2ExpWidget(QWidget):
             title = f"{res.method}: {self.kind_combo.currentText()}"
             ax = self.heat_fig.add_subplot(111)
             plot_heatmap(m[rows], [res.row_names[i] for i in rows], res.col_names, ax=ax, title=title,
-                         annotate=m.size <= 300, fmt="{:.2f}")
+                         annotate=len(rows) * m.shape[1] <= 100, fmt="{:.2f}")
+            self._fit_fonts(self.heat_fig, ax, len(rows), m.shape[1])
             apply_theme(self.heat_fig, colors)
             for cax in self.heat_fig.axes[1:]:  # colorbar
                 cax.yaxis.label.set_color(colors["text"])
@@ -465,6 +494,11 @@ class Agg2ExpWidget(QWidget):
 
     def _on_theme(self, event=None) -> None:
         self.draw()
+
+    def _on_ndisplay(self, event=None) -> None:
+        from .layers import sync_attribution_colormaps
+
+        sync_attribution_colormaps(self.viewer)
 
     # --------------------------------------------------------------- click --
     def _on_click(self, event) -> None:
@@ -535,7 +569,8 @@ class Agg2ExpWidget(QWidget):
         layer = self.viewer.add_image(
             masked, name=f"agg2exp · {method} · {res.row_names[a]} in {res.col_names[b]}",
             scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:], metadata=md,
-            colormap=attribution_colormap(), contrast_limits=(-lim, lim), blending="translucent",
+            colormap=attribution_colormap(volume=self.viewer.dims.ndisplay == 3), contrast_limits=(-lim, lim),
+            blending="translucent",
             rendering="translucent")
         self.status.setText(f"{res.row_names[a]} ← {res.col_names[b]}: {100 * val:.1f}% of the |evidence| "
                             f"({int(region.sum())} voxels)")

@@ -117,20 +117,22 @@ def _ramp(a: np.ndarray, lo, hi) -> np.ndarray:
     return lo[None, :] + a[:, None] * (hi - lo)[None, :]
 
 
-def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.02,
-                     full_at: float = 0.55, max_alpha: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.06,
+                     full_at: float = 0.9, max_alpha: float = 0.95, power: float = 1.2
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """RGBA control points of the attribution colormap over ``[0, 1]``.
 
     The middle (value 0 when the contrast limits are symmetric) is fully transparent;
-    alpha ramps with |value| (0 inside ``dead_zone``, ``max_alpha`` from ``full_at`` of the
-    half-range on). Positive = red -> yellow, negative = blue -> cyan (``reverse`` swaps
+    alpha ramps with |value| (0 inside ``dead_zone`` of the half-range, then
+    ``((|v| - dead_zone) / (full_at - dead_zone)) ** power``, ``max_alpha`` from ``full_at``
+    on), so weak evidence stays see-through and the anatomy shows under it. Positive = red -> yellow, negative = blue -> cyan (``reverse`` swaps
     them, for maps whose negative values are the supporting evidence, e.g. PdCR's ATE).
     """
     n = n if n % 2 else n + 1
     t = np.linspace(0.0, 1.0, n)
     v = 2 * t - 1
     a = np.abs(v)
-    alpha = np.clip((a - dead_zone) / max(full_at - dead_zone, 1e-6), 0, 1) ** 0.75 * max_alpha
+    alpha = np.clip((a - dead_zone) / max(full_at - dead_zone, 1e-6), 0, 1) ** power * max_alpha
     warm = _ramp(a, (0.85, 0.05, 0.05), (1.0, 0.92, 0.25))
     cool = _ramp(a, (0.05, 0.25, 1.0), (0.3, 0.95, 1.0))
     pos, neg = (cool, warm) if reverse else (warm, cool)
@@ -140,13 +142,35 @@ def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.0
     return rgba.astype(np.float32), t
 
 
-def attribution_colormap(reverse: bool = False):
-    """napari Colormap: diverging, transparent at the centre (see :func:`diverging_colors`)."""
+# 3D volume rendering composites every voxel along a ray, so weak evidence that is faint
+# in a 2D slice adds up to a fog in 3D: the 3D variant hides the weak third of the range.
+VOLUME_ALPHA = {"dead_zone": 0.3, "full_at": 1.0, "power": 1.6, "max_alpha": 0.9}
+CMAP_PREFIX = "seg-explain diverging"
+
+
+def attribution_colormap(reverse: bool = False, volume: bool = False):
+    """napari Colormap: diverging, transparent at the centre (see :func:`diverging_colors`);
+    ``volume=True`` is the variant for the 3D view (weak values fully transparent)."""
     from napari.utils.colormaps import Colormap
 
-    colors, controls = diverging_colors(reverse=reverse)
-    name = "seg-explain diverging (neg red)" if reverse else "seg-explain diverging"
+    colors, controls = diverging_colors(reverse=reverse, **(VOLUME_ALPHA if volume else {}))
+    name = CMAP_PREFIX + (" (neg red)" if reverse else "") + (" 3D" if volume else "")
     return Colormap(colors=colors, controls=controls, name=name, interpolation="linear")
+
+
+def sync_attribution_colormaps(viewer, layers=None) -> None:
+    """Give this plugin's attribution layers the 2D or 3D variant of their colormap to
+    match ``viewer.dims.ndisplay`` (layers whose colormap the user changed are left alone)."""
+    volume = int(viewer.dims.ndisplay) == 3
+    for ly in (layers if layers is not None else list(viewer.layers)):
+        if not is_result_layer(ly, ("attribution",)):
+            continue
+        name = getattr(ly.colormap, "name", "")
+        if not name.startswith(CMAP_PREFIX) or name.endswith(" 3D") == volume:
+            continue
+        lim = tuple(ly.contrast_limits)
+        ly.colormap = attribution_colormap(reverse="(neg red)" in name, volume=volume)
+        ly.contrast_limits = lim
 
 
 def symmetric_limits(a: np.ndarray, robust: bool = True, percentile: float = 99.5

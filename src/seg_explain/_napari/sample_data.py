@@ -24,6 +24,9 @@ SAMPLES = {
 }
 
 
+ROI_COLOR = "#4dff4d"  # a green that reads on grey anatomy and next to the red/blue maps
+
+
 def cache_dir() -> Path:
     env = os.environ.get("SEG_EXPLAIN_CACHE_DIR")
     if env:
@@ -117,7 +120,8 @@ def _sample(key: str) -> list[tuple[Any, dict[str, Any], str]]:
     roi = (np.asarray(roi_li.data) > 0).astype(np.uint8)
     stem = Path(spec["roi"][1]).name.split(".")[0]
     target = _roi_target(stem, names)
-    rk = layer_kwargs_for(li, f"RoI · {target}" if target else "RoI", opacity=0.6,
+    rk = layer_kwargs_for(li, f"RoI · {target}" if target else "RoI", opacity=0.7,
+                          colormap={None: "transparent", 0: "transparent", 1: ROI_COLOR},
                           seg_explain={"kind": "roi", "target": target, "image": spec["title"]})
     out.append((roi, rk, "labels"))
     return out

@@ -24,7 +24,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, class_features, current_index,
-                     image_from_layer, is_result_layer, make_loaded, spatial_dims_of, spatial_shape_of)
+                     image_from_layer, is_result_layer, make_loaded, spatial_dims_of, spatial_shape_of,
+                     sync_attribution_colormaps)
 from .params import ParamForm, parse_text
 from .workers import CancelToken, ExplainRequest, JobRunner, ModelCache, explain_job, load_model_job, scalar_items
 
@@ -251,6 +252,10 @@ class ExplainWidget(QWidget):
         ev.reordered.connect(self._on_layers_changed)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
+        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+
+    def _on_ndisplay(self, event=None) -> None:
+        sync_attribution_colormaps(self.viewer)
 
     def _on_layers_changed(self, event=None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
@@ -729,7 +734,8 @@ class ExplainWidget(QWidget):
         lim = float(res.limit)
         layer = self.viewer.add_image(
             res.attribution, name=name, scale=scale, translate=translate, metadata=md,
-            colormap=attribution_colormap(reverse=reverse), contrast_limits=(-lim, lim),
+            colormap=attribution_colormap(reverse=reverse, volume=self.viewer.dims.ndisplay == 3),
+            contrast_limits=(-lim, lim),
             blending="translucent", rendering="translucent", opacity=1.0)
         mx = max(float(res.max_abs), lim)
         try:
@@ -739,14 +745,10 @@ class ExplainWidget(QWidget):
             pass
         added = [layer]
         if res.outline is not None:
-            from napari.utils.colormaps import DirectLabelColormap
+            # a separate event-loop turn: each layer's controls take a while to build
+            from qtpy.QtCore import QTimer
 
-            cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.2, 1.0, 0.3, 1.0)})
-            outline = self.viewer.add_labels(res.outline, name=f"RoI outline · {roi_name}", scale=scale,
-                                             translate=translate, colormap=cmap, opacity=1.0,
-                                             metadata={META_KEY: {"kind": "roi_outline", "roi": roi_name,
-                                                                  "image": req.image_layer_name}})
-            added.append(outline)
+            QTimer.singleShot(0, lambda: self._add_outline(res, roi_name, req, scale, translate))
         self._last_result_layers = added
         self.viewer.layers.selection.active = layer
         done = (f"{res.method} for '{res.target_name}' in {res.elapsed_s:.1f} s "
@@ -760,6 +762,19 @@ class ExplainWidget(QWidget):
                     f"Dice before perturbation M0 = {s.get('m0', float('nan')):.2f}")
             self.summary.setText(text)
             notify_info(text)
+
+    def _add_outline(self, res, roi_name, req, scale, translate) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.2, 1.0, 0.3, 1.0)})
+        active = self.viewer.layers.selection.active
+        outline = self.viewer.add_labels(res.outline, name=f"RoI outline · {roi_name}", scale=scale,
+                                         translate=translate, colormap=cmap, opacity=1.0,
+                                         metadata={META_KEY: {"kind": "roi_outline", "roi": roi_name,
+                                                              "image": req.image_layer_name}})
+        self._last_result_layers.append(outline)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
 
     def _on_failure(self, failure) -> None:
         self.status.setText(f"Failed: {failure.message}")

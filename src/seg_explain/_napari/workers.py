@@ -169,10 +169,38 @@ class ModelCache:
             self._models.clear()
 
 
+def warm_up(model) -> None:
+    """One tiny gradient explanation right after loading.
+
+    torch, MONAI and the explainers import modules lazily on first use (e.g. the first
+    ``torch.autograd.grad`` imports sympy, MONAI imports matplotlib), and an import holds
+    the GIL for its whole duration, so the GUI would freeze for ~1 s at the start of the
+    first explanation. Paying it here, while the dock says "Loading model", keeps the
+    event loop fluid once an explanation runs."""
+    try:
+        import torch.fx.experimental.symbolic_shapes  # noqa: F401 - the big lazy import
+        from ..explainers.base import explain, methods
+
+        methods()
+        n = max(16, int(getattr(model, "divisor", 1) or 1))
+        shape = (n,) * int(model.spatial_dims)
+        if model.in_channels > 1:
+            shape = (int(model.in_channels),) + shape
+        img = np.random.default_rng(0).random(shape).astype(np.float32)
+        roi = np.ones(shape[-int(model.spatial_dims):], bool)
+        explain(model, img, "gradient", target=0, roi=roi)
+    except Exception:  # noqa: BLE001 - warming up is best effort
+        log.debug("warm-up failed", exc_info=True)
+
+
 def load_model_job(cache: ModelCache, path, device: str) -> Iterator:
     """Load (or fetch) a model; returns a small description (names, dims, layers)."""
     yield ("status", f"Loading model {path}")
+    fresh = cache.cached(path, device) is None
     m = cache.get(path, device)
+    if fresh:
+        yield ("status", "Warming up")
+        warm_up(m)
     layers: list[str] = []
     try:
         from ..explainers.cams import candidate_layers
@@ -319,6 +347,7 @@ class JobRunner:
         self._running = False
         self._callbacks: dict[str, Callable] = {}
         self.last_cancel_latency_s: float | None = None
+        self.last_finished_at: float | None = None
         self._old_workers: list = []
         self._queue: list = []
         self._dispatching = False
@@ -349,6 +378,8 @@ class JobRunner:
         worker.errored.connect(lambda exc, j=jid: self._post(self._on_return, j, Failure(one_line(exc), exc)))
         worker.aborted.connect(lambda j=jid: self._post(self._on_return, j, CANCELLED))
         worker.finished.connect(lambda w=worker: self._forget(w))
+        # a job stopped by quit() at a yield emits neither `returned` nor `aborted`
+        worker.finished.connect(lambda j=jid: self._post(self._on_finished, j, None))
         self.worker = worker
         self._old_workers.append(worker)
         self._running = True
@@ -433,6 +464,11 @@ class JobRunner:
         if cbs.get("idle"):
             cbs["idle"]()
 
+    def _on_finished(self, jid: int, _value) -> None:
+        if jid == self._job and self._running:  # ended without a result
+            self._on_return(jid, CANCELLED if self.token is not None and self.token.cancelled
+                            else Failure("the computation ended without a result"))
+
     def _force_idle(self, jid: int) -> None:
         if jid == self._job and self._running:
             log.info("seg-explain: the job did not stop in time; its result will be dropped")
@@ -448,6 +484,7 @@ class JobRunner:
             self.pbar = None
 
     def _forget(self, worker) -> None:
+        self.last_finished_at = time.perf_counter()
         if worker in self._old_workers:
             self._old_workers.remove(worker)
         if worker is self.worker:

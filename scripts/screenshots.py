@@ -1,0 +1,204 @@
+"""README screenshots from a real napari session (2D and 3D), driven through the docks.
+
+    apt-get install -y xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
+        libxcb-render-util0 libxkbcommon-x11-0 libgl1 libegl1
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py [--out docs]
+
+Writes ``screenshot_2d.png`` (2D sample slice, SmoothGrad of frontal_L in the painted RoI),
+``screenshot_3d.png`` (3D sample, SmoothGrad of temporal_R, 3D view),
+``screenshot_pdcr_2d.png`` (PdCR with the RoI outline and its summary) and
+``screenshot_agg2exp.png`` (the Agg2Exp dock on the 2D sample). Everything runs offline on
+the shipped sample data and models; the explanations go through the Explain button.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def pump(seconds: float) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def wait(cond, timeout: float = 1800.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("timed out")
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def add_sample(viewer, fn):
+    return [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in fn()]
+
+
+def explain_dock(viewer):
+    _dw, w = viewer.window.add_plugin_dock_widget("napari-seg-explain", "Explain segmentation")
+    return w
+
+
+def run(w, method: str, **params) -> None:
+    w.method_combo.setCurrentText(method)
+    for k, v in params.items():
+        w.params.set_value(k, v)
+    w.explain_button.click()
+    wait(lambda: not w.running)
+    if not w.status.text().startswith("Done"):
+        raise RuntimeError(w.status.text())
+    pump(1.0)
+
+
+def close_toasts(viewer) -> None:
+    """Hide the notification pop-ups (they would cover the canvas in a still picture)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for w in viewer.window._qt_window.findChildren(NapariQtNotification):  # noqa: SLF001
+        w.close()
+
+
+def shot(viewer, path: Path) -> None:
+    pump(0.5)
+    close_toasts(viewer)
+    pump(0.3)
+    viewer.screenshot(str(path), canvas_only=False)
+    print("wrote", path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="docs")
+    ap.add_argument("--only", nargs="*", default=["2d", "3d", "pdcr", "agg"])
+    ap.add_argument("--size", default="1400x900")
+    ap.add_argument("--view", default="-0.5,0.8,0.9",
+                    help="3D view direction in data axes (S, P, L): from the right, front and above")
+    ap.add_argument("--zoom", type=float, default=3.0)
+    ap.add_argument("--try-views", action="append", default=[], help="extra 3D views (try_3d_<i>.png)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    os.environ.setdefault("SEG_EXPLAIN_SETTINGS", str(Path(tempfile.gettempdir()) / "seg_explain_screenshots.ini"))
+    width, height = (int(v) for v in args.size.split("x"))
+
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*System theme detection.*")
+    import napari
+
+    from seg_explain._napari.sample_data import sample_brain2d, sample_brain3d
+    from seg_explain.paths import sample_path
+
+    def new_viewer(title):
+        v = napari.Viewer(title=title, show=True)
+        v.window._qt_window.resize(width, height)  # noqa: SLF001 - window size for the picture
+        v.window._qt_window.move(0, 0)  # noqa: SLF001
+        v.theme = "dark"
+        return v
+
+    if "2d" in args.only:
+        v = new_viewer("napari-seg-explain: 2D")
+        image, pred, roi = add_sample(v, sample_brain2d)
+        pred.visible = False
+        roi.contour = 1
+        w = explain_dock(v)
+        w.select_model(str(sample_path("models", "brain2d")))
+        wait(lambda: w.model_info is not None)
+        w.roi_combo.setCurrentText(roi.name)
+        w.class_combo.setCurrentText("frontal_L")
+        run(w, "smoothgrad", n_samples=20)
+        v.layers.move(v.layers.index(roi), len(v.layers))  # RoI contour on top
+        v.layers.selection.active = v.layers[f"smoothgrad · frontal_L · {roi.name}:1"]
+        v.reset_view()
+        shot(v, out / "screenshot_2d.png")
+        if "pdcr" in args.only:
+            for ly in list(v.layers):
+                if ly.name.startswith("smoothgrad"):
+                    ly.visible = False
+            roi.visible = False
+            w.method_combo.setCurrentText("pdcr")
+            w.bank_combo.setCurrentText("sample bank (MNI152)")
+            run(w, "pdcr", n_draws=20)
+            v.reset_view()
+            pump(1.0)
+            v.layers.selection.active = v.layers[f"pdcr · frontal_L · {roi.name}:1"]
+            shot(v, out / "screenshot_pdcr_2d.png")
+        if "agg" in args.only:
+            v.window.remove_dock_widget(v.window._dock_widgets["Explain segmentation (napari-seg-explain)"])  # noqa: SLF001
+            _dw, agg = v.window.add_plugin_dock_widget("napari-seg-explain", "Agg2Exp class importance")
+            agg.select_model(str(sample_path("models", "brain2d")))
+            agg.method_combo.setCurrentText("smoothgrad")
+            agg.params.set_value("n_samples", 10)
+            agg.run_button.click()
+            wait(lambda: not agg.running)
+            if agg.result is None:
+                raise RuntimeError(agg.status.text())
+            a = agg.result.row_names.index("frontal_L")
+            b = agg.result.row_names.index("frontal_R")
+            agg.show_cell(a, b)
+            for ly in v.layers:
+                if ly.name.startswith(("pdcr", "RoI outline", "smoothgrad")):
+                    ly.visible = False
+            roi.visible = True
+            v.reset_view()
+            pump(1.0)
+            shot(v, out / "screenshot_agg2exp.png")
+        v.close()
+
+    if "3d" in args.only:
+        v = new_viewer("napari-seg-explain: 3D")
+        image, pred, roi = add_sample(v, sample_brain3d)
+        pred.visible = False
+        w = explain_dock(v)
+        w.select_model(str(sample_path("models", "brain3d")))
+        wait(lambda: w.model_info is not None)
+        w.roi_combo.setCurrentText(roi.name)
+        w.class_combo.setCurrentText("temporal_R")
+        run(w, "smoothgrad", n_samples=8)
+        attr = v.layers[f"smoothgrad · temporal_R · {roi.name}:1"]
+        roi.visible = False
+        # 3D: the brain (the model's prediction > 0) as a faint volume under the evidence
+        image.visible = False
+        brain = v.add_image(np.where(pred.data > 0, image.data, 0).astype(np.float32), name="brain (3D view)",
+                            scale=image.scale, translate=image.translate, colormap="gray",
+                            rendering="attenuated_mip", attenuation=0.15, opacity=0.45,
+                            contrast_limits=(0, float(np.percentile(image.data[pred.data > 0], 99))))
+        v.layers.move(v.layers.index(brain), 0)
+        v.dims.ndisplay = 3
+        v.layers.selection.active = attr
+        # camera at the patient's right, in front and above, superior up (axes: S, P, L)
+        v.camera.set_view_direction(tuple(float(a) for a in args.view.split(",")), up_direction=(1, 0, 0))
+        v.camera.zoom = args.zoom
+        shot(v, out / "screenshot_3d.png")
+        for i, extra in enumerate(args.try_views):
+            v.camera.set_view_direction(tuple(float(a) for a in extra.split(",")), up_direction=(1, 0, 0))
+            shot(v, out / f"try_3d_{i}.png")
+        v.layers.remove(brain)
+        image.visible = True
+        v.dims.ndisplay = 2
+        z = int(round(float(v.layers[roi.name].data.nonzero()[0].mean())))
+        v.dims.set_current_step(0, z)
+        roi.visible = True
+        roi.contour = 1
+        v.reset_view()
+        shot(v, out / "screenshot_3d_slice.png")
+        v.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
