@@ -25,19 +25,28 @@ reference (the model's own clean prediction) ``M_0 = 1``, so ATE ≤ 0 by constr
 negative contributions (ATE > 0) can only show against a ground-truth ``reference``
 (as in the paper's reference code, which uses ground truth).
 
+Deliberate differences from the reference code (``occlusion_sensitivity_optimized``), all
+following the paper's eq. 3 / METHODS.md: the final ATE is not thresholded by ``tau`` a
+second time; partial blocks at the image edges are explained (the reference code skips
+them); empty-vs-empty Dice is 1 (the reference code's epsilon makes it 0); any RoI
+shape (the reference code: a square).
+
 Speed (the method's weak point: thousands of forward passes):
 
 - perturbed copies of many blocks × draws go through the network together in one batch
   (the work list is flattened across blocks), under ``torch.inference_mode``;
 - only the RoI voxels of the logits are read (argmax/threshold on the RoI only);
 - the clean prediction ``ctx.clean_logits`` is reused for ``M_0`` and the reference;
+- batch size: from memory on a GPU, ~2^17 voxels on a CPU; unless ``batch_size`` is given,
+  the first batches try ½×, 1× and 2× of it and keep the fastest (results never depend on
+  the batch size: draws are fixed per block before any pass);
 - images larger than ``model.patch_size``: the model's own sliding-window inference
   (same windows, overlap and blending as ``model.logits``), restricted to the windows that
   hold RoI voxels; their clean outputs are computed once and each perturbed copy re-runs
   only the RoI windows that contain the perturbed block, swapping their weighted
   contribution in the blended RoI logits. This is *exact* (the RoI logits equal those of a
-  full sliding-window pass of the perturbed image) at 1–2^D window passes per copy instead
-  of all windows. Blocks that no RoI window contains cannot change the RoI prediction:
+  full sliding-window pass of the perturbed image) at typically 1–2^D window passes per
+  copy instead of all windows. Blocks that no RoI window contains cannot change the RoI prediction:
   they get 0 without any pass (flagged ``outside_window``). ``n_forward`` then counts
   window passes.
 - ``adaptive=True`` (beyond the paper): the ``n_draws`` ATE draws are taken in rounds of 10;
