@@ -221,3 +221,49 @@ def test_open_file_in_napari_uses_the_reader(make_napari_viewer):
     assert ly.data.shape == (90, 108, 90)
     np.testing.assert_allclose(ly.scale, (2.0, 2.0, 2.0))
     assert ly.metadata["loaded_image"].spacing == pytest.approx((2.0, 2.0, 2.0))
+
+
+def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
+    """A cancel lands within one layer of the network, not at the end of the batch."""
+    import threading
+    import time
+
+    import torch
+    from conftest import make_unet, wrap
+
+    from seg_explain.errors import Cancelled
+    from seg_explain._napari.workers import CancelToken, cancel_hooks
+
+    model = wrap(make_unet(3, channels=(8, 16, 32)), 3)
+    x = torch.rand(4, 1, 48, 48, 48, requires_grad=True)
+    for phase in ("forward", "backward"):
+        token = CancelToken()
+        with cancel_hooks(model, token):
+            if phase == "backward":
+                out = model.forward(x).sum()
+            threading.Timer(0.05, token.cancel).start()
+            t0 = time.perf_counter()
+            with pytest.raises(Cancelled):
+                for _ in range(1000):  # far longer than the test without the hooks
+                    if phase == "forward":
+                        model.forward(x)
+                    else:
+                        torch.autograd.grad(out, x, retain_graph=True)
+            assert time.perf_counter() - token.cancelled_at < 1.0
+        # hooks are gone afterwards
+        model.forward(x[:1])
+        assert not any(m._forward_pre_hooks for m in model.network.modules())
+
+
+def test_worker_job_without_qt_reports_failure_as_one_line(tmp_path):
+    """Jobs are plain generators: a bad model path becomes a Failure, never an exception."""
+    from seg_explain._napari.workers import Failure, ModelCache, guarded, load_model_job
+
+    gen = guarded(load_model_job, ModelCache(), str(tmp_path / "missing_bundle"), "cpu")
+    msgs = []
+    try:
+        while True:
+            msgs.append(next(gen))
+    except StopIteration as stop:
+        res = stop.value
+    assert isinstance(res, Failure) and "missing_bundle" in res.message and "\n" not in res.message

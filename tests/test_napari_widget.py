@@ -291,6 +291,7 @@ def test_3d_volume_slices_and_3d_view(make_napari_viewer, qtbot, bundle3d_tiny, 
     np.testing.assert_allclose(attr.scale, vol.scale)
     np.testing.assert_allclose(attr.translate, vol.translate)
     assert str(attr.rendering) in ("translucent", "ImageRendering.TRANSLUCENT")
+    lo3, hi3 = attr.contrast_limits
     viewer.window.show()  # (a screenshot of a hidden window, then show(), crashes Mesa)
     shots = []
     for z in (0, 10, 19):  # browse slices
@@ -298,9 +299,14 @@ def test_3d_volume_slices_and_3d_view(make_napari_viewer, qtbot, bundle3d_tiny, 
         shots.append(viewer.screenshot(canvas_only=True))
     assert not np.array_equal(shots[0], shots[1])
     viewer.dims.ndisplay = 3
+    # the 3D view gets the volume variant of the colormap (weak values fully transparent)
+    assert attr.colormap.name.endswith("3D")
+    assert attr.colormap.map(np.array([0.5 + 0.1]))[0, 3] == 0.0
+    assert attr.contrast_limits == pytest.approx([lo3, hi3])
     shot = viewer.screenshot(canvas_only=True)
     assert shot[..., :3].std() > 0
     viewer.dims.ndisplay = 2
+    assert not attr.colormap.name.endswith("3D")
 
 
 def test_2d_model_on_a_volume_explains_the_current_slice(make_napari_viewer, qtbot, tmp_path, monkeypatch):

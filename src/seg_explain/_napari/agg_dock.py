@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
                             QLabel, QListWidget, QPushButton, QRadioButton, QSpinBox, QTabWidget,
                             QVBoxLayout, QWidget)

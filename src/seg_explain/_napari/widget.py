@@ -27,7 +27,7 @@ from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, class_feature
                      image_from_layer, is_result_layer, make_loaded, spatial_dims_of, spatial_shape_of,
                      sync_attribution_colormaps)
 from .params import ParamForm, parse_text
-from .workers import CancelToken, ExplainRequest, JobRunner, ModelCache, explain_job, load_model_job, scalar_items
+from .workers import ExplainRequest, JobRunner, ModelCache, explain_job, load_model_job, scalar_items
 
 log = logging.getLogger(__name__)
 
@@ -796,4 +796,4 @@ class ExplainWidget(QWidget):
         super().closeEvent(event)
 
 
-__all__ = ["ExplainWidget", "CancelToken"]
+__all__ = ["ExplainWidget"]
