@@ -9,13 +9,14 @@ VENV="${1:-.venv}"
 EXTRAS="${2:-qt}"
 PY="${PYTHON:-python3}"
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -z "${SKIP_APT:-}" ]; then
-  # Qt/OpenGL runtime libraries napari needs (headless included)
+  # Qt/OpenGL runtime libraries napari needs (headless included); Xvfb for the GUI
+  # responsiveness tests and screenshots (they skip, saying why, where it is missing)
   if ! dpkg -s libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
-        libxcb-render-util0 libxcb-xinerama0 libfontconfig1 libdbus-1-3 >/dev/null 2>&1; then
+        libxcb-render-util0 libxcb-xinerama0 libfontconfig1 libdbus-1-3 xvfb xauth >/dev/null 2>&1; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
       libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xfixes0 libxcb-randr0 \
-      libfontconfig1 libdbus-1-3 >/dev/null
+      libfontconfig1 libdbus-1-3 xvfb xauth >/dev/null
   fi
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
