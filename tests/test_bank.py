@@ -144,3 +144,22 @@ def test_crop_blocks_count_and_shape_3d():
     ims = [torch.rand(1, 10, 12, 9)]
     b = crop_blocks(ims, 8, per_image=17, seed=3)
     assert b.shape == (17, 1, 8, 8, 8)
+
+
+def test_explanation_params_stay_json_safe_with_a_bank_object(tmp_path):
+    """Layer metadata and CLI sidecars serialise params: a Bank, arrays and paths must not leak."""
+    import json
+
+    from seg_explain import explain
+
+    m = model_()
+    img = np.zeros((16, 16), np.float32)
+    img[:4, :4] = 1.0
+    roi = np.zeros((16, 16), bool)
+    roi[12:, 12:] = True
+    bank = build_bank(m, imgs(2, (16, 16), seed=5), 4, per_image=8)
+    e = explain(m, img, "pdcr", target="fg", roi=roi, bank=bank, block_size=4,
+                n_screen=2, n_draws=3, reference=np.zeros((16, 16), np.int64))
+    p = json.loads(json.dumps(e.params))
+    assert p["bank"] == "<Bank>" and p["reference"] == "<ndarray>"
+    assert p["block_size"] == 4 and p["n_draws"] == 3 and p["tau"] == 0.02

@@ -16,6 +16,7 @@ cancel between steps); :func:`explain` drives it to the end.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
@@ -215,6 +216,18 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
                     t0, extras)
 
 
+def _plain(v):
+    """A parameter as stored on the Explanation: JSON-safe (scalars as they are, paths as
+    strings, arrays, banks, images and other objects as ``<TypeName>``)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return f"<{type(v).__name__}>"
+
+
 def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras) -> Explanation:
     """Model-grid attribution -> image grid Explanation (channels summed, per-channel kept)."""
     a = attr_model.detach().cpu().numpy() if isinstance(attr_model, torch.Tensor) else np.asarray(attr_model)
@@ -229,8 +242,7 @@ def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras)
     else:
         a_img = ctx.prep.to_image(a, order=1).astype(np.float32)
     return Explanation(a_img, method, ctx.target, ctx.model.class_names[ctx.target], roi_img,
-                       {k: (f"<{type(v).__name__}>" if isinstance(v, (np.ndarray, list, tuple)) else v)
-                        for k, v in params.items()},
+                       {k: _plain(v) for k, v in params.items()},
                        time.perf_counter() - t0, ctx.n_forward, ctx.n_backward, per_channel, extras)
 
 
