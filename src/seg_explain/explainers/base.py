@@ -193,6 +193,16 @@ def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None 
     return ctx, roi_img, pred_img
 
 
+def with_defaults(method: str, params: dict[str, Any]):
+    """``(spec, params with the method's defaults filled in)``; unknown names are a MethodError."""
+    spec = get_spec(method)
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
+                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+    return spec, {**spec.defaults, **params}
+
+
 def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
                  batch_size: int | None = None, roi_mode: str | None = None,
                  roi_label: int | None = None, **params) -> Iterator[Progress]:
@@ -200,12 +210,7 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
 
     Close it (``gen.close()``) or stop iterating to cancel between steps.
     """
-    spec = get_spec(method)
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
-                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
-    full = {**spec.defaults, **params}
+    spec, full = with_defaults(method, params)
     t0 = time.perf_counter()
     ctx, roi_img, _ = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
     result = yield from spec.fn(ctx, **full)

@@ -25,19 +25,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import InputMismatchError, MethodError
-from .base import Explanation, drive, finalize, get_spec, make_context
+from ..errors import InputMismatchError
+from .base import Explanation, drive, finalize, make_context, with_defaults
 
 
 def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
                          batch_size: int | None = None, **params) -> Iterator[tuple[int, int]]:
     """Generator form of :func:`explain_classes`: yields ``(done, total)``, returns the list."""
-    spec = get_spec(method)
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
-                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
-    full = {**spec.defaults, **params}
+    spec, full = with_defaults(method, params)
     t0 = time.perf_counter()
     prep = model.prepare(image)
     clean = model.logits_tensor(prep.x)
