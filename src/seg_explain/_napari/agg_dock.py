@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QFormLayout, Q
                             QLabel, QListWidget, QPushButton, QRadioButton, QSpinBox, QTabWidget,
                             QVBoxLayout, QWidget)
 
+from ..allocator import tune_allocator
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, image_from_layer, is_result_layer,
                      spatial_dims_of, symmetric_limits)
 from .params import ParamForm
@@ -126,6 +127,8 @@ class Agg2ExpWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        # on the GUI thread, before any worker thread has its own malloc arena
+        tune_allocator()
         self.viewer = napari_viewer
         self.cache = ModelCache()
         self.runner = JobRunner()

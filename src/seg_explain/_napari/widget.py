@@ -23,6 +23,7 @@ from qtpy.QtCore import QSettings, Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                             QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from ..allocator import tune_allocator
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, class_features, current_index,
                      image_from_layer, is_result_layer, make_loaded, spatial_dims_of, spatial_shape_of,
                      sync_attribution_colormaps)
@@ -82,6 +83,8 @@ class ExplainWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        # on the GUI thread, before any worker thread has its own malloc arena
+        tune_allocator()
         self.viewer = napari_viewer
         self.cache = ModelCache()
         self.runner = JobRunner()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import tune_allocator
 from ..errors import ModelLoadError, SegExplainError
 from .base import SegModel, resolve_device
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
@@ -22,6 +23,7 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
     stem holding what metadata.json would hold (and optionally ``preprocessing``/``inferer``).
     ``device="auto"`` picks CUDA, then MPS, then CPU. Nothing is unpickled.
     """
+    tune_allocator()  # reuse freed tensor buffers across passes (see seg_explain.allocator)
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"No such model file or bundle folder: {p}")
