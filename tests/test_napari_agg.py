@@ -61,6 +61,8 @@ def test_heatmap_click_and_export(make_napari_viewer, qtbot, bundle2d, tmp_path)
     widget.select_model(str(bundle2d))
     widget.method_combo.setCurrentText("gradient")
     assert widget.image_combo.currentText() == image.name
+    # tabified with the Explain dock, its minimum width is the pair's: leave room for the canvas
+    assert widget.minimumSizeHint().width() < 450, widget.minimumSizeHint().width()
     _run(widget, qtbot)
     res = widget.result
     assert res is not None and res.n_images == 1, widget.status.text()

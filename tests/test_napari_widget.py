@@ -165,6 +165,33 @@ def test_method_parameters_follow_the_method(make_napari_viewer, qtbot):
     assert not widget.bank_combo.isVisibleTo(widget)
 
 
+def test_long_names_do_not_widen_the_dock(make_napari_viewer, qtbot):
+    """Choosing a CAM lists the network's layer names (MONAI UNet paths run to 60 characters);
+    a dock that grows to fit them squeezes and re-renders the canvas (a 3D frame costs
+    hundreds of ms with software OpenGL)."""
+    from seg_explain._napari.widget import ExplainWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8), np.float32), name="short")
+    widget = ExplainWidget(viewer)   # picks and loads the 2D sample model
+    qtbot.addWidget(widget)
+    widget.show()   # combo boxes size themselves to their contents when first shown
+    qtbot.waitUntil(lambda: widget.model_info is not None and not widget.loader.running, timeout=60000)
+    set_combo(widget.method_combo, "smoothgrad")
+    narrow = widget.sizeHint().width()
+    longest = max(widget.model_info["layers"], key=len)
+    assert len(longest) > 40
+    viewer.add_image(np.zeros((8, 8), np.float32), name="an image layer with a very long name " * 4)
+    set_combo(widget.method_combo, "seg_grad_cam")
+    layer_box = widget.params.editors["layer"]
+    assert layer_box.findText(longest) >= 0
+    qtbot.wait(50)
+    assert layer_box.sizeHint().width() < 250, layer_box.sizeHint().width()
+    assert widget.sizeHint().width() <= narrow + 10
+    layer_box.setCurrentText(longest)
+    assert layer_box.toolTip() == longest   # the full name is one hover away
+
+
 def test_pdcr_outline_and_summary(make_napari_viewer, qtbot, bundle2d, monkeypatch):
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)

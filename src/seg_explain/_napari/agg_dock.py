@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QFormLayout, Q
 from ..allocator import tune_allocator
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, image_from_layer, is_result_layer,
                      spatial_dims_of, symmetric_limits)
-from .params import ParamForm
+from .params import ParamForm, compact
 from .widget import BROWSE_DIR, BROWSE_FILE, notify_error, notify_info, sample_models, settings
 from .workers import CancelToken, JobRunner, ModelCache, scalar_items
 
@@ -144,6 +144,8 @@ class Agg2ExpWidget(QWidget):
         self._get_spec = get_spec
         self._methods = [m for m in methods() if m != "pdcr"] + (["pdcr"] if "pdcr" in methods() else [])
         self._build_ui()
+        for combo in self.findChildren(QComboBox):
+            compact(combo)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.events.theme.connect(self._on_theme)
@@ -222,9 +224,12 @@ class Agg2ExpWidget(QWidget):
         vrow.addWidget(QLabel("view"))
         vrow.addWidget(self.scope_combo, 1)
         vrow.addWidget(self.kind_combo, 1)
-        vrow.addWidget(QLabel("top-k"))
-        vrow.addWidget(self.topk)
         lay.addLayout(vrow)
+        krow = QHBoxLayout()  # its own row, so the dock stays narrow enough for the canvas
+        krow.addWidget(QLabel("graph: top-k incoming edges per class"))
+        krow.addWidget(self.topk)
+        krow.addStretch(1)
+        lay.addLayout(krow)
 
         self.tabs = QTabWidget()
         self.heat_fig = Figure(figsize=(5, 4.5), layout="constrained")

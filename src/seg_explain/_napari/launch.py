@@ -29,8 +29,19 @@ def open_viewer(sample: str = "brain3d", agg_dock: bool = True, show: bool = Tru
     def fit() -> None:  # once the window is laid out: keep the canvas the largest thing on screen
         try:
             from qtpy.QtCore import Qt
+            from qtpy.QtWidgets import QTabBar
 
-            viewer.window._qt_window.resizeDocks(docks, [400] * len(docks), Qt.Horizontal)  # noqa: SLF001
+            qwin = viewer.window._qt_window  # noqa: SLF001
+            # tabified docks: the tab bar would otherwise be as wide as both full titles
+            # ("... (napari-seg-explain)") and push the canvas into a strip
+            for bar in qwin.findChildren(QTabBar):
+                bar.setElideMode(Qt.ElideRight)
+                bar.setUsesScrollButtons(True)
+            screen = qwin.screen().availableGeometry() if hasattr(qwin, "screen") else None
+            if screen is not None and qwin.width() < 0.8 * screen.width():
+                # the demo needs room: layer panels + docks + a canvas worth looking at
+                qwin.resize(int(0.9 * screen.width()), int(0.9 * screen.height()))
+            qwin.resizeDocks(docks, [400] * len(docks), Qt.Horizontal)
         except (AttributeError, TypeError, RuntimeError):  # pragma: no cover - private API moved
             pass
         viewer.reset_view()

@@ -44,6 +44,16 @@ FLOAT_RANGES: dict[str, tuple[float, float, float]] = {
 HANDLED_ELSEWHERE = ("bank", "reference")
 
 
+def compact(combo: QComboBox, chars: int = 8) -> QComboBox:
+    """Long entries (layer paths, file paths, module names) must not widen the dock and
+    squeeze the canvas: size the box to ``chars`` characters, show the full text as a tooltip."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    combo.currentTextChanged.connect(combo.setToolTip)
+    combo.setToolTip(combo.currentText())
+    return combo
+
+
 def parse_text(text: str) -> Any:
     """Line-edit text -> None / int / float / list / str."""
     t = text.strip()
@@ -152,7 +162,7 @@ class ParamForm(QWidget):
             w.setCurrentText(default)
             return w, w.currentText
         if name == "layer":
-            w = QComboBox()
+            w = compact(QComboBox())
             w.setEditable(True)
             w.addItem("")
             w.addItems(self.layer_names)
