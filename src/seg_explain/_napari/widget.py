@@ -761,8 +761,8 @@ class ExplainWidget(QWidget):
         self.status.setText(f"Done: {done}. Colour limits ±{lim:.3g} (max |a| = {res.max_abs:.3g}).")
         if res.summary:
             s = res.summary
-            text = (f"PdCR: {100 * s.get('share_positive', 0):.0f}% of the blocks support the RoI (red), "
-                    f"{100 * s.get('share_negative', 0):.0f}% work against it (blue), "
+            text = (f"PdCR: {100 * s.get('share_positive', 0):.0f}% of the blocks support the RoI (red to yellow), "
+                    f"{100 * s.get('share_negative', 0):.0f}% work against it (blue to cyan), "
                     f"{100 * s.get('share_irrelevant', 0):.0f}% are irrelevant; "
                     f"Dice before perturbation M0 = {s.get('m0', float('nan')):.2f}")
             self.summary.setText(text)
