@@ -58,6 +58,13 @@ UNET_DEF = {"_target_": "monai.networks.nets.UNet", "in_channels": 1, "out_chann
             "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
 
 
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test gets its own dock settings (remembered models) and cache folder."""
+    monkeypatch.setenv("SEG_EXPLAIN_SETTINGS", str(tmp_path / "settings.ini"))
+    monkeypatch.setenv("SEG_EXPLAIN_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def unet3d():
     """A random 3D MONAI UNet (4 classes) as a SegModel, no preprocessing."""

@@ -17,12 +17,6 @@ from conftest import UNET_DEF, make_unet, write_bundle  # noqa: E402
 from seg_explain.paths import sample_path  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEG_EXPLAIN_SETTINGS", str(tmp_path / "settings.ini"))
-    monkeypatch.setenv("SEG_EXPLAIN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def bundle2d(tmp_path):
     real = sample_path("models", "brain2d")
@@ -63,6 +57,7 @@ def test_heatmap_click_and_export(make_napari_viewer, qtbot, bundle2d, tmp_path)
     assert widget.image_combo.currentText() == image.name
     # tabified with the Explain dock, its minimum width is the pair's: leave room for the canvas
     assert widget.minimumSizeHint().width() < 450, widget.minimumSizeHint().width()
+    assert widget.scope_combo.toolTip().startswith("global = mean")  # its own help survives
     _run(widget, qtbot)
     res = widget.result
     assert res is not None and res.n_images == 1, widget.status.text()

@@ -10,12 +10,6 @@ HAS_DISPLAY = ensure_display()
 pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no DISPLAY and no Xvfb installed")
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEG_EXPLAIN_SETTINGS", str(tmp_path / "settings.ini"))
-    monkeypatch.setenv("SEG_EXPLAIN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_launch_opens_sample_docks_and_roi_slice(make_napari_viewer, qtbot):
     from seg_explain._napari.launch import open_viewer
     from seg_explain._napari.widget import ExplainWidget

@@ -23,9 +23,7 @@ PLUGIN = "napari-seg-explain"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEG_EXPLAIN_SETTINGS", str(tmp_path / "settings.ini"))
-    monkeypatch.setenv("SEG_EXPLAIN_CACHE_DIR", str(tmp_path / "cache"))
+def _plugin_main_thread(monkeypatch):
     monkeypatch.setenv("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
 
 

@@ -46,11 +46,13 @@ HANDLED_ELSEWHERE = ("bank", "reference")
 
 def compact(combo: QComboBox, chars: int = 8) -> QComboBox:
     """Long entries (layer paths, file paths, module names) must not widen the dock and
-    squeeze the canvas: size the box to ``chars`` characters, show the full text as a tooltip."""
+    squeeze the canvas: size the box to ``chars`` characters and, unless the box already
+    explains itself in a tooltip, show the full current text as its tooltip."""
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
-    combo.currentTextChanged.connect(combo.setToolTip)
-    combo.setToolTip(combo.currentText())
+    if not combo.toolTip():
+        combo.currentTextChanged.connect(combo.setToolTip)
+        combo.setToolTip(combo.currentText())
     return combo
 
 
