@@ -11,6 +11,7 @@ What we read from a bundle:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,9 @@ class _DictAdapter:
 
 def load_state_dict_file(path: Path) -> dict:
     """Load a state dict with ``weights_only=True``; explain the common failure modes."""
+    where = os.fspath(path)
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = torch.load(where, weights_only=True, map_location="cpu")
     except FileNotFoundError as exc:
         raise ModelLoadError(f"Weights file not found: {path}") from exc
     except Exception as exc:
