@@ -59,9 +59,6 @@ def main(argv=None) -> int:
     from .errors import SegExplainError
 
     args = build_parser().parse_args(argv)
-    from .allocator import tune_allocator
-
-    tune_allocator()  # before any thread starts (see seg_explain.allocator)
     try:
         return int(args._run(args) or 0)
     except SegExplainError as exc:

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QFormLayout, Q
 from ..allocator import tune_allocator
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, image_from_layer, is_result_layer,
                      spatial_dims_of, symmetric_limits)
-from .params import ParamForm, compact
+from .params import ParamForm, compact_all
 from .widget import BROWSE_DIR, BROWSE_FILE, notify_error, notify_info, sample_models, settings
 from .workers import CancelToken, JobRunner, ModelCache, scalar_items
 
@@ -144,8 +144,7 @@ class Agg2ExpWidget(QWidget):
         self._get_spec = get_spec
         self._methods = [m for m in methods() if m != "pdcr"] + (["pdcr"] if "pdcr" in methods() else [])
         self._build_ui()
-        for combo in self.findChildren(QComboBox):
-            compact(combo)
+        compact_all(self)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.events.theme.connect(self._on_theme)

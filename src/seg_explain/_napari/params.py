@@ -56,6 +56,12 @@ def compact(combo: QComboBox, chars: int = 8) -> QComboBox:
     return combo
 
 
+def compact_all(widget: QWidget) -> None:
+    """:func:`compact` every combo box inside ``widget``."""
+    for combo in widget.findChildren(QComboBox):
+        compact(combo)
+
+
 def parse_text(text: str) -> Any:
     """Line-edit text -> None / int / float / list / str."""
     t = text.strip()

@@ -27,7 +27,7 @@ from ..allocator import tune_allocator
 from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, class_features, current_index,
                      image_from_layer, is_result_layer, make_loaded, spatial_dims_of, spatial_shape_of,
                      sync_attribution_colormaps)
-from .params import ParamForm, compact, parse_text
+from .params import ParamForm, compact_all, parse_text
 from .workers import ExplainRequest, JobRunner, ModelCache, explain_job, load_model_job, scalar_items
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class ExplainWidget(QWidget):
         self._get_spec = get_spec
         self._methods = methods()
         self._build_ui()
-        for combo in self.findChildren(QComboBox):
-            compact(combo)
+        compact_all(self)
         self._connect_viewer()
         self._refresh_layers()
         self._on_method_changed()

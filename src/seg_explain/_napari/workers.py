@@ -318,13 +318,10 @@ def explain_job(req: ExplainRequest, cache: ModelCache, token: CancelToken) -> I
 
 def scalar_items(d: dict[str, Any]) -> dict[str, Any]:
     """The JSON-friendly scalar entries of a dict (for layer metadata)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (bool, int, float, str)) or v is None:
-            out[k] = v
-        elif isinstance(v, (np.integer, np.floating)):
-            out[k] = v.item()
-    return out
+    from ..explainers.base import NOT_SCALAR, json_scalar
+
+    out = {k: json_scalar(v) for k, v in d.items()}
+    return {k: v for k, v in out.items() if v is not NOT_SCALAR}
 
 
 # ----------------------------------------------------------------- the runner --

@@ -221,16 +221,24 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
                     t0, extras)
 
 
-def _plain(v):
-    """A parameter as stored on the Explanation: JSON-safe (scalars as they are, paths as
-    strings, arrays, banks, images and other objects as ``<TypeName>``)."""
+NOT_SCALAR = object()
+
+
+def json_scalar(v, default=NOT_SCALAR):
+    """``v`` as a JSON scalar (numpy scalars unwrapped, paths as strings), else ``default``."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, (np.integer, np.floating, np.bool_)):
         return v.item()
     if isinstance(v, os.PathLike):
         return os.fspath(v)
-    return f"<{type(v).__name__}>"
+    return default
+
+
+def _plain(v):
+    """A parameter as stored on the Explanation: JSON-safe (arrays, banks, images and other
+    objects as ``<TypeName>``)."""
+    return json_scalar(v, f"<{type(v).__name__}>")
 
 
 def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras) -> Explanation:
