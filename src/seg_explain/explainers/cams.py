@@ -19,10 +19,18 @@ See :func:`find_layer` / :func:`candidate_layers`.
 
 The layer's output is detached and made a leaf that requires grad, so a CAM costs one
 forward and only the backward from the output to that layer. Several classes share the
-forward pass (:mod:`.multiclass`). Images larger than the model's patch are explained
-window by window (each window's own CAM, averaged where windows overlap; note that the
-Seg-Grad-CAM weights α are then per window). TorchScript / exported models have no
-hookable layers: :meth:`SegModel.check_hookable` raises a :class:`MethodError`.
+forward pass (:mod:`.multiclass`). The capture hook is a :func:`.engine.thread_hooks`
+hook: it only sees the forward passes of the thread that explains, so explanations of one
+model may run in several threads at once.
+
+Images larger than the model's patch are explained window by window on MONAI's sliding
+windows (padding included): each window's CAM explains the RoI voxels inside that window,
+and the per-window maps are blended with the weights the model blends its output with
+(``w_k / Σw``, constant or Gaussian; :class:`.engine.WindowWeights`). The Seg-Grad-CAM
+weights α are then per window. A CAM is a heat map on the layer's grid, not an additive
+attribution: it is upsampled, never differentiated through anything.
+TorchScript / exported models have no hookable layers: :meth:`SegModel.check_hookable`
+raises a :class:`MethodError`.
 """
 from __future__ import annotations
 
@@ -33,8 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
-from ..windows import WindowAccumulator, model_windows, window_shape
+from ..checks import as_bool
+from ..windows import window_shape
 from .base import Context, register
+from .engine import WindowAccumulator, WindowWeights, thread_hooks
 from .gradients import Counts, book, check_same_image, roi_cotangent
 
 _KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
@@ -84,14 +94,12 @@ def _probe_bottleneck(model) -> str:
                 records.append((int(np.prod(out.shape[2:])), order[0], name, has_params))
         return hook
 
-    handles = [m.register_forward_hook(make(nm)) for nm, m in net.named_modules()
-               if nm and type(m).__name__ != "SkipConnection"]
-    try:
+    with thread_hooks() as hooks:   # records this thread's probe pass only
+        for nm, m in net.named_modules():
+            if nm and type(m).__name__ != "SkipConnection":
+                hooks.forward(m, make(nm))
         with torch.inference_mode():
             model.forward(torch.zeros((1, model.in_channels) + shape))
-    finally:
-        for h in handles:
-            h.remove()
     recs = [r for r in records if r[3]]
     if not recs:
         raise MethodError("cannot find a bottleneck layer in this network; pass layer=<module name>")
@@ -161,39 +169,40 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     model.check_hookable(method)
     if not isinstance(model.network, torch.nn.Module):
         raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
-    if not isinstance(relu, (bool, np.bool_)) and relu not in (0, 1):
-        raise MethodError(f"relu must be true or false, got {relu!r}")
+    relu = as_bool("relu", relu, method=method)
     name, module = find_layer(model, layer)
     x = ctx.x
     S = tuple(x.shape[1:])
-    windows = model_windows(model, S)
+    weights = WindowWeights.for_model(model, S)
+    tiling = weights.tiling
     targets = [(c.target, c.roi) for c in ctxs]
-    plan = [(wi, [k for k, (_, r) in enumerate(targets) if bool(r[w].any())]) for wi, w in enumerate(windows)]
-    plan = [(wi, ks) for wi, ks in plan if ks]
-    accs = [WindowAccumulator(S, windows) for _ in targets]
+    plan = []
+    for wi, w in enumerate(tiling.windows):
+        src, _ = tiling.inner(w)
+        ks = [k for k, (_, r) in enumerate(targets) if bool(r[src].any())]
+        if ks:
+            plan.append((wi, ks))
+    accs = [WindowAccumulator(weights) for _ in targets]
     counts = Counts(backward=[0] * len(targets))
     dev = model.device
     layer_shape = None
     total = max(1, len(plan))
+
+    def leaf(out):
+        # the layer's output as a leaf that requires grad: the backward stops there
+        if not isinstance(out, torch.Tensor) or out.ndim != model.spatial_dims + 2:
+            raise MethodError(f"layer {name!r} does not output a {model.spatial_dims}D feature map "
+                              "(B, K, *spatial); choose a convolution layer")
+        a = out.detach().requires_grad_(True)
+        return a, a.clone()
+
     yield (0, total)
     for done, (wi, ks) in enumerate(plan, 1):
-        w = windows[wi]
-        store: list[torch.Tensor] = []
-
-        def hook(_m, _inp, out):
-            if not isinstance(out, torch.Tensor) or out.ndim != model.spatial_dims + 2:
-                raise MethodError(f"layer {name!r} does not output a {model.spatial_dims}D feature map "
-                                  "(B, K, *spatial); choose a convolution layer")
-            a = out.detach().requires_grad_(True)
-            store.append(a)
-            return a.clone()
-
-        h = module.register_forward_hook(hook)
-        try:
+        w = tiling.windows[wi]
+        with thread_hooks() as hooks:      # this thread's pass only; removed at once
+            store = hooks.capture(module, leaf)
             with torch.enable_grad():
-                logits = model.forward(x[(slice(None),) + w][None].to(dev, torch.float32))
-        finally:
-            h.remove()
+                logits = model.forward(tiling.crop(x, w)[None].to(dev, torch.float32))
         counts.forward += 1
         if len(store) != 1:
             raise MethodError(f"layer {name!r} ran {len(store)} times in one forward pass; "
@@ -203,18 +212,19 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
         if not logits.requires_grad:
             raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
         for j, k in enumerate(ks):
-            go = roi_cotangent(logits, targets[k][0], targets[k][1][w].to(dev, logits.dtype), model.sigmoid)
+            roi_w = tiling.crop(targets[k][1], w).to(dev, logits.dtype)
+            go = roi_cotangent(logits, targets[k][0], roi_w, model.sigmoid)
             (G,) = torch.autograd.grad(logits, A, go, retain_graph=j < len(ks) - 1, allow_unused=True)
             if G is None:
                 raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
             counts.backward[k] += 1
-            m = cam_map(A.detach(), G.detach(), hires, bool(relu))
+            m = cam_map(A.detach(), G.detach(), hires, relu)
             accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
         del logits, A, store
         yield (done, total)
     book(ctxs, counts)
     extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
-              "n_windows": len(windows)}
+              "n_windows": len(tiling.windows)}
     return [(a.result(), dict(extras)) for a in accs]
 
 

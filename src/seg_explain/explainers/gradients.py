@@ -10,18 +10,24 @@
   (right Riemann sum, like Captum ``method="riemann_right"``). Baselines (model space):
   ``"zero"``, ``"min"`` / ``"mean"`` (per channel of the prepared image), ``"blur"``
   (Gaussian blur of the prepared image, σ = 5 voxels; ``"blur:S"`` for σ = S), a number,
-  or an array of the prepared image's shape ``(C, *S)`` / ``(*S)``. The extras report
-  completeness: ``f_x``, ``f_baseline``, ``ig_sum`` and ``completeness_gap`` =
-  Σ IG − (f̂(x) − f̂(x')) (``completeness_gap_rel`` relative to |f̂(x) − f̂(x')|).
+  or an array of the prepared image's shape ``(C, *S)`` / ``(*S)`` (finite). The extras
+  report completeness: ``f_x``, ``f_baseline``, ``ig_sum`` and ``completeness_gap`` =
+  Σ IG − (f̂(x) − f̂(x')) (``completeness_gap_rel`` relative to |f̂(x) − f̂(x')|), and
+  ``warnings``: one line when ``completeness_gap_rel`` > 0.2, naming a better baseline.
 
-All three return the per-channel map ``(C, *S)`` on the model grid with raw, signed values.
+All three return the per-channel map ``(C, *S)`` on the model grid with raw, signed values;
+:func:`~.base.finalize` takes them to the image grid through the adjoint of the resampling
+(so sums, and IG completeness, hold on the grid of the image the user gave).
 
-**Windows.** When the prepared image exceeds the model's patch, every window
-(:mod:`seg_explain.windows`) is explained on its own, its f̂ restricted to the RoI voxels
-inside it; the per-window maps are averaged over the windows that cover each voxel.
-Windows without RoI voxels contribute 0 (their f̂ is identically 0) and cost nothing.
-For IG on several windows, ``f_x``/``f_baseline``/``ig_sum`` are sums over windows of the
-window quantities (completeness holds per window, before the overlap averaging).
+**Windows.** When the prepared image exceeds the model's patch, the model's output is
+MONAI's sliding-window blend ``Σ_k w_k · out_k / Σw`` (:mod:`seg_explain.windows`,
+:mod:`.engine`) and f̂ is the RoI sum of *that* output. Its gradient is computed window by
+window: each window holding RoI voxels runs its batch of points once, and one backward
+per class with the cotangent ``R · w_k / Σw`` (cropped to the window; padding as MONAI
+pads); the window gradients are summed (no division by an overlap count). This equals
+autograd through ``sliding_window_inference`` while only one window is ever in the
+network. Windows without RoI voxels contribute 0 and cost nothing. For IG, ``f_x`` and
+``f_baseline`` are f̂ of the blended output (the sum of the windows' weighted shares).
 
 **Speed.** Noise samples / IG steps go through the network in batches (``batch_size``,
 auto from free memory and a probe of the network's activation size). Several classes of
@@ -40,11 +46,15 @@ import torch
 
 from ..errors import InputMismatchError, MethodError
 from ..targets import class_logit
-from ..windows import WindowAccumulator, model_windows, window_shape
+from ..checks import as_float, as_int, require_finite
+from ..windows import model_tiling, window_shape
 from .base import Context, register
+from .engine import WindowWeights, thread_hooks
 
 NOISE_SEED_STRIDE = 1000003
 BLUR_SIGMA = 5.0
+DEFAULT_BASELINE = "zero"
+CONSTANT_BASELINES = ("zero", "zeros", "0", "min", "minimum", "mean")
 
 
 # ----------------------------------------------------------------- bookkeeping --
@@ -89,21 +99,20 @@ def activation_ratio(model) -> float | None:
     shape = (1, model.in_channels) + (n,) * model.spatial_dims
     total = [0]
 
-    def hook(_m, _i, out):
+    def count(_m, _i, out):
         if isinstance(out, torch.Tensor):
             total[0] += out.numel()
 
     leaves = [m for m in net.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.inference_mode():
-            model.forward(torch.zeros(shape))
+        with thread_hooks() as hooks:   # counts this thread's probe only
+            for m in leaves:
+                hooks.forward(m, count)
+            with torch.inference_mode():
+                model.forward(torch.zeros(shape))
         ratio = total[0] / float(np.prod(shape[2:]))
     except Exception:  # noqa: BLE001 - a probe failure only means "use the default estimate"
         ratio = None
-    finally:
-        for h in handles:
-            h.remove()
     _RATIO[model] = ratio
     return ratio
 
@@ -120,51 +129,69 @@ def batch_for(ctx: Context, n_points: int, wshape: Sequence[int]) -> int:
 
 
 # ------------------------------------------------------------------ the engine --
-def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tensor]], n_points: int,
-                point_fn: Callable[[tuple, int, int], torch.Tensor], batch_size: int, counts: Counts,
-                on_batch: Callable | None = None, on_window: Callable | None = None
-                ) -> Iterator[tuple[int, int]]:
-    """Mean input gradient of several targets over ``n_points`` input points, windowed.
+def _plan(tiling, targets) -> list[tuple[int, list[int]]]:
+    """``(window index, targets with RoI voxels in it)`` for the windows that hold any."""
+    plan = []
+    for wi, w in enumerate(tiling.windows):
+        src, _ = tiling.inner(w)
+        ks = [k for k, (_, r) in enumerate(targets) if bool(r[src].any())]
+        if ks:
+            plan.append((wi, ks))
+    return plan
 
-    ``targets``: ``(class, roi)`` pairs (roi: bool tensor of the model grid). ``point_fn(win,
-    i0, i1)`` gives the points ``i0..i1-1`` of window ``win`` as a ``(b, C, *w)`` tensor.
-    For every window holding RoI voxels of some target: each batch of points is pushed
-    through the network once, then one backward per target (its f̂ restricted to the
-    window's RoI voxels). Returns, per target, ``(C, *S)`` = the window-averaged mean
-    gradient. ``on_batch(win_index, ks, i0, i1, f)`` sees the targets' f̂ of each batch
-    (``f``: ``(b, len(ks))``); ``on_window(win_index, k, mean_grad)`` each window's result.
-    Yields ``(done, total)`` batches.
+
+def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tensor]], n_points: int,
+                point_fn: Callable[[Callable, int, int], torch.Tensor], batch_size: int, counts: Counts,
+                on_batch: Callable | None = None) -> Iterator[tuple[int, int]]:
+    """Mean input gradient of several blended targets over ``n_points`` input points.
+
+    ``targets``: ``(class, roi)`` pairs (roi: bool tensor of the model grid); target k's f̂
+    is the RoI sum of class k in the model's *blended* output (sliding windows, see
+    :mod:`.engine`). ``point_fn(crop, i0, i1)`` gives the points ``i0..i1-1`` of one window
+    as a ``(b, C, *window)`` tensor, where ``crop(t)`` cuts the window out of a model-grid
+    tensor ``(..., *S)`` (zeros where MONAI pads). For every window holding RoI voxels of
+    some target: each batch of points is pushed through the network once, then one
+    backward per target with the cotangent ``R_k · w / Σw`` (the window's share of f̂_k);
+    the window gradients are summed into the model grid. Returns, per target, ``(C, *S)`` =
+    the mean over points of ∂f̂_k/∂x. ``on_batch(win_index, ks, i0, i1, f)`` sees each
+    batch's window shares of f̂ (``f``: ``(b, len(ks))``; summed over windows they give
+    the blended f̂ of that point). Yields ``(done, total)`` batches.
     """
     S = tuple(x.shape[1:])
     C = int(x.shape[0])
-    windows = model_windows(model, S)
+    weights = WindowWeights.for_model(model, S)
+    tiling = weights.tiling
     counts.backward = [0] * len(targets)
-    plan = []
-    for wi, w in enumerate(windows):
-        ks = [k for k, (_, r) in enumerate(targets) if bool(r[w].any())]
-        if ks:
-            plan.append((wi, ks))
+    plan = _plan(tiling, targets)
     bs = max(1, int(batch_size))
     per_window = math.ceil(n_points / bs)
     total = max(1, len(plan) * per_window)
-    accs = [WindowAccumulator(S, windows, lead=(C,)) for _ in targets]
+    out = [torch.zeros((C,) + S, dtype=torch.float32) for _ in targets]
     dev = model.device
     sigmoid = model.sigmoid
     done = 0
     yield (0, total)
     for wi, ks in plan:
-        w = windows[wi]
-        rois = [targets[k][1][w].to(dev, torch.float32) for k in ks]
+        w = tiling.windows[wi]
+        wt = weights.of(w)
+
+        def crop(t, w=w):
+            return tiling.crop(t, w)
+
+        rois = []
+        for k in ks:
+            r = crop(targets[k][1]).to(torch.float32)
+            rois.append((r if wt is None else r * wt).to(dev))
         bufs = [torch.zeros((C,) + window_shape(w), dtype=torch.float32) for _ in ks]
         for i0 in range(0, n_points, bs):
             i1 = min(n_points, i0 + bs)
-            xb = point_fn(w, i0, i1).to(dev, torch.float32).requires_grad_(True)
+            xb = point_fn(crop, i0, i1).to(dev, torch.float32).requires_grad_(True)
             with torch.enable_grad():
                 logits = model.forward(xb)
             counts.forward += i1 - i0
             for j, k in enumerate(ks):
-                # vector-Jacobian product with ∂f̂_k/∂logits (the RoI in class k's channel):
-                # only class k's branch is traversed, the graph is kept for the next class
+                # vector-Jacobian product with ∂f̂_k/∂logits (the weighted RoI in class k's
+                # channel): only class k's branch is traversed, the graph is kept for the next
                 go = roi_cotangent(logits, targets[k][0], rois[j], sigmoid)
                 (g,) = torch.autograd.grad(logits, xb, go, retain_graph=j < len(ks) - 1)
                 bufs[j] += g.detach().sum(0).float().cpu()
@@ -180,15 +207,13 @@ def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tenso
             done += 1
             yield (done, total)
         for j, k in enumerate(ks):
-            mean = bufs[j] / float(n_points)
-            if on_window is not None:
-                on_window(wi, k, mean)
-            accs[k].add(w, mean)
-    return [a.result() for a in accs]
+            tiling.add_to(out[k], w, bufs[j] / float(n_points))
+        del bufs
+    return out
 
 
 def roi_cotangent(logits: torch.Tensor, c: int, roi: torch.Tensor, sigmoid: bool) -> torch.Tensor:
-    """∂f̂_c/∂logits for a batch: the RoI (float, window grid) in class c's logit channel."""
+    """∂f̂_c/∂logits for a batch: the (weighted) RoI on the window grid in class c's channel."""
     go = torch.zeros_like(logits)
     if sigmoid:
         go[:, 0] = roi if c == 1 else -roi
@@ -198,20 +223,23 @@ def roi_cotangent(logits: torch.Tensor, c: int, roi: torch.Tensor, sigmoid: bool
 
 
 def f_hat_windows(model, x: torch.Tensor, targets, counts: Counts) -> torch.Tensor:
-    """f̂ of each target summed over its windows, under inference mode -> ``(len(windows), K)``."""
-    windows = model_windows(model, tuple(x.shape[1:]))
-    out = torch.zeros((len(windows), len(targets)), dtype=torch.float64)
+    """Each window's share of the blended f̂ of each target, under inference mode ->
+    ``(n_windows, K)``; the column sums are f̂ of the model's blended output at ``x``."""
+    weights = WindowWeights.for_model(model, tuple(x.shape[1:]))
+    tiling = weights.tiling
+    out = torch.zeros((len(tiling.windows), len(targets)), dtype=torch.float64)
     with torch.inference_mode():
-        for wi, w in enumerate(windows):
-            ks = [k for k, (_, r) in enumerate(targets) if bool(r[w].any())]
-            if not ks:
-                continue
-            logits = model.forward(x[(slice(None),) + w][None].to(model.device))
+        for wi, ks in _plan(tiling, targets):
+            w = tiling.windows[wi]
+            wt = weights.of(w)
+            logits = model.forward(tiling.crop(x, w)[None].to(model.device))
             counts.forward += 1
             for k in ks:
                 c, r = targets[k]
                 m = class_logit(logits, c, model.sigmoid)[0]
-                out[wi, k] = float((m * r[w].to(m.device, m.dtype)).sum())
+                rw = tiling.crop(r, w).to(torch.float32)
+                rw = rw if wt is None else rw * wt
+                out[wi, k] = float((m * rw.to(m.device, m.dtype)).sum())
     return out
 
 
@@ -223,6 +251,7 @@ def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
             isinstance(baseline, (list, tuple)) and not isinstance(baseline, str)):
         b = torch.as_tensor(np.asarray(baseline.detach().cpu() if isinstance(baseline, torch.Tensor)
                                        else baseline), dtype=torch.float32)
+        require_finite(b, "integrated_gradients: the baseline array")
         if b.ndim == 0:
             return torch.full_like(x, float(b))
         if tuple(b.shape) == tuple(x.shape[1:]):
@@ -232,8 +261,8 @@ def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
                 f"baseline array of shape {tuple(b.shape)} does not match the prepared image "
                 f"{tuple(x.shape)} (model space: (C, *S) or (*S))")
         return b.contiguous().clone()
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
+    if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
+        return torch.full_like(x, as_float("baseline", baseline, method="integrated_gradients"))
     if isinstance(baseline, str):
         name = baseline.strip().lower()
         if name in ("zero", "zeros", "0"):
@@ -243,10 +272,14 @@ def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
         if name == "mean":
             return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
         if name == "blur" or name.startswith("blur:"):
-            try:
-                sigma = float(name.split(":", 1)[1]) if ":" in name else BLUR_SIGMA
-            except ValueError:
-                raise MethodError(f"baseline {baseline!r}: expected 'blur' or 'blur:SIGMA'") from None
+            sigma = BLUR_SIGMA
+            if ":" in name:
+                try:
+                    sigma = as_float("blur sigma", name.split(":", 1)[1], lo=0.0, lo_open=True,
+                                     method="integrated_gradients")
+                except MethodError:
+                    raise MethodError(f"integrated_gradients: baseline {baseline!r}: expected 'blur' or "
+                                      "'blur:SIGMA' with a finite SIGMA > 0 (voxels)") from None
             from scipy.ndimage import gaussian_filter
 
             arr = x.numpy()
@@ -255,19 +288,21 @@ def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
     raise MethodError(f"baseline must be 'zero', 'min', 'mean', 'blur', a number or an array; got {baseline!r}")
 
 
+def _baseline_name(baseline) -> str | float:
+    if isinstance(baseline, str):
+        return baseline
+    if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
+        return float(baseline)
+    return "<array>"
+
+
 # ---------------------------------------------------------------- the methods --
 def _targets(ctxs) -> list[tuple[int, torch.Tensor]]:
     return [(c.target, c.roi) for c in ctxs]
 
 
 def _window_shape0(ctx) -> tuple[int, ...]:
-    return window_shape(model_windows(ctx.model, ctx.shape)[0])
-
-
-def _check_int(name, v, lo=1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or int(v) < lo:
-        raise MethodError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
+    return window_shape(model_tiling(ctx.model, ctx.shape).windows[0])
 
 
 def gradient_multi(ctxs: Sequence[Context]):
@@ -277,8 +312,8 @@ def gradient_multi(ctxs: Sequence[Context]):
     x = ctx.x
     counts = Counts()
 
-    def point(w, i0, i1):
-        return x[(slice(None),) + w][None]
+    def point(crop, i0, i1):
+        return crop(x)[None]
 
     res = yield from grad_engine(ctx.model, x, _targets(ctxs), 1, point, 1, counts)
     book(ctxs, counts)
@@ -288,13 +323,8 @@ def gradient_multi(ctxs: Sequence[Context]):
 def smoothgrad_multi(ctxs: Sequence[Context], n_samples: int = 20, noise_level: float = 0.1):
     """SmoothGrad of several classes from shared forward passes (same noise samples)."""
     check_same_image(ctxs)
-    n = _check_int("n_samples", n_samples)
-    try:
-        level = float(noise_level)
-    except (TypeError, ValueError):
-        raise MethodError(f"noise_level must be a number >= 0, got {noise_level!r}") from None
-    if not level >= 0:
-        raise MethodError(f"noise_level must be >= 0, got {noise_level!r}")
+    n = as_int("n_samples", n_samples, lo=1, method="smoothgrad")
+    level = as_float("noise_level", noise_level, lo=0.0, method="smoothgrad")
     ctx = ctxs[0]
     x = ctx.x
     dims = tuple(range(1, x.ndim))
@@ -303,13 +333,12 @@ def smoothgrad_multi(ctxs: Sequence[Context], n_samples: int = 20, noise_level: 
     counts = Counts()
     seed = int(ctx.seed)
 
-    def point(w, i0, i1):
-        full = (slice(None),) + w
-        out = x[full][None].repeat((i1 - i0,) + (1,) * x.ndim)
+    def point(crop, i0, i1):
+        out = crop(x)[None].repeat((i1 - i0,) + (1,) * x.ndim)
         if level > 0:
             for j, i in enumerate(range(i0, i1)):
                 g = torch.Generator().manual_seed(seed * NOISE_SEED_STRIDE + i)
-                out[j] += sigma * torch.randn(x.shape, generator=g)[full]
+                out[j] += sigma * crop(torch.randn(x.shape, generator=g))
         return out
 
     bs = batch_for(ctx, n, _window_shape0(ctx))
@@ -319,48 +348,64 @@ def smoothgrad_multi(ctxs: Sequence[Context], n_samples: int = 20, noise_level: 
     return [(r, {"sigma": sig[0] if len(sig) == 1 else sig, "batch_size": bs}) for r in res]
 
 
-def integrated_gradients_multi(ctxs: Sequence[Context], steps: int = 20, baseline="zero"):
+GAP_WARN = 0.2   # warn when |Σ IG − Δf̂| > GAP_WARN · |Δf̂|
+
+
+def completeness_warning(gap_rel: float, baseline, steps: int) -> str | None:
+    """One-line warning when IG misses more than ``GAP_WARN`` of f̂(x) − f̂(x')."""
+    if not gap_rel > GAP_WARN:
+        return None
+    name = _baseline_name(baseline)
+    if isinstance(name, float) or name.strip().lower() in CONSTANT_BASELINES:
+        better = (f"baseline='blur' (not an intensity shift/scale of the image, which a "
+                  f"normalisation layer would undo)")
+    else:
+        better = f"more steps (steps={4 * int(steps)})"
+    shown = name if isinstance(name, str) else f"{name:g}"
+    return (f"integrated_gradients: the map sums to {100 * (1 - gap_rel):.0f} % of f̂(x) − f̂(x′) "
+            f"(completeness gap {100 * gap_rel:.0f} % with baseline={shown!r}, steps={int(steps)}); "
+            f"try {better}")
+
+
+def integrated_gradients_multi(ctxs: Sequence[Context], steps: int = 20, baseline=DEFAULT_BASELINE):
     """Integrated Gradients of several classes from shared forward passes."""
     check_same_image(ctxs)
-    n = _check_int("steps", steps)
+    n = as_int("steps", steps, lo=1, method="integrated_gradients")
     ctx = ctxs[0]
     x = ctx.x
     xb0 = baseline_tensor(x, baseline)
     diff = x - xb0
     targets = _targets(ctxs)
     K = len(targets)
-    windows = model_windows(ctx.model, ctx.shape)
-    f_x = torch.zeros((len(windows), K), dtype=torch.float64)
-    ig_sum = torch.zeros(K, dtype=torch.float64)
+    n_windows = len(model_tiling(ctx.model, ctx.shape).windows)
+    f_x = torch.zeros((n_windows, K), dtype=torch.float64)
     counts = Counts()
 
-    def point(w, i0, i1):
-        full = (slice(None),) + w
+    def point(crop, i0, i1):
         a = torch.arange(i0 + 1, i1 + 1, dtype=torch.float32) / float(n)
         a = a.reshape((-1,) + (1,) * x.ndim)
-        return xb0[full][None] + a * diff[full][None]
+        return crop(xb0)[None] + a * crop(diff)[None]
 
     def on_batch(wi, ks, i0, i1, f):
         if i1 == n:  # the last point is x itself (alpha = 1)
             for j, k in enumerate(ks):
                 f_x[wi, k] = f[-1, j]
 
-    def on_window(wi, k, mean):
-        ig_sum[k] += float((diff[(slice(None),) + windows[wi]].double() * mean.double()).sum())
-
     bs = batch_for(ctx, n, _window_shape0(ctx))
-    res = yield from grad_engine(ctx.model, x, targets, n, point, bs, counts, on_batch, on_window)
+    res = yield from grad_engine(ctx.model, x, targets, n, point, bs, counts, on_batch)
     f_base = f_hat_windows(ctx.model, xb0, targets, counts)
     book(ctxs, counts)
     out = []
     for k, r in enumerate(res):
-        fx, fb, s = float(f_x[:, k].sum()), float(f_base[:, k].sum()), float(ig_sum[k])
+        attr = diff * r
+        fx, fb, s = float(f_x[:, k].sum()), float(f_base[:, k].sum()), float(attr.double().sum())
         gap = s - (fx - fb)
-        out.append((diff * r, {
+        rel = abs(gap) / max(abs(fx - fb), 1e-12)
+        warn = completeness_warning(rel, baseline, n)
+        out.append((attr, {
             "f_x": fx, "f_baseline": fb, "ig_sum": s, "completeness_gap": gap,
-            "completeness_gap_rel": abs(gap) / max(abs(fx - fb), 1e-12),
-            "baseline": baseline if isinstance(baseline, (str, int, float)) else "<array>",
-            "n_windows": len(windows), "batch_size": bs}))
+            "completeness_gap_rel": rel, "baseline": _baseline_name(baseline),
+            "n_windows": n_windows, "batch_size": bs, "warnings": [warn] if warn else []}))
     return out
 
 
@@ -384,10 +429,10 @@ def smoothgrad(ctx: Context, n_samples: int = 20, noise_level: float = 0.1):
     return (yield from _single(smoothgrad_multi)(ctx, n_samples=n_samples, noise_level=noise_level))
 
 
-@register("integrated_gradients", defaults={"steps": 20, "baseline": "zero"}, kind="gradient",
+@register("integrated_gradients", defaults={"steps": 20, "baseline": DEFAULT_BASELINE}, kind="gradient",
           doc="Integrated Gradients (right Riemann sum, `steps` points) from a baseline "
               "(zero/min/mean/blur/array); reports the completeness gap.")
-def integrated_gradients(ctx: Context, steps: int = 20, baseline="zero"):
+def integrated_gradients(ctx: Context, steps: int = 20, baseline=DEFAULT_BASELINE):
     return (yield from _single(integrated_gradients_multi)(ctx, steps=steps, baseline=baseline))
 
 
