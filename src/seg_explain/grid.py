@@ -73,9 +73,40 @@ class GridMap:
         return self._resize(a, self.model_shape, order)
 
     def to_image(self, arr, order: int = 1):
-        """Model-grid array (numpy) -> image grid. order 0 for label maps."""
+        """Model-grid array (numpy) -> image grid by interpolation. order 0 for label maps
+        and block maps (nearest neighbour), 1 for heat maps (linear)."""
         a = self._resize(arr, self._oriented_shape, order)
         return self._reorient(np.asarray(a), inverse=True)
+
+    def adjoint_to_image(self, arr) -> np.ndarray:
+        """Model-grid array ``(..., *model_shape)`` -> image grid by the **adjoint** of
+        :meth:`to_model` (``order=1``), numpy float32 out.
+
+        ``to_model`` is ``A = resize ∘ reorient``, a linear map of the image; a gradient
+        ``∂f/∂x`` on the model grid becomes ``∂f/∂X = Aᵀ ∂f/∂x`` on the image grid (the chain
+        rule through the resampling). ``reorient`` is a permutation with flips, so its adjoint
+        is its inverse; ``resize`` is ``F.interpolate`` (bi/trilinear, ``align_corners=False``),
+        whose adjoint is the vector-Jacobian product through that very call (float64). Its
+        weights sum to 1 for every model voxel, so sums are preserved exactly:
+        ``Σ Aᵀ y = ⟨A 1, y⟩ = Σ y``. Identity grids return the array unchanged.
+        """
+        a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        if self.identity:
+            return a.astype(np.float32, copy=False)
+        sd = len(self.model_shape)
+        src = self._oriented_shape
+        if tuple(a.shape[-sd:]) != tuple(self.model_shape):
+            raise ValueError(f"array of shape {a.shape} is not on the model grid {tuple(self.model_shape)}")
+        if tuple(src) != tuple(self.model_shape):
+            lead = a.shape[:-sd]
+            y = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).reshape(1, -1, *self.model_shape)
+            z = torch.zeros((1, y.shape[1]) + tuple(src), dtype=torch.float64, requires_grad=True)
+            mode = "bilinear" if sd == 2 else "trilinear"
+            with torch.enable_grad():
+                out = F.interpolate(z, size=tuple(self.model_shape), mode=mode, align_corners=False)
+                (g,) = torch.autograd.grad(out, z, y)
+            a = g.reshape(*lead, *src).numpy()
+        return self._reorient(a, inverse=True).astype(np.float32)
 
 
 def invert_ornt(ornt: np.ndarray) -> np.ndarray:

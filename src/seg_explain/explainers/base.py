@@ -241,19 +241,44 @@ def _plain(v):
     return json_scalar(v, f"<{type(v).__name__}>")
 
 
+def to_image_grid(ctx: Context, arr: np.ndarray, kind: str) -> np.ndarray:
+    """A model-grid map ``(..., *S)`` -> the grid of the image the user gave, by its kind.
+
+    - ``"gradient"`` (gradient, SmoothGrad, IG: additive attributions of f̂ with respect to
+      the input): the adjoint of the image -> model resampling
+      (:meth:`~seg_explain.grid.GridMap.adjoint_to_image`), i.e. the gradient with respect
+      to the image the user gave; sums are preserved, so IG completeness
+      (Σ map = f̂(x) − f̂(x′)) holds on the image grid;
+    - ``"perturbation"``, ``"shapley"`` (block maps: PdCR, KernelSHAP): nearest neighbour,
+      so a block's value is never interpolated across its edges (nor into RoI blocks);
+    - ``"cam"`` and anything else: linear interpolation. A CAM is a heat map on a layer's
+      grid, not an additive attribution, so it is resampled like an image.
+
+    Identical grids leave the array unchanged.
+    """
+    if ctx.prep.grid.identity:
+        return arr
+    if kind == "gradient":
+        return ctx.prep.grid.adjoint_to_image(arr)
+    if kind in ("perturbation", "shapley"):
+        return ctx.prep.to_image(arr, order=0)
+    return ctx.prep.to_image(arr, order=1)
+
+
 def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras) -> Explanation:
-    """Model-grid attribution -> image grid Explanation (channels summed, per-channel kept)."""
+    """Model-grid attribution -> image grid Explanation (channels summed, per-channel kept).
+
+    The transfer depends on the method's registered ``kind`` (:func:`to_image_grid`)."""
     a = attr_model.detach().cpu().numpy() if isinstance(attr_model, torch.Tensor) else np.asarray(attr_model)
     a = a.astype(np.float32)
+    kind = REGISTRY[method].kind if method in REGISTRY else "gradient"
     sd = ctx.model.spatial_dims
     per_channel = None
+    a_img = to_image_grid(ctx, a, kind).astype(np.float32)
     if a.ndim == sd + 1:
-        a_img = ctx.prep.to_image(a, order=1).astype(np.float32)
         if a.shape[0] > 1:
             per_channel = a_img
         a_img = a_img.sum(0)
-    else:
-        a_img = ctx.prep.to_image(a, order=1).astype(np.float32)
     return Explanation(a_img, method, ctx.target, ctx.model.class_names[ctx.target], roi_img,
                        {k: _plain(v) for k, v in params.items()},
                        time.perf_counter() - t0, ctx.n_forward, ctx.n_backward, per_channel, extras)
