@@ -61,12 +61,17 @@ def cancel_hooks(model, token: CancelToken):
     """While active, every module's forward (and every activation's backward) of
     ``model.network`` checks ``token``, so a cancel stops a long batch within one layer.
 
-    Compiled networks (TorchScript, ``torch.export``) cannot take hooks: they stop at the
-    explainer's next yield instead."""
+    The hooks act only for the thread that entered this block (the job's worker thread;
+    :func:`seg_explain.explainers.engine.thread_hooks`): another job explaining the same
+    model at the same time is never stopped by this job's token. Compiled networks
+    (TorchScript, ``torch.export``) cannot take hooks: they stop at the explainer's next
+    yield instead."""
     net = getattr(model, "network", None)
-    handles = []
+    hooks = None
     try:
         import torch
+
+        from ..explainers.engine import HookSet
 
         if isinstance(net, torch.nn.Module) and not isinstance(net, torch.jit.ScriptModule):
             def grad_check(grad):
@@ -78,18 +83,22 @@ def cancel_hooks(model, token: CancelToken):
 
             def post(_m, _inp, out):
                 if isinstance(out, torch.Tensor) and out.requires_grad:
-                    out.register_hook(grad_check)
+                    out.register_hook(grad_check)   # this pass's own tensor: this job only
 
+            hooks = HookSet()          # owned by this (the job's) thread
             for m in net.modules():
-                handles.append(m.register_forward_pre_hook(pre))
-                handles.append(m.register_forward_hook(post))
+                hooks.pre(m, pre)
+                hooks.forward(m, post)
     except Exception:  # noqa: BLE001 - hooks are an optimisation; yields still stop the job
         log.debug("cannot install cancel hooks", exc_info=True)
+        if hooks is not None:
+            hooks.remove()
+            hooks = None
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        if hooks is not None:
+            hooks.remove()
 
 
 # --------------------------------------------------------------------- results --
