@@ -14,6 +14,7 @@ model's grid):
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import require_finite
 from ..errors import InputMismatchError, MethodError
 from ..grid import GridMap, model_shape_for, orientation_transform
 from ..io import LoadedImage
@@ -70,9 +72,21 @@ class SegModel:
                  preprocess: Sequence[Callable] = (), divisor: int = 1,
                  overlap: float = 0.25, sw_batch_size: int = 1, blend: str = "gaussian",
                  name: str = "", source: str = "", device: str | torch.device = "auto",
-                 hookable: bool = True, meta: dict[str, Any] | None = None):
+                 hookable: bool = True, meta: dict[str, Any] | None = None,
+                 owns_network: bool = False):
         self.device = resolve_device(device)
+        # explainers differentiate w.r.t. the input only: parameters must not require grad
+        # (else every pass keeps activations for weight gradients) and the network must be in
+        # eval mode on our device. A network we loaded is ours to change; a user's own module
+        # that would need any of that is used as a copy and left as it is.
+        params = list(getattr(network, "parameters", lambda: [])())
+        if not owns_network and isinstance(network, torch.nn.Module) and (
+                any(p.requires_grad for p in params) or network.training
+                or any(p.device != self.device for p in params)):
+            network = copy.deepcopy(network)
         self.network = network.to(self.device) if hasattr(network, "to") else network
+        for p in getattr(self.network, "parameters", lambda: [])():
+            p.requires_grad_(False)
         try:
             self.network.eval()
         except (AttributeError, NotImplementedError):  # torch.export modules
@@ -92,8 +106,11 @@ class SegModel:
         self.source = source
         self.hookable = hookable
         self.meta = dict(meta or {})
-        for p in getattr(self.network, "parameters", lambda: [])():
-            p.requires_grad_(False)
+        self.min_size = max(1, int(self.meta.get("min_size") or 1))
+        fixed = self.meta.get("fixed_shape")
+        self.fixed_shape = tuple(int(v) for v in fixed) if fixed else None
+        br = self.meta.get("batch_range")
+        self.batch_range = (max(1, int(br[0])), max(1, int(br[1]))) if br else None
 
     # ---------------------------------------------------------------- description --
     @property
@@ -152,6 +169,14 @@ class SegModel:
                     f"The model expects {self.in_channels} channel(s) but the image has {arr.shape[0]}")
         if min(arr.shape[1:]) < 1:
             raise InputMismatchError(f"Empty image of shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+            raise InputMismatchError(f"The image holds {arr.dtype} values, not numbers")
+        require_finite(arr, "The image")
+        if spacing is not None:
+            sp = np.asarray(spacing, float)
+            if sp.shape != (self.spatial_dims,) or not (np.isfinite(sp).all() and (sp > 0).all()):
+                raise InputMismatchError(f"The image's voxel spacing {tuple(spacing)} is not {self.spatial_dims} "
+                                         "positive sizes in mm; fix its header")
         return arr, spacing
 
     def prepare(self, image) -> Prepared:
@@ -169,31 +194,69 @@ class SegModel:
         t = torch.as_tensor(t, dtype=torch.float32).contiguous()
         if hasattr(t, "as_tensor"):
             t = t.as_tensor()
+        if any(n < self.min_size for n in t.shape[1:]):
+            raise InputMismatchError(
+                f"The image is too small for this model: {tuple(t.shape[1:])} voxels on the model grid, "
+                f"the network needs at least {self.min_size} along each axis")
+        require_finite(t, "The preprocessed image (after the model's intensity preprocessing)")
         return Prepared(t, grid, tuple(arr.shape[1:]))
 
     # --------------------------------------------------------------------- forward --
+    def pads_for(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
+        """(low, high) zero padding per spatial axis that :meth:`forward` applies: up to the
+        size divisor, or up to the fixed input shape of a static exported program."""
+        out = []
+        for d, n in enumerate(spatial):
+            n = int(n)
+            if self.fixed_shape is not None:
+                if n > self.fixed_shape[d]:
+                    raise InputMismatchError(
+                        f"input of {tuple(spatial)} voxels exceeds the program's fixed input shape "
+                        f"{self.fixed_shape}; it must be windowed")
+                extra = self.fixed_shape[d] - n
+            else:
+                extra = (-n) % self.divisor
+            out.append((extra // 2, extra - extra // 2))
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a ``(B, C, *S)`` batch (differentiable; padded to the size divisor)."""
         spatial = x.shape[2:]
-        pads = []
-        for n in reversed(spatial):
-            extra = (-n) % self.divisor
-            pads += [extra // 2, extra - extra // 2]
+        per_axis = self.pads_for(spatial)
+        pads = [v for lo_hi in reversed(per_axis) for v in lo_hi]
         xp = F.pad(x, pads) if any(pads) else x
-        out = self.network(xp.to(self.device))
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
+        out = self._run(xp.to(self.device))
         if any(pads):
             sl = [slice(None), slice(None)]
-            for d, n in enumerate(spatial):
-                lo = pads[2 * (len(spatial) - 1 - d)]
+            for (lo, _), n in zip(per_axis, spatial):
                 sl.append(slice(lo, lo + n))
             out = out[tuple(sl)]
         return out
 
+    def _call(self, xb: torch.Tensor) -> torch.Tensor:
+        out = self.network(xb)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        return out
+
+    def _run(self, xp: torch.Tensor) -> torch.Tensor:
+        """The network on a padded batch, in chunks an exported program accepts."""
+        if self.batch_range is None:
+            return self._call(xp)
+        lo, hi = self.batch_range
+        outs = []
+        for i in range(0, xp.shape[0], hi):
+            chunk = xp[i:i + hi]
+            n = chunk.shape[0]
+            if n < lo:  # a program exported for a fixed batch: fill with copies, drop them after
+                chunk = torch.cat([chunk, chunk[-1:].expand(lo - n, *chunk.shape[1:])])
+            outs.append(self._call(chunk)[:n])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
     def needs_windows(self, shape: Sequence[int]) -> bool:
+        """Whether an image of model-grid ``shape`` exceeds the patch (sliding windows)."""
         return self.patch_size is not None and any(s > p for s, p in zip(shape, self.patch_size))
 
     def logits_tensor(self, x: torch.Tensor) -> torch.Tensor:

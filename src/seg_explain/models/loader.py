@@ -1,17 +1,30 @@
-"""load_model: MONAI bundle folders, TorchScript files and torch.export programs."""
+"""load_model: MONAI bundle folders, TorchScript files and torch.export programs.
+
+Everything read here is untrusted (see ``docs/SECURITY.md``): configs are validated against
+allow-lists before anything is built (:mod:`.safe_config`), weights are loaded with
+``torch.load(weights_only=True)``, TorchScript graphs are scanned for operators that touch
+files, and ``.pt2`` archives are checked for pickled payloads before ``torch.export.load``
+runs (which would otherwise unpickle them) and loaded with unpickling disabled.
+"""
 from __future__ import annotations
 
+import math
 import os
+import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from ..allocator import tune_allocator
-from ..errors import ModelLoadError, SegExplainError
+from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
+from ..files import regular_file
 from .base import SegModel, resolve_device
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
 from .safe_config import instantiate
+
+# TorchScript / exported-graph operators that read or write files
+FILE_OPS = {"aten::from_file", "aten::save", "debugprims::load_tensor", "prim::PythonOp"}
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
@@ -23,13 +36,13 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
     stem holding what metadata.json would hold (and optionally ``preprocessing``/``inferer``).
     ``device="auto"`` picks CUDA, then MPS, then CPU. Nothing is unpickled.
     """
-    tune_allocator()  # reuse freed tensor buffers across passes (see seg_explain.allocator)
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"No such model file or bundle folder: {p}")
     try:
         if p.is_dir():
             return _load_bundle(p, device)
+        regular_file(p, "model file", error=ModelLoadError)
         if p.suffix.lower() == ".pt2":
             return _load_compiled(p, device, exported=True)
         if p.suffix.lower() in (".ts", ".pt", ".pth", ".jit"):
@@ -52,28 +65,51 @@ def _settings(meta: dict, cfg: dict | None, where: str) -> dict:
         s["spatial_dims"] = len(s["patch_size"]) if s.get("patch_size") else None
     if s["spatial_dims"] not in (2, 3):
         raise ModelLoadError(f"{where}: cannot tell if the model is 2D or 3D; give input spatial_shape")
+    for key in ("patch_size", "spacing"):
+        if s.get(key) and len(s[key]) != s["spatial_dims"]:
+            raise ModelLoadError(f"{where}: {key} {s[key]} does not have {s['spatial_dims']} entries")
     return s
 
 
-def _check_network(net, s: dict, where: str) -> None:
-    """A tiny forward pass: the network's channels must agree with the metadata."""
-    if s.get("patch_size") and len(s["patch_size"]) == s["spatial_dims"]:
-        shape = tuple(s["patch_size"])
-    else:
-        shape = (max(divisor_of(net), 16),) * s["spatial_dims"]
-    x = torch.zeros((1, s["in_channels"]) + shape)
+def _forward_ok(net, shape, device) -> tuple[object | None, str]:
+    x = torch.zeros(shape, device=device)
     try:
         with torch.inference_mode():
-            y = net(x.to(next(iter(net.parameters()), x).device) if hasattr(net, "parameters") else x)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{where}: the network does not accept {s['in_channels']}-channel {s['spatial_dims']}D input "
-            f"as the metadata says ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+            y = net(x)
+    except Exception as exc:  # noqa: BLE001 - a failed probe is reported by the caller
+        return None, (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
     if isinstance(y, (list, tuple)):
         y = y[0]
-    want = 1 if s.get("sigmoid") else len(s["class_names"])
-    if y.shape[1] != want:
+    if isinstance(y, dict):
+        y = next(iter(y.values()))
+    return y, ""
+
+
+def _probe(net, s: dict, where: str) -> None:
+    """Small forward passes: find the smallest input the network takes (``min_size``) and
+    check that its channels agree with the metadata. Never a full-patch pass (a 4096² patch
+    would cost gigabytes just to load)."""
+    sd, c = s["spatial_dims"], s["in_channels"]
+    dev = next(iter(net.parameters()), torch.zeros(())).device if hasattr(net, "parameters") else "cpu"
+    fixed = s.get("fixed_shape")
+    div = max(1, int(s["divisor"]))
+    batch = s.get("batch_range", (1, 1))[0] or 1
+    sizes = [tuple(fixed)] if fixed else [(div * k,) * sd for k in (1, 2, 3, 4) if div * k >= 8 or k == 4]
+    err = ""
+    for shape in sizes:
+        y, err = _forward_ok(net, (batch, c) + tuple(shape), dev)
+        if y is not None:
+            s["min_size"] = min(shape)
+            break
+    else:
         raise ModelLoadError(
+            f"{where}: the network does not accept {c}-channel {sd}D input as the metadata says "
+            f"(tried {sizes[-1]}: {err})")
+    want = 1 if s.get("sigmoid") else len(s["class_names"])
+    if y.ndim != sd + 2 or y.shape[1] != want:
+        raise ModelLoadError(
+            f"{where}: the network outputs {tuple(y.shape)} but the metadata names {want} "
+            f"class channel(s)" if y.ndim != sd + 2 else
             f"{where}: the network outputs {y.shape[1]} channels but the metadata names {want} classes")
 
 
@@ -86,68 +122,227 @@ def _eval_mode(net) -> None:
 
 def _build(net, s: dict, where: str, device, hookable: bool, source: str) -> SegModel:
     _eval_mode(net)
-    _check_network(net, s, where)
+    s.setdefault("divisor", divisor_of(net))
+    _probe(net, s, where)
     return SegModel(
         net, spatial_dims=s["spatial_dims"], in_channels=s["in_channels"],
         class_names=s["class_names"], patch_size=s.get("patch_size"), spacing=s.get("spacing"),
         axcodes=s.get("axcodes"), preprocess=s.get("preprocess", []),
-        divisor=s.get("divisor") or divisor_of(net), overlap=float(s.get("overlap", 0.25)),
+        divisor=s["divisor"], overlap=float(s.get("overlap", 0.25)),
         sw_batch_size=int(s.get("sw_batch_size", 1)), blend=str(s.get("blend", "gaussian")),
         name=s.get("name", ""), source=source, device=resolve_device(device), hookable=hookable,
-        meta={"sigmoid": s.get("sigmoid", False)})
+        meta={"sigmoid": s.get("sigmoid", False), "min_size": s.get("min_size", 1),
+              "fixed_shape": s.get("fixed_shape"), "batch_range": s.get("batch_range")},
+        owns_network=True)
 
 
 def _load_bundle(p: Path, device) -> SegModel:
     where = f"bundle {p.name}"
-    meta = read_json(p / "configs" / "metadata.json", "Bundle metadata")
+    root = p.resolve()
+    meta = read_json(p / "configs" / "metadata.json", "Bundle metadata", inside=root)
     inf_path = p / "configs" / "inference.json"
-    cfg = read_json(inf_path, "Bundle inference config") if inf_path.exists() else None
+    cfg = read_json(inf_path, "Bundle inference config", inside=root) if os.path.lexists(inf_path) else None
     s = _settings(meta, cfg, where)
     pt, ts = p / "models" / "model.pt", p / "models" / "model.ts"
-    if pt.exists() and cfg and "network_def" in cfg:
-        net = instantiate(cfg["network_def"], f"{where}: network_def")
+    if os.path.lexists(pt) and cfg and "network_def" in cfg:
+        net = instantiate(cfg["network_def"], f"{where}: network_def", "network")
         if not isinstance(net, torch.nn.Module):
             raise ModelLoadError(f"{where}: network_def does not build a torch.nn.Module")
-        sd = load_state_dict_file(pt)
+        sd = load_state_dict_file(pt, inside=root)
         try:
             net.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
             first = [l.strip() for l in str(exc).splitlines() if l.strip()][:2]
             raise ModelLoadError(f"{where}: weights do not fit network_def ({' '.join(first)[:300]})") from exc
         return _build(net, s, where, device, True, str(p))
-    if ts.exists():
-        net = _jit_load(ts)
+    if os.path.lexists(ts):
+        net = _jit_load(regular_file(ts, "TorchScript file", root, ModelLoadError))
         return _build(net, s, where, device, False, str(p))
     raise ModelLoadError(
         f"{where}: needs models/model.pt with configs/inference.json 'network_def', or models/model.ts")
+
+
+# ------------------------------------------------------------------------ TorchScript --
+def _graph_kinds(graph, out: set) -> None:
+    for node in graph.nodes():
+        out.add(node.kind())
+        for b in node.blocks():
+            _graph_kinds(b, out)
+
+
+def scan_torchscript(module) -> None:
+    """Refuse a TorchScript program that can read or write files."""
+    kinds: set = set()
+    mods = [module] + [m for m in module.modules() if m is not module] if hasattr(module, "modules") else [module]
+    for m in mods:
+        c = getattr(m, "_c", None)
+        if c is None:
+            continue
+        for name in c._method_names():
+            _graph_kinds(c._get_method(name).graph, kinds)
+    bad = sorted(kinds & FILE_OPS)
+    if bad:
+        raise UnsafeConfigError(f"the TorchScript program uses {', '.join(bad)}, which reads or writes "
+                                "files; such a model is never run")
 
 
 def _jit_load(path: Path):
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{path.name} is not a TorchScript archive (not a zip file)")
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        net = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(
             f"{path.name} is not a TorchScript program (a state dict needs a MONAI bundle with "
             "network_def; a pickled whole model is never loaded)") from exc
+    scan_torchscript(net)
+    return net
+
+
+# ------------------------------------------------------------------------ torch.export --
+_LOAD_LOCK = threading.Lock()
+
+
+def check_pt2_archive(path: Path) -> None:
+    """Refuse a .pt2 archive holding pickled payloads (which torch.export.load would
+    unpickle with ``weights_only=False``): legacy weight/constant files, ``use_pickle``
+    tensors, custom or opaque objects."""
+    import json
+
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelLoadError(f"{path.name} is not a torch.export archive (not a zip file)") from None
+    with z:
+        for info in z.infolist():
+            name = info.filename
+            parts = name.split("/")
+            if len(parts) >= 3 and parts[-3] == "data" and parts[-2] in ("weights", "constants") \
+                    and name.endswith(".pt"):
+                raise UnsafeConfigError(f"{path.name}: {name} is a pickled legacy payload; re-save the "
+                                        "program with a current torch.export.save")
+            if name.endswith("_config.json") and "/data/" in f"/{name}":
+                if info.file_size > 64 * 1024 * 1024:
+                    raise UnsafeConfigError(f"{path.name}: {name} is implausibly large")
+                try:
+                    cfg = json.loads(z.read(info).decode("utf-8")).get("config", {})
+                except (ValueError, AttributeError):
+                    raise ModelLoadError(f"{path.name}: {name} is not valid JSON") from None
+                for fqn, meta in (cfg.items() if isinstance(cfg, dict) else []):
+                    pn = str((meta or {}).get("path_name", ""))
+                    if (meta or {}).get("use_pickle") or pn.startswith(("custom_obj", "opaque_obj")):
+                        raise UnsafeConfigError(f"{path.name}: {fqn} is stored as a pickled object; "
+                                                "such a program is never loaded")
+
+
+@contextmanager
+def _no_unpickling():
+    """Inside: ``torch.load`` always uses ``weights_only=True`` and ``pickle.loads`` /
+    TorchScript object unpickling raise (defence in depth for torch.export.load)."""
+    import pickle
+
+    real_load, real_loads = torch.load, pickle.loads
+    real_obj = getattr(torch._C, "_pickle_load_obj", None)
+
+    def safe_load(*a, **kw):
+        kw["weights_only"] = True
+        return real_load(*a, **kw)
+
+    def refuse(*_a, **_k):
+        raise UnsafeConfigError("the program holds a pickled object; such a program is never loaded")
+
+    with _LOAD_LOCK:
+        torch.load, pickle.loads = safe_load, refuse
+        if real_obj is not None:
+            torch._C._pickle_load_obj = refuse
+        try:
+            yield
+        finally:
+            torch.load, pickle.loads = real_load, real_loads
+            if real_obj is not None:
+                torch._C._pickle_load_obj = real_obj
+
+
+def export_constraints(prog, sd: int) -> dict:
+    """What an exported program accepts for its first input: ``batch_range`` (lo, hi),
+    ``fixed_shape`` (static spatial sizes) or ``divisor`` (from ``k*s`` symbolic sizes)."""
+    ph = [n for n in prog.graph.nodes if n.op == "placeholder"]
+    user = [s.arg.name for s in prog.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    node = next((n for n in ph if n.name in user), None)
+    val = node.meta.get("val") if node is not None else None
+    if val is None or len(val.shape) != sd + 2:
+        raise ModelLoadError(f"the exported program's input is not a (batch, channels, {'Y, X' if sd == 2 else 'Z, Y, X'}) tensor")
+    out: dict = {}
+
+    def rng(sym):
+        r = prog.range_constraints.get(sym)
+        lo = int(r.lower) if r is not None and math.isfinite(float(r.lower)) else 1
+        hi = int(r.upper) if r is not None and math.isfinite(float(r.upper)) else None
+        return lo, hi
+
+    b = val.shape[0]
+    if isinstance(b, int):
+        out["batch_range"] = (b, b)
+    else:
+        lo, hi = rng(next(iter(b.node.expr.free_symbols)))
+        out["batch_range"] = (max(1, lo), min(hi or 64, 64))
+    spatial = list(val.shape[2:])
+    if all(isinstance(s, int) for s in spatial):
+        out["fixed_shape"] = [int(s) for s in spatial]
+        return out
+    div = 1
+    for s in spatial:
+        if isinstance(s, int):
+            raise ModelLoadError("the exported program fixes some spatial sizes but not others; export "
+                                 "all spatial axes static or all dynamic")
+        coeff, _ = s.node.expr.as_coeff_Mul()
+        k = int(coeff) if float(coeff) == int(coeff) and int(coeff) > 0 else 1
+        div = div * k // math.gcd(div, k)
+    out["divisor"] = div
+    return out
 
 
 def _load_compiled(p: Path, device, exported: bool) -> SegModel:
     side = p.with_suffix(".json")
-    if not side.exists():
+    if not os.path.lexists(side):
         raise ModelLoadError(
             f"{p.name} needs a JSON sidecar {side.name} with 'network_data_format' (channels, "
             "spatial_shape, channel_def class names) as in a MONAI bundle's metadata.json")
     meta = read_json(side, "Model sidecar")
     s = _settings(meta, meta, f"sidecar {side.name}")
     if exported:
+        check_pt2_archive(p)
         try:
-            prog = torch.export.load(str(p))
+            with _no_unpickling():
+                prog = torch.export.load(str(p))
+        except SegExplainError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"{p.name} is not a torch.export program: {str(exc).splitlines()[0][:200]}") from exc
+        kinds = {str(n.target) for n in prog.graph.nodes if n.op == "call_function"}
+        bad = sorted(k for k in kinds if any(f.split("::")[1] in k for f in FILE_OPS if "::" in f))
+        if bad:
+            raise UnsafeConfigError(f"{p.name} calls {', '.join(bad)}, which reads or writes files")
+        s.update(export_constraints(prog, s["spatial_dims"]))
+        if s.get("fixed_shape"):
+            s["patch_size"] = list(s["fixed_shape"])
+            s["divisor"] = 1
+        elif s.get("divisor", 1) == 1:
+            s["divisor"] = _probe_divisor(prog.module(), s)
         net = prog.module()
-        s.setdefault("divisor", 1)
     else:
         net = _jit_load(p)
     return _build(net, s, f"model {p.name}", device, False, str(p))
+
+
+def _probe_divisor(net, s: dict) -> int:
+    """Smallest power of two the program's spatial sizes must be divisible by (exports made
+    with ``Dim.AUTO`` keep no divisibility, yet fail on other sizes)."""
+    sd, c = s["spatial_dims"], s["in_channels"]
+    lo = s.get("batch_range", (1, 1))[0]
+    for d in (1, 2, 4, 8, 16, 32, 64):
+        shapes = [(lo, c) + (d * k,) * sd for k in (3, 5)]
+        if all(_forward_ok(net, sh, "cpu")[0] is not None for sh in shapes):
+            return d
+    raise ModelLoadError("the exported program did not run on any probe size; export it with "
+                         "dynamic_shapes (batch: Dim('batch'), spatial: 16*Dim(...)) from a batch-2 example")
