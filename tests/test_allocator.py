@@ -58,10 +58,17 @@ def test_freed_buffers_are_reused_in_a_worker_thread():
     assert steady_on < 0.2 * steady_off
 
 
-def test_load_model_applies_it(bundle3d):
+def test_library_leaves_malloc_alone_cli_tunes_it(bundle3d, tmp_path):
+    """load_model (the library) never changes process-wide malloc settings; the CLI does."""
     from seg_explain import load_model
     from seg_explain.allocator import _state
 
     _state.clear()
     load_model(bundle3d)
-    assert _state == {"done": os.environ.get("SEG_EXPLAIN_MALLOC_TUNING", "1") != "0"}
+    assert _state == {}
+    code = ("import sys; from seg_explain.cli import main; from seg_explain.allocator import _state; "
+            "rc = main(['methods']); print('TUNED', _state.get('done'))")
+    env = dict(os.environ)
+    env.pop("SEG_EXPLAIN_MALLOC_TUNING", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "TUNED True" in out.stdout

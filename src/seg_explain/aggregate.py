@@ -259,9 +259,11 @@ class Agg2ExpResult:
 
 
 def _write_csv(path, rows, columns) -> Path:
+    """Write a CSV atomically (an interrupted write leaves the previous file intact)."""
+    from .files import atomic_write
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", newline="") as fh:
+    with atomic_write(p) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -296,12 +298,21 @@ def _load(img):
     return load_image(img) if isinstance(img, (str, os.PathLike)) else img
 
 
-def _mask_array(spec, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """An RoI spec (array, LoadedImage, path) -> boolean mask of ``shape`` (nonzero voxels)."""
+def _mask_array(spec, shape: tuple[int, ...], what: str, like: LoadedImage | None = None) -> np.ndarray:
+    """An RoI spec (array, LoadedImage, path) -> boolean mask of ``shape`` (nonzero voxels).
+
+    A mask file must be on the image's grid (same shape and, when both files carry geometry,
+    the same affine); NaN/Inf voxels are refused."""
+    from .checks import require_finite
+    from .files import require_same_grid
+
     if isinstance(spec, (str, os.PathLike)):
         spec = load_image(spec)
+    if isinstance(spec, LoadedImage) and isinstance(like, LoadedImage):
+        require_same_grid(like, spec, what)
     arr = spec.data if isinstance(spec, LoadedImage) else np.asarray(spec)
     arr = np.squeeze(arr) if arr.ndim > len(shape) else arr
+    require_finite(arr, what)
     if tuple(arr.shape) != tuple(shape):
         raise InputMismatchError(f"{what}: shape {tuple(arr.shape)} does not match the image "
                                  f"{tuple(shape)}")
@@ -350,7 +361,7 @@ class _ExtraRois:
             if isinstance(v, (list, tuple)) and len(v) != n_images:
                 raise InputMismatchError(f"extra RoI {k!r}: {len(v)} masks for {n_images} images")
 
-    def masks(self, i: int, image_name: str, shape) -> list[np.ndarray | None]:
+    def masks(self, i: int, image_name: str, shape, like=None) -> list[np.ndarray | None]:
         out = []
         for n in self.names:
             spec = (self.per_image[i].get(n) if self.per_image is not None else self.specs[n])
@@ -360,7 +371,7 @@ class _ExtraRois:
                 spec = spec[i]
             elif isinstance(spec, str) and "{" in spec:
                 spec = spec.format(stem=image_name, name=image_name, index=i)
-            out.append(None if spec is None else _mask_array(spec, shape, f"extra RoI {n!r}"))
+            out.append(None if spec is None else _mask_array(spec, shape, f"extra RoI {n!r}", like))
         return out
 
 
@@ -389,6 +400,9 @@ class Agg2ExpRun:
         self.ground_truth = None if ground_truth is None else _as_list(ground_truth)
         if self.ground_truth is not None and len(self.ground_truth) != len(self.images):
             raise InputMismatchError(f"{len(self.ground_truth)} ground-truth maps for {len(self.images)} images")
+        if classes is not None:   # an unknown class is an error, not an empty table
+            classes = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
+            classes = [model.class_index(c) for c in classes]
         self.classes = classes
         self.method, self.seed, self.batch_size, self.on_error = method, int(seed), batch_size, on_error
         self.params = dict(params)
@@ -462,7 +476,7 @@ class Agg2ExpRun:
         # image when every predicted class is explained; else recomputed)
         if exps:
             labels = self._labels(image, exps, shape)
-        extra = self.extra.masks(i, name, shape)
+        extra = self.extra.masks(i, name, shape, image)
         L, R = self.L, len(self.col_names)
         rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
         present = np.zeros(L, bool)
@@ -476,8 +490,14 @@ class Agg2ExpRun:
         if self.ground_truth is not None:
             gt = self.ground_truth[i]
             if gt is not None:
-                gt = load_image(gt).data if isinstance(gt, (str, os.PathLike)) else gt
+                from .checks import require_finite
+                from .files import require_same_grid
+
+                gt = load_image(gt) if isinstance(gt, (str, os.PathLike)) else gt
+                if isinstance(gt, LoadedImage) and isinstance(image, LoadedImage):
+                    require_same_grid(image, gt, f"ground truth of {name}")
                 gt = gt.data if isinstance(gt, LoadedImage) else np.asarray(gt)
+                require_finite(gt, f"ground truth of {name}")
                 dice = dice_per_class(labels, np.squeeze(gt) if np.ndim(gt) > len(shape) else gt, L)
         nf = sum(int(e.n_forward) for e in exps)
         nb = sum(int(e.n_backward) for e in exps)

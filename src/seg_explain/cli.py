@@ -55,21 +55,48 @@ def _value(v: str):
     return v
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
+    from .allocator import tune_allocator
     from .errors import SegExplainError
 
     args = build_parser().parse_args(argv)
+    # a command-line run owns its process: reuse freed tensor buffers (seg_explain.allocator)
+    tune_allocator()
+    # SIGTERM unwinds like Ctrl-C, so partial outputs are removed and finished files kept
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _terminate)
+    else:  # pragma: no cover - main() called from a worker thread (tests)
+        old = None
     try:
         return int(args._run(args) or 0)
     except SegExplainError as exc:
-        print(f"seg-explain: error: {exc}", file=sys.stderr)
+        print(f"seg-explain: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"seg-explain: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:   # bad values, unreadable/unwritable paths, full disk
+        print(f"seg-explain: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("seg-explain: error: out of memory; try a smaller batch_size, fewer samples or a crop",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("seg-explain: interrupted", file=sys.stderr)
+        print("seg-explain: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

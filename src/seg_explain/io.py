@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageLoadError
+from .files import atomic_write, regular_file
 from .grid import invert_ornt
 
 NIFTI_EXT = (".nii", ".nii.gz")
@@ -31,6 +32,7 @@ ITK_EXT = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 PLAIN2D_EXT = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_EXT = (".tif", ".tiff")
 SUPPORTED_EXT = NIFTI_EXT + ITK_EXT + PLAIN2D_EXT + TIFF_EXT + (".npy",)
+WRITE_EXT = NIFTI_EXT + (".mha", ".nrrd") + TIFF_EXT + (".npy",)  # single-file formats only
 
 # (z, y, x) index <-> (i, j, k) index permutation (its own inverse)
 _PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
@@ -101,6 +103,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     """
     p = Path(path).expanduser()
     _check_exists(p)
+    regular_file(p, "image file", allow_dir=True)   # never open a FIFO / device / socket
     ext = _ext(p)
     try:
         if p.is_dir():
@@ -266,8 +269,15 @@ def save_image(path: str | os.PathLike, data: np.ndarray, like: LoadedImage | No
     spacing), ``.npy``, ``.mha``/``.nrrd`` are also written. Returns the path written.
     """
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
     ext = _ext(p)
+    if ext not in WRITE_EXT:
+        raise ImageLoadError(f"Cannot write '{ext}' files ({p.name}); use .nii.gz, .tif, .npy, .mha or .nrrd")
+    with atomic_write(p) as tmp:   # an interrupted write never leaves a truncated file behind
+        _write(tmp, ext, np.asarray(data), like)
+    return p
+
+
+def _write(p: Path, ext: str, data: np.ndarray, like: LoadedImage | None) -> None:
     data = np.asarray(data)
     if data.dtype == np.float64:
         data = data.astype(np.float32)
@@ -305,7 +315,7 @@ def save_image(path: str | os.PathLike, data: np.ndarray, like: LoadedImage | No
         tifffile.imwrite(str(p), data, **kw)
     elif ext == ".npy":
         np.save(p, data)
-    elif ext in (".mha", ".mhd", ".nrrd", ".nhdr"):
+    elif ext in (".mha", ".nrrd"):
         import SimpleITK as sitk
 
         img = sitk.GetImageFromArray(data)
@@ -317,6 +327,3 @@ def save_image(path: str | os.PathLike, data: np.ndarray, like: LoadedImage | No
                 d = aff_lps[:3, :3] / np.linalg.norm(aff_lps[:3, :3], axis=0, keepdims=True)
                 img.SetDirection(tuple(float(v) for v in d.ravel()))
         sitk.WriteImage(img, str(p))
-    else:
-        raise ImageLoadError(f"Cannot write '{ext}' files ({p.name}); use .nii.gz, .tif, .npy, .mha or .nrrd")
-    return p

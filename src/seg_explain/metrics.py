@@ -231,6 +231,19 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     from .errors import Cancelled, SegExplainError
     from .models.base import Prepared
 
+    from .checks import as_float, as_int
+
+    n_faithfulness = as_int("n_faithfulness", n_faithfulness, 2)   # a correlation needs >= 2 subsets
+    if isinstance(subset, float) and subset < 1:
+        subset = as_float("subset", subset, 0.0, 1.0, lo_open=True)
+    else:
+        subset = as_int("subset", subset, 1)
+    n_sensitivity = as_int("n_sensitivity", n_sensitivity, 0)
+    noise = as_float("noise", noise, 0.0)
+    theta = as_float("theta", theta, 0.0, 1.0)
+    seed = as_int("seed", seed, 0, 2 ** 31 - 1)
+    if classes is not None:   # an unknown class is an error, not an empty table
+        classes = [model.class_index(c) for c in ([classes] if isinstance(classes, (str, int)) else classes)]
     specs = [MethodSpec.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
     method_params = method_params or {}
     resolved = []

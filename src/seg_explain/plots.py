@@ -218,7 +218,9 @@ def plot_boxplots(result, explained_class, ax=None, fig=None, kind: str = "mass"
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write a Figure to a file (matplotlib picks a headless printer; no pyplot)."""
+    from .files import atomic_write
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=dpi)
+    with atomic_write(p) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=p.suffix.lstrip(".").lower() or "png")
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .checks import require_finite
 from .errors import InputMismatchError
 
 ROI_MODES = ("mask", "intersection", "prediction")
@@ -54,6 +55,7 @@ def resolve_roi(roi, predicted: np.ndarray, target: int, mode: str | None = None
                 "paint an RoI or choose a class that is present")
         return r
     m = np.asarray(roi)
+    require_finite(m, "The RoI mask")   # NaN != 0 would silently make every voxel RoI
     if m.shape != pred_mask.shape:
         raise InputMismatchError(
             f"RoI shape {m.shape} does not match the image's spatial shape {pred_mask.shape}")

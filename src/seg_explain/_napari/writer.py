@@ -42,8 +42,23 @@ def _write(path: str, data: Any, meta: dict[str, Any], labels: bool) -> list[str
             arr = arr.astype(np.int32)
         elif arr.dtype == np.int64:
             arr = arr.astype(np.int32 if arr.max(initial=0) >= 32768 else np.int16)
-    out = save_image(path, arr, like=_like(arr, meta))
+    like = _like(arr, meta)
+    _refuse_source(path, like, meta)
+    out = save_image(path, arr, like=like)   # atomic: a failed write keeps the old file
     return [str(out)]
+
+
+def _refuse_source(path: str, like, meta: dict[str, Any]) -> None:
+    """A result layer (attribution, prediction, outline) must not be saved over the image
+    file it was computed from."""
+    from ..files import check_output
+    from .layers import META_KEY
+
+    md = meta.get("metadata") or {}
+    kind = ((md.get(META_KEY) or {}) if isinstance(md, dict) else {}).get("kind")
+    src = getattr(like, "path", None)
+    if kind not in (None, "image") and src:
+        check_output(path, [src])
 
 
 def write_image(path: str, data: Any, meta: dict) -> list[str]:

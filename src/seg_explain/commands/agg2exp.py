@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 MIN_IMAGES_FOR_OUTLIERS = 5
+OUTPUTS = ("local_importance.csv", "global_importance.csv", "outliers.csv", "heatmap.png", "graph.png")
 
 
 def add_parser(sub):
@@ -65,21 +66,27 @@ def run(args) -> int:
     from ..errors import InputMismatchError
     from ..models import load_model
 
+    from ..checks import as_int
+    from ..files import check_output
+
     params = parse_params(args.param)
-    model = load_model(args.model, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [_stem(p) for p in args.images]
-    if len(set(names)) != len(names):  # same stem in different folders: keep them apart
-        names = [str(Path(p)) for p in args.images]
+    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
+    as_int("--top-k", args.top_k, 1)
     extra = parse_extra_rois(args.extra_roi, args.images)
     gt = None
     if args.ground_truth:
         gt = [args.ground_truth.format(stem=_stem(p)) for p in args.images]
+    inputs = list(args.images) + [args.model] + list(gt or []) + [
+        v for spec in extra.values() for v in (spec if isinstance(spec, list) else [spec])]
+    out = check_output(args.out, inputs, folder=True, names=OUTPUTS)   # before any computation
+    model = load_model(args.model, device=args.device)
+    names = [_stem(p) for p in args.images]
+    if len(set(names)) != len(names):  # same stem in different folders: keep them apart
+        names = [str(Path(p)) for p in args.images]
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
 
     runner = Agg2ExpRun(model, list(args.images), args.method, extra or None, names=names,
-                        ground_truth=gt, classes=classes, seed=args.seed, on_error="skip", **params)
+                        ground_truth=gt, classes=classes, seed=seed, on_error="skip", **params)
     t0 = time.perf_counter()
     n = len(args.images)
     last = [-1.0]
@@ -106,7 +113,7 @@ def run(args) -> int:
     if res.n_images >= MIN_IMAGES_FOR_OUTLIERS:
         from ..outliers import detect_outliers
 
-        det = detect_outliers(res, seed=args.seed)
+        det = detect_outliers(res, seed=seed)
         det.to_csv(out / "outliers.csv")
         written.append("outliers.csv")
         if det.spearman and not args.quiet:

@@ -43,17 +43,21 @@ def run(args) -> int:
     from ..metrics import evaluate_iter
     from ..models import load_model
 
+    from ..checks import as_int
+    from ..files import check_output
+
     params = parse_params(args.param)
+    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
+    out = check_output(args.out, list(args.images) + [args.model], folder=True,
+                       names=("metrics.csv", "metrics_summary.csv"))   # before any computation
     model = load_model(args.model, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    subset = int(args.subset) if args.subset >= 1 else float(args.subset)
+    subset = args.subset   # a fraction (< 1) or a whole number of voxels (checked by evaluate)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     names = [_stem(Path(p)) for p in args.images]
     if len(set(names)) != len(names):
         names = list(args.images)
     gen = evaluate_iter(model, list(args.images), args.method, classes=classes, names=names,
-                        seed=args.seed, n_faithfulness=args.n_faithfulness, subset=subset,
+                        seed=seed, n_faithfulness=args.n_faithfulness, subset=subset,
                         n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
                         baseline=_value(args.baseline), on_error="skip", **params)
     t0 = time.perf_counter()

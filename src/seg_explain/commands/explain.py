@@ -24,6 +24,9 @@ def add_parser(sub):
     p.add_argument("--roi-mode", default=None, choices=("mask", "intersection"),
                    help="use the mask as is (default) or intersect it with the predicted target")
     p.add_argument("--roi-label", type=int, default=None, help="use only this label of a label-map RoI")
+    p.add_argument("--reference", default=None, metavar="LABELS",
+                   help="PdCR: reference segmentation (label map on the image grid) the RoI Dice is "
+                        "measured against; without it negative contributions cannot be measured")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .tif, .npy, .mha, .nrrd)")
     p.add_argument("--per-channel", action="store_true", help="write the (C, ...) per-channel map")
@@ -35,40 +38,56 @@ def add_parser(sub):
 
 def _check_out(out: Path, spatial_dims: int) -> None:
     from ..errors import InputMismatchError
-    from ..io import NIFTI_EXT, SUPPORTED_EXT, _ext
+    from ..io import NIFTI_EXT, WRITE_EXT, _ext
 
     ext = _ext(out)
-    if ext not in SUPPORTED_EXT or ext in (".png", ".jpg", ".jpeg", ".bmp", ".dcm"):
+    if ext not in WRITE_EXT:
         raise InputMismatchError(f"cannot write '{out.name}': use .nii.gz, .tif, .npy, .mha or .nrrd")
     if spatial_dims == 2 and ext in NIFTI_EXT:
         raise InputMismatchError(f"{out.name}: a 2D image is written as .tif or .npy")
 
 
-def run(args) -> int:
+def load_mask(path: str, img, what: str):
+    """A mask / label file on ``img``'s grid as an array (grid and values checked)."""
     import numpy as np
 
+    from ..checks import require_finite
+    from ..files import require_same_grid
+    from ..io import load_image
+
+    r = load_image(path)
+    arr = np.asarray(r.data)
+    if arr.ndim > img.spatial_dims:
+        arr = np.squeeze(arr)
+        r = r.with_data(arr)
+        r.spatial_dims = img.spatial_dims
+    require_same_grid(img, r, f"{what} {Path(path).name}")
+    require_finite(arr, f"{what} {Path(path).name}")
+    return arr
+
+
+def run(args) -> int:
+    from ..checks import as_int
     from ..cli import parse_params
-    from ..errors import InputMismatchError
     from ..explainers.base import drive, explain_iter
+    from ..files import check_output
     from ..io import load_image, save_image
     from ..models import load_model
 
     params = parse_params(args.param)
+    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
     img = load_image(args.image)
     out = Path(args.out)
     _check_out(out, img.spatial_dims)
-    roi = None
-    if args.roi:
-        r = load_image(args.roi)
-        roi = np.asarray(r.data)
-        if roi.ndim > img.spatial_dims:
-            roi = np.squeeze(roi)
-        if roi.shape != img.spatial_shape:
-            raise InputMismatchError(
-                f"RoI {Path(args.roi).name} has shape {roi.shape}, the image {img.spatial_shape}")
+    inputs = [args.image, args.model, args.roi, args.reference,
+              *(v for v in params.values() if isinstance(v, str))]
+    check_output(out, [i for i in inputs if i])     # before any computation
+    roi = load_mask(args.roi, img, "RoI") if args.roi else None
+    if args.reference:
+        params["reference"] = load_mask(args.reference, img, "reference")
     model = load_model(args.model, device=args.device)
     target = int(args.target) if str(args.target).lstrip("-").isdigit() else args.target
-    gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=args.seed,
+    gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed,
                        roi_mode=args.roi_mode, roi_label=args.roi_label, **params)
     last = [-1]
 
@@ -85,4 +104,9 @@ def run(args) -> int:
     info.pop("method", None)
     print(f"[explain] {exp.method} of {exp.target_name!r} ({exp.roi.sum()} RoI voxels) -> {path}; "
           + json.dumps({k: v for k, v in info.items() if k != "target"}), file=sys.stderr)
+    report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
+    if report and not args.quiet:
+        print(str(report).rstrip(), file=sys.stderr)
+    for w in (exp.extras.get("warnings") or []) if isinstance(exp.extras, dict) else []:
+        print(f"seg-explain: warning: {w}", file=sys.stderr)
     return 0
