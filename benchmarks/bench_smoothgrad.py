@@ -81,10 +81,11 @@ def centre_crop(x: np.ndarray, size) -> np.ndarray:
 
 
 def captum_all_classes(model, x: np.ndarray, classes, n: int, level: float, bs: int, seed: int):
-    """The baseline: NoiseTunnel(Saliency) per class and window, same f̂ and windows."""
+    """The baseline: NoiseTunnel(Saliency) per class and window, same blended f̂ and windows
+    (each window's f̂ is its share of the blended RoI sum, weights w/Σw; gradients summed)."""
     from captum.attr import NoiseTunnel, Saliency
 
-    from seg_explain.windows import WindowAccumulator, model_windows
+    from seg_explain.explainers.engine import WindowWeights
 
     torch.manual_seed(seed)
     xt = torch.as_tensor(x)
@@ -92,26 +93,29 @@ def captum_all_classes(model, x: np.ndarray, classes, n: int, level: float, bs: 
     labels = model.labels_from_logits(model.logits_tensor(xt))   # the clean prediction (1 pass)
     n_fwd, n_bwd = 1, 0
     sigma = level * float(xt.max() - xt.min())
-    wins = model_windows(model, S)
+    weights = WindowWeights.for_model(model, S)
+    tiling = weights.tiling
     out = {}
     for c in classes:
         roi = labels == c
-        acc = WindowAccumulator(S, wins, lead=(xt.shape[0],))
-        for w in wins:
-            r = roi[w].float()
+        acc = torch.zeros((xt.shape[0],) + S)
+        for w in tiling.windows:
+            r = tiling.crop(roi, w).float()
             if not r.any():
                 continue
+            wt = weights.of(w)
+            r = r if wt is None else r * wt
 
             def f_hat(xb, r=r, c=c):
                 return (model.forward(xb)[:, c] * r).flatten(1).sum(1)
 
             nt = NoiseTunnel(Saliency(f_hat))
-            g = nt.attribute(xt[(slice(None),) + w][None], nt_type="smoothgrad", nt_samples=n,
+            g = nt.attribute(tiling.crop(xt, w)[None], nt_type="smoothgrad", nt_samples=n,
                              nt_samples_batch_size=bs, stdevs=sigma, abs=False)
-            acc.add(w, g[0])
+            tiling.add_to(acc, w, g[0])
             n_fwd += n
             n_bwd += n
-        out[c] = acc.result().sum(0).numpy()
+        out[c] = acc.sum(0).numpy()
     return out, n_fwd, n_bwd
 
 

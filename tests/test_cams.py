@@ -192,3 +192,13 @@ def test_cam_upsampling_crops_the_divisor_padding(unet2d, rng):
     roi_p = np.pad(roi, pads)
     ref = hooked_cam(unet2d.network, BOTTLENECK, xp, c, roi_p, True)
     close(e.attribution, ref[1:31, 1:38])
+
+
+def test_relu_parameter_is_checked(unet2d, rng):
+    x = rng.normal(size=SHAPES[2]).astype(np.float32)
+    c, roi = present_class(unet2d, x)
+    for bad in ("maybe", 2, None):
+        with pytest.raises(MethodError, match="seg_grad_cam: relu"):
+            explain(unet2d, x, "seg_grad_cam", target=c, relu=bad)
+    raw = explain(unet2d, x, "seg_hires_grad_cam", target=c, relu="false")   # text from the CLI
+    close(raw.attribution, hooked_cam(unet2d.network, BOTTLENECK, x, c, roi, True, relu=False))

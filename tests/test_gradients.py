@@ -333,3 +333,75 @@ def test_bad_input_errors(unet2d, rng):
         explain(unet2d, x, "gradcam++", target=c)
     with pytest.raises(InputMismatchError, match="2D model"):
         explain(unet2d, rng.normal(size=(2, 3, 8, 8)).astype(np.float32), "gradient", target=c)
+
+
+def test_parameters_are_checked_and_named(unet2d, rng):
+    x = image(2, rng)
+    c, _ = present_class(unet2d, x)
+    for bad in (float("inf"), float("nan"), "x", True):
+        with pytest.raises(MethodError, match="smoothgrad: noise_level"):
+            explain(unet2d, x, "smoothgrad", target=c, noise_level=bad)
+    for bad in (0, 2.5, "many", True, float("inf")):
+        with pytest.raises(MethodError, match="smoothgrad: n_samples"):
+            explain(unet2d, x, "smoothgrad", target=c, n_samples=bad)
+        with pytest.raises(MethodError, match="integrated_gradients: steps"):
+            explain(unet2d, x, "integrated_gradients", target=c, steps=bad)
+    # text fields from the GUI/CLI: "3" and "0.05" are fine
+    a = explain(unet2d, x, "smoothgrad", target=c, n_samples="3", noise_level="0.05").attribution
+    b = explain(unet2d, x, "smoothgrad", target=c, n_samples=3, noise_level=0.05).attribution
+    close(a, b)
+    bad_base = rng.normal(size=x.shape).astype(np.float32)
+    bad_base[3, 4] = np.nan
+    with pytest.raises(InputMismatchError, match="baseline.*1 non-finite"):
+        explain(unet2d, x, "integrated_gradients", target=c, baseline=bad_base)
+    with pytest.raises(MethodError, match="baseline"):
+        explain(unet2d, x, "integrated_gradients", target=c, baseline=float("inf"))
+    with pytest.raises(MethodError, match="blur"):
+        explain(unet2d, x, "integrated_gradients", target=c, baseline="blur:-1")
+
+
+class ScaleInvariant(torch.nn.Module):
+    """conv -> instance norm -> tanh -> 1x1 conv: f(a·x) = f(x) for every a > 0 (up to eps),
+    so IG along a ray from the zero baseline sums to x·∇f(x) = 0 (Euler) however many
+    steps it takes, while f(x) − f(0) is not 0: the planted cause of a completeness gap."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1, bias=False)
+        self.norm = torch.nn.InstanceNorm2d(6, eps=1e-12)
+        self.head = torch.nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.norm(self.conv(x))))
+
+
+class Smooth(torch.nn.Module):
+    """No normalisation: IG converges to completeness with enough steps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.head = torch.nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.a(x)))
+
+
+def test_integrated_gradients_warns_about_a_completeness_gap(rng):
+    x = rng.uniform(0.2, 1.0, size=(24, 24)).astype(np.float32)
+    roi = np.zeros(x.shape, bool)
+    roi[6:18, 6:18] = True
+    inv = wrap(ScaleInvariant().eval(), 2, n_classes=2, divisor=1)
+    e = explain(inv, x, "integrated_gradients", target=1, roi=roi, baseline="zero", steps=20)
+    ex = e.extras
+    assert abs(ex["f_x"] - ex["f_baseline"]) > 1.0
+    assert abs(ex["ig_sum"]) < 1e-3 * abs(ex["f_x"] - ex["f_baseline"])     # Euler: x·∇f(x) = 0
+    assert ex["completeness_gap_rel"] > 0.99
+    assert len(ex["warnings"]) == 1 and "baseline='zero'" in ex["warnings"][0]
+    assert "try baseline=" in ex["warnings"][0]
+    # the same method on a network without normalisation: complete, no warning
+    smooth = wrap(Smooth().eval(), 2, n_classes=2, divisor=1)
+    ok = explain(smooth, x, "integrated_gradients", target=1, roi=roi, baseline="zero", steps=50)
+    assert ok.extras["completeness_gap_rel"] < 0.05 and ok.extras["warnings"] == []

@@ -134,6 +134,9 @@ def find_layer(model, layer: str | None = None) -> tuple[str, torch.nn.Module]:
 
 def _pads(model, spatial: Sequence[int]) -> list[tuple[int, int]]:
     """Padding SegModel.forward applies before the network: (low, high) per axis."""
+    pads_for = getattr(model, "pads_for", None)
+    if callable(pads_for):
+        return [(int(lo), int(hi)) for lo, hi in pads_for(spatial)]
     out = []
     for n in spatial:
         extra = (-int(n)) % model.divisor
