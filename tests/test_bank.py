@@ -163,3 +163,72 @@ def test_explanation_params_stay_json_safe_with_a_bank_object(tmp_path):
     p = json.loads(json.dumps(e.params))
     assert p["bank"] == "<Bank>" and p["reference"] == "<ndarray>"
     assert p["block_size"] == 4 and p["n_draws"] == 3 and p["tau"] == 0.02
+
+
+def test_zero_occlusion_bank_is_zero_in_model_space():
+    """bank="zero": one all-zero block of the model's channels at any block size, in model
+    space (the preprocessed input), deterministic (one draw says everything)."""
+    from seg_explain.bank import zero_bank
+
+    m = model_(ch=2)
+    for name in ("zero", "ZERO", " Zero "):
+        b = resolve_bank(name, m, 8)
+        assert b.kind == "zero" and b.deterministic and len(b) == 1
+    assert torch.equal(b.for_block_size(8), torch.zeros(1, 2, 8, 8))
+    assert torch.equal(b.for_block_size(5), torch.zeros(1, 2, 5, 5))      # any block size
+    b3 = zero_bank(model_(sd=3), 4)
+    assert b3.for_block_size(6).shape == (1, 1, 6, 6, 6) and "model space" in b3.describe()
+    assert not build_bank(model_(), imgs(), 8, per_image=3).deterministic
+    with pytest.raises(MethodError, match="zero occlusion cannot be mixed"):
+        from seg_explain.bank import _concat
+
+        _concat([b, build_bank(m, [np.zeros((2, 16, 16), np.float32)], 8, per_image=2)], 8, 0, "x")
+
+
+def test_zero_occlusion_through_pdcr_perturbs_the_network_input_with_zeros():
+    """With a preprocessing x -> 2x + 3, raw 0 would reach the network as 3: zero occlusion
+    must put 0 into the network input, one pass per perturbable block."""
+    from seg_explain import explain
+
+    seen = []
+
+    class Rec(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.cat([-x[:, :1], x[:, :1]], 1)
+
+    m = SegModel(Rec(), spatial_dims=2, in_channels=1, class_names=["bg", "fg"],
+                 preprocess=[lambda t: t * 2.0 + 3.0], device="cpu")
+    img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    roi = np.zeros((16, 16), bool)
+    roi[12:, 12:] = True
+    e = explain(m, img, "pdcr", target="fg", roi=roi, bank="zero", block_size=4, n_screen=3, n_draws=50)
+    rows = torch.cat(seen)[:, 0]
+    clean = torch.from_numpy(img * 2.0 + 3.0)
+    n_pert = 16 - 1
+    assert e.n_forward == rows.shape[0] == n_pert + 1 and e.extras["occlusion"] == "zero"
+    for b, row in zip([b for b in e.extras["blocks"] if b["status"] != "roi"], rows[1:]):
+        (i, j) = b["origin"]
+        assert torch.equal(row[i:i + 4, j:j + 4], torch.zeros(4, 4))
+        rest = torch.ones(16, 16, dtype=torch.bool)
+        rest[i:i + 4, j:j + 4] = False
+        assert torch.allclose(row[rest], clean[rest])
+        assert b["n_draws"] == 1
+
+
+def test_non_finite_bank_arrays_are_refused(tmp_path):
+    m = model_()
+    bad = imgs(2)
+    bad[1][3, 4] = np.nan
+    with pytest.raises(InputMismatchError, match="bank image 1 has 1 non-finite"):
+        resolve_bank(bad, m, 8)
+    arr = np.stack(imgs(2))
+    arr[0, 0, 0] = np.inf
+    np.savez(tmp_path / "images.npz", images=arr)
+    with pytest.raises(InputMismatchError, match="non-finite"):
+        resolve_bank(tmp_path / "images.npz", m, 8)
+    blocks = np.zeros((3, 1, 8, 8), np.float32)
+    blocks[2, 0, 1, 1] = np.nan
+    np.savez(tmp_path / "mb.npz", model_blocks=blocks)
+    with pytest.raises(InputMismatchError, match="model_blocks.*non-finite"):
+        resolve_bank(tmp_path / "mb.npz", m, 8)

@@ -28,6 +28,17 @@ What a bank can be built from (:func:`resolve_bank`):
 ``bank=None`` in ``explain(..., "pdcr")`` uses the shipped sample bank for the model's
 dimensionality when there is one, else asks for a bank.
 
+``bank="zero"``: **zero occlusion** (the reference code's ``zero_local`` ablation): every
+replacement block is all zeros *in model space*, i.e. in the preprocessed network input,
+not in the raw image (after a z-score normalisation 0 is the mean intensity; after a
+0–1 rescaling it is the darkest value). The bank then holds one block, so every draw is
+the same: PdCR and progressive perturbation take one pass per block instead of
+``n_screen`` + ``n_draws`` (:attr:`Bank.deterministic`). To load a folder literally named
+``zero``, give it as ``./zero``.
+
+Raw arrays given for a bank (lists of arrays, ``.npz`` contents) are refused if they hold
+NaN or ±Inf (:func:`seg_explain.checks.require_finite`).
+
 Blocks are random crops (uniform positions, ``per_image=100`` per image as in the paper,
 seeded). A bank image identical to the explained image is refused: PdCR must never draw
 its perturbations from the image it explains.
@@ -42,9 +53,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .checks import require_finite
 from .errors import ImageLoadError, InputMismatchError, MethodError
 
 PER_IMAGE = 100
+ZERO = "zero"
 
 
 @dataclass
@@ -53,6 +66,8 @@ class Bank:
 
     ``blocks``: float32 tensor ``(K, C, *B)``; ``images``: the prepared source images
     ``(C, *S)`` when known (lets the bank be re-cropped at another block size).
+    ``kind``: ``"real"`` (blocks cropped from images) or ``"zero"`` (zero occlusion, see
+    :func:`zero_bank`).
     """
 
     blocks: torch.Tensor
@@ -60,6 +75,13 @@ class Bank:
     source: str = ""
     per_image: int = PER_IMAGE
     seed: int = 0
+    kind: str = "real"
+
+    @property
+    def deterministic(self) -> bool:
+        """True when every draw gives the same block (zero occlusion, or a one-block
+        bank): one pass per block says all there is to say."""
+        return self.kind == ZERO or len(self) == 1
 
     @property
     def spatial_dims(self) -> int:
@@ -83,6 +105,7 @@ class Bank:
     # ------------------------------------------------------------------------------
     def check(self, model, block_size: int) -> None:
         """Raise InputMismatchError unless the bank fits ``model`` and ``block_size``."""
+        require_finite(self.blocks, "The PdCR bank's blocks")
         if self.spatial_dims != model.spatial_dims:
             raise InputMismatchError(
                 f"The PdCR bank holds {self.spatial_dims}D blocks but the model is {model.spatial_dims}D; "
@@ -93,7 +116,7 @@ class Bank:
                 "build the bank from images with the model's channels")
         if len(self) == 0:
             raise InputMismatchError("The PdCR bank is empty; give it at least one image larger than a block")
-        if min(self.block_shape) < block_size and not self.images:
+        if min(self.block_shape) < block_size and not self.images and self.kind != ZERO:
             raise InputMismatchError(
                 f"The PdCR bank's blocks are {self.block_shape} but block_size is {block_size}; "
                 "use a smaller block_size or rebuild the bank from images")
@@ -115,6 +138,8 @@ class Bank:
         b = int(block_size)
         if self.block_shape == (b,) * self.spatial_dims:
             return self.blocks
+        if self.kind == ZERO:
+            return torch.zeros((len(self), self.channels) + (b,) * self.spatial_dims)
         if self.images:
             return crop_blocks(self.images, b, self.per_image, self.seed if seed is None else seed)
         if min(self.block_shape) < b:
@@ -129,6 +154,12 @@ class Bank:
                 sl.append(slice(o, o + b))
             out.append(blk[tuple(sl)])
         return torch.stack(out)
+
+    def describe(self) -> str:
+        """One line for reports: what the replacement content is."""
+        if self.kind == ZERO:
+            return "zero occlusion (blocks set to 0 in model space)"
+        return f"{len(self)} real blocks from {self.source or 'the given images'}"
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model-space blocks (``model_blocks``) to an ``.npz`` for reuse."""
@@ -161,6 +192,15 @@ def crop_blocks(images: Sequence[torch.Tensor], block_size: int, per_image: int 
     return torch.stack(out).float().contiguous()
 
 
+def zero_bank(model, block_size: int = 8) -> Bank:
+    """Zero occlusion: one all-zero block in *model space* (the preprocessed network input).
+
+    Works at any block size (:meth:`Bank.for_block_size` returns zeros of that size)."""
+    b = int(block_size)
+    blocks = torch.zeros((1, int(model.in_channels)) + (b,) * int(model.spatial_dims))
+    return Bank(blocks, [], "zero occlusion (model space)", 1, 0, ZERO)
+
+
 def _prepare(model, img, label: str) -> torch.Tensor:
     try:
         return model.prepare(img).x.float().contiguous()
@@ -188,6 +228,7 @@ def _npz_images(z, model) -> list:
     from .io import LoadedImage
 
     imgs = _as_stack(np.asarray(z["images"]), model, "images")
+    require_finite(imgs, "PdCR bank images")
     spacing = tuple(float(s) for s in np.asarray(z["spacing"]).ravel()) if "spacing" in z.files else None
     out: list = []
     resample = (spacing is not None and model.spacing is not None
@@ -215,9 +256,11 @@ def _load_npz(path: Path, model, block_size: int, per_image: int, seed: int, exc
         if "model_blocks" in z.files:
             blocks = torch.from_numpy(np.asarray(z["model_blocks"], dtype=np.float32))
             blocks = torch.as_tensor(_as_stack(blocks.numpy(), model, "blocks"))
+            require_finite(blocks, f"PdCR bank {path.name} (model_blocks)")
             return Bank(blocks, [], str(path), per_image, seed)
         if "blocks" in z.files:
             raw = _as_stack(np.asarray(z["blocks"]), model, "blocks").astype(np.float32)
+            require_finite(raw, f"PdCR bank {path.name} (blocks)")
             k, c, *bs = raw.shape
             # one mosaic (strip along the last axis) so that a per-image intensity
             # normalisation is computed over the whole bank, then cut back into blocks
@@ -256,7 +299,7 @@ def build_bank(model, images: Iterable[Any], block_size: int = 8, per_image: int
     ``images``: arrays (model grid, raw), LoadedImage objects or paths. ``exclude``: the
     prepared explained image ``(C, *S)``; a bank image identical to it is refused.
     """
-    from .io import load_image
+    from .io import LoadedImage, load_image
 
     prepared: list[torch.Tensor] = []
     for i, im in enumerate(images):
@@ -264,6 +307,7 @@ def build_bank(model, images: Iterable[Any], block_size: int = 8, per_image: int
             im = load_image(im)
         elif isinstance(im, torch.Tensor):
             im = im.detach().cpu().numpy()
+        require_finite(im.data if isinstance(im, LoadedImage) else np.asarray(im), f"PdCR bank image {i}")
         prepared.append(_prepare(model, im, f"image {i}"))
     if not prepared:
         raise InputMismatchError("The PdCR bank is empty; give it at least one image")
@@ -276,7 +320,13 @@ def build_bank(model, images: Iterable[Any], block_size: int = 8, per_image: int
 
 def resolve_bank(bank, model, block_size: int = 8, per_image: int = PER_IMAGE, seed: int = 0,
                  exclude: torch.Tensor | None = None) -> Bank:
-    """Whatever the user gave as ``bank`` (see the module docstring) -> a checked :class:`Bank`."""
+    """Whatever the user gave as ``bank`` (see the module docstring) -> a checked :class:`Bank`.
+
+    ``"zero"`` (any case) is zero occlusion (:func:`zero_bank`), never a path."""
+    if isinstance(bank, str) and bank.strip().lower() == ZERO:
+        out = zero_bank(model, block_size)
+        out.check(model, block_size)
+        return out
     if bank is None:
         p = default_bank_path(model.spatial_dims)
         if p is None:
@@ -324,4 +374,6 @@ def resolve_bank(bank, model, block_size: int = 8, per_image: int = PER_IMAGE, s
 def _concat(banks: list[Bank], block_size: int, seed: int, source: str) -> Bank:
     blocks = torch.cat([b.for_block_size(block_size, seed) for b in banks])
     images = [im for b in banks for im in b.images]
+    if any(b.kind == ZERO for b in banks):
+        raise MethodError("zero occlusion cannot be mixed with real bank blocks")
     return Bank(blocks, images if all(b.images for b in banks) else [], source, banks[0].per_image, seed)
