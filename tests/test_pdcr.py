@@ -1,4 +1,6 @@
-"""PdCR (explainers/pdcr.py): planted causes in 2D and 3D, seeds, adaptive N, bad input."""
+"""PdCR (explainers/pdcr.py): planted causes in 2D and 3D, seeds, adaptive N, bad input.
+
+ATEs and tau are in Dice points (0-100): a block that switches the whole RoI off has ATE -100."""
 from __future__ import annotations
 
 import numpy as np
@@ -76,7 +78,7 @@ def test_planted_cause_2d_and_roi_untouched():
     exp = explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((32, 32)), n_draws=12)
     a = exp.attribution
     assert a.shape == shape and a.dtype == np.float32
-    assert np.allclose(a[cause], -1.0)
+    assert np.allclose(a[cause], -100.0)           # Dice points: the RoI is lost entirely
     mask = np.zeros(shape, bool)
     mask[cause] = True
     assert np.all(a[~mask] == 0)
@@ -89,7 +91,7 @@ def test_planted_cause_2d_and_roi_untouched():
     for idx in grid.indices():
         if roi[grid.slices(idx)].any():
             roi_blocks[grid.slices(idx)] = True
-            assert blocks[idx]["status"] == "roi" and blocks[idx]["ate"] is None
+            assert blocks[idx]["status"] == "roi" and blocks[idx]["ate_points"] is None
     x0 = torch.from_numpy(img)
     rows = torch.cat(net.seen)[:, 0]
     assert rows.shape[0] == exp.n_forward
@@ -102,14 +104,24 @@ def test_planted_cause_2d_and_roi_untouched():
     ex = exp.extras
     n_pert = ex["n_perturbable"]
     assert ex["n_blocks"] == len(grid) == 6 * 5
-    assert ex["share_positive"] == pytest.approx(1 / n_pert)
-    assert ex["share_negative"] == 0 and ex["share_irrelevant"] == pytest.approx(1 - 1 / n_pert)
-    assert ex["ate_min"] == pytest.approx(-1.0) and ex["ate_max"] == 0.0
-    assert ex["m0"] == 1.0 and ex["block_grid"]["grid_shape"] == [6, 5]
+    assert ex["share_positive"] == pytest.approx(1 / n_pert) and ex["n_positive"] == 1
+    assert ex["share_irrelevant"] == pytest.approx(1 - 1 / n_pert)
+    # against its own prediction (M0 = 100) no block can raise the Dice: not "0 %", unknown
+    assert ex["share_negative"] is None and ex["n_negative"] is None and ex["negative_measurable"] is False
+    assert "not measurable without a reference segmentation" in ex["negative_note"]
+    assert "not measurable" in ex["report"] and "0.0 %" not in ex["report"].split("Negative")[1].split("\n")[0]
+    assert ex["ate_min_points"] == pytest.approx(-100.0) and ex["ate_max_points"] == 0.0
+    assert ex["unit"] == "Dice points (0-100)" and ex["tau_points"] == 0.02
+    assert ex["m0"] == 1.0 and ex["m0_points"] == 100.0 and ex["block_grid"]["grid_shape"] == [6, 5]
     assert ex["block_labels"].shape == shape and ex["block_labels"].max() == 30
     assert ex["n_forward_screen"] == 3 * n_pert and ex["n_forward_ate"] == 12
     assert exp.n_forward == 3 * n_pert + 12 + 1   # + the clean pass
     assert "positive contribution" in ex["convention"] and exp.elapsed_s > 0
+    # histogram: the cause in "< -3", every other perturbed block in the central bin, the
+    # ATE > 0 bins unknown (None), not 0
+    h = ex["histogram"]
+    assert h["edges_points"] == [-np.inf, -3, -1, -0.3, -0.02, 0.02, 0.3, 1, 3, np.inf]
+    assert h["counts"] == [1, 0, 0, 0, n_pert - 1, None, None, None, None]
 
 
 def test_planted_cause_3d_with_improving_block():
@@ -124,14 +136,19 @@ def test_planted_cause_3d_with_improving_block():
     m0 = 2 * (r - h) / (2 * r - h)
     assert exp.extras["m0"] == pytest.approx(m0)
     a = exp.attribution
-    assert np.allclose(a[cause], -m0)                 # cause: Dice -> 0
-    assert np.allclose(a[supp], 1 - m0) and (1 - m0) > 0.02   # replacing it improves the RoI
+    assert np.allclose(a[cause], -100 * m0)                 # cause: Dice -> 0 (points)
+    assert np.allclose(a[supp], 100 * (1 - m0)) and 100 * (1 - m0) > 0.02   # replacing it improves the RoI
     other = np.ones(shape, bool)
     other[cause] = other[supp] = False
     assert np.all(a[other] == 0)
     b = block_values(exp)
     assert b[(2, 2, 2)]["contribution"] == "negative" and b[(2, 2, 2)]["size"] == [4, 2, 6]
-    assert exp.extras["share_negative"] > 0 and exp.extras["share_positive"] > 0
+    ex = exp.extras
+    assert ex["negative_measurable"] is True and ex["negative_note"] is None
+    assert ex["share_negative"] == ex["share_positive"] == pytest.approx(1 / ex["n_perturbable"])
+    assert ex["ate_max_points"] == pytest.approx(100 * (1 - m0)) and ex["m0_points"] == pytest.approx(100 * m0)
+    # 100 (1 - m0) = 20 points -> ">= 3"; -100 m0 -> "< -3"
+    assert ex["histogram"]["counts"][0] == 1 and ex["histogram"]["counts"][-1] == 1
 
 
 def test_same_seed_identical_different_seed_correlates(sample_or_unet):
@@ -141,7 +158,7 @@ def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     e1b = explain(model, img, "pdcr", seed=0, **kw)
     e2 = explain(model, img, "pdcr", seed=1, **kw)
     assert np.array_equal(e1.attribution, e1b.attribution)
-    assert np.abs(e1.attribution).max() > 0.05
+    assert np.abs(e1.attribution).max() > 5       # Dice points
     r = np.corrcoef(e1.attribution.ravel(), e2.attribution.ravel())[0, 1]
     assert r > 0.9, r
 
@@ -152,9 +169,95 @@ def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
     full = explain(model, img, "pdcr", **kw)
     ada = explain(model, img, "pdcr", adaptive=True, **kw)
     r = np.corrcoef(full.attribution.ravel(), ada.attribution.ravel())[0, 1]
-    assert r > 0.95, r
-    assert ada.n_forward < full.n_forward
+    assert r > 0.97, r
+    assert ada.n_forward < 0.8 * full.n_forward       # a crop: every block is near the RoI
     assert ada.extras["passes_saved"] == full.n_forward - ada.n_forward > 0
+    assert ada.extras["adaptive_rel"] == 0.1 and ada.extras["adaptive_half_width_points"] > 0.02
+    # the same draws (a prefix of the full run's), the same blocks relevant
+    fb, ab = block_values(full), block_values(ada)
+    for idx, b in ab.items():
+        if b["n_draws"] == 50:
+            assert b["ate_points"] == fb[idx]["ate_points"]
+        assert (b["status"] == "roi") == (fb[idx]["status"] == "roi")
+
+
+class Rare(torch.nn.Module):
+    """The RoI is foreground unless block (0, 0) holds a *trigger* (mean > 8): a rare,
+    large effect (-100 points) that only the trigger blocks of the bank cause."""
+
+    def __init__(self, roi):
+        super().__init__()
+        self.roi = torch.as_tensor(roi)
+
+    def forward(self, x):
+        off = x[:, 0, :8, :8].flatten(1).mean(1) > 8
+        fg = self.roi[None] & ~off.view(-1, 1, 1)
+        logit = torch.where(fg, 1.0, -1.0)
+        return torch.stack([-logit, logit], 1)
+
+
+def test_adaptive_does_not_zero_a_rare_large_effect():
+    """The old rule stopped a block after 10 ATE draws that were all 0 (variance 0) with
+    ATE = 0. Here the screening sees the trigger, the first 10 ATE draws miss it and a few
+    of the 50 hit it: the adaptive ATE must be the full-N one (-100 x hits / 50), not 0."""
+    from seg_explain.explainers.pdcr import draw_indices
+
+    shape, seed, n_bank = (24, 24), 3, 40
+    roi = np.zeros(shape, bool)
+    roi[12:20, 12:20] = True
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    model = SegModel(Rare(roi), spatial_dims=2, in_channels=1, class_names=["background", "fg"],
+                     divisor=1, device="cpu")
+    screen, ate = draw_indices(seed, n_bank, 9, 3, 50)
+    trig = {int(screen[0, 0]), int(ate[0, 20]), int(ate[0, 35])}
+    assert not trig & set(ate[0, :10].tolist())        # the first 10 ATE draws all miss it
+    hits = sum(int(v) in trig for v in ate[0])
+    assert hits >= 2 and sum(int(v) in trig for v in screen[0]) >= 1
+    bank = np.random.default_rng(1).random((n_bank, 8, 8)).astype(np.float32)
+    bank[sorted(trig)] = 10.0
+    kw = dict(target=1, roi=roi, bank=[], n_draws=50, seed=seed)
+    from seg_explain.bank import Bank
+
+    kw["bank"] = Bank(torch.from_numpy(bank[:, None]))
+    full = explain(model, img, "pdcr", **kw)
+    ada = explain(model, img, "pdcr", adaptive=True, **kw)
+    f0, a0 = block_values(full)[(0, 0)], block_values(ada)[(0, 0)]
+    assert f0["ate_points"] == pytest.approx(-100 * hits / 50)
+    assert a0["ate_points"] == pytest.approx(-100 * hits / 50) and a0["n_draws"] == 50
+    # every other block never changes anything: screened out, no ATE draws at all
+    assert all(b["n_draws"] == 0 for k, b in block_values(ada).items() if k != (0, 0))
+
+
+def test_adaptive_draws_rule_is_unbiased_where_stopping_on_the_draws_is_not():
+    """Simulated blocks whose ITE is -a with probability p (else 0), relevant when a
+    screening draw hits. Draw counts from the screening only (adaptive_draws) leave the
+    mean of the ATE draws unbiased; stopping on the ATE draws themselves (the old rule:
+    rounds of 10, stop when the 95 % half-width < target) biases it towards 0."""
+    from seg_explain.explainers.pdcr import adaptive_draws
+
+    rng = np.random.default_rng(0)
+    a, p, n_max, target = 50.0, 0.05, 50, 0.5
+    k = 20000
+    screen = -a * (rng.random((k, 3)) < p)
+    keep = (screen != 0).any(1)                                   # passed screening
+    draws = -a * (rng.random((k, n_max)) < p)
+    n_new = adaptive_draws(torch.from_numpy(screen[keep]), target, 10, n_max).numpy()
+    new = np.array([d[:n].mean() for d, n in zip(draws[keep], n_new)])
+    old = []
+    for d in draws[keep]:
+        n = 10
+        while n < n_max and 1.96 * d[:n].std(ddof=1) / np.sqrt(n) >= target:
+            n += 10
+        old.append(d[:n].mean())
+    truth, se = -a * p, draws[keep].std() / np.sqrt(keep.sum() * 10)
+    assert abs(new.mean() - truth) < 4 * se, (new.mean(), truth, se)
+    assert np.mean(old) > truth + 8 * se, (np.mean(old), truth, se)      # pulled towards 0
+    # known values: one screening hit of -50 with a 0.5-point target needs the maximum;
+    # a block whose screening barely moved needs the minimum; no screening: the maximum
+    n = adaptive_draws(torch.tensor([[-50.0, 0, 0], [0.0, 0, -0.1], [-5.0, -5, -5]]), 0.5, 10, 50)
+    sd3 = float(np.std([-5, -5, -5, 0, -5], ddof=1))
+    assert n.tolist() == [50, 10, min(50, int(np.ceil((1.96 * sd3 / 0.5) ** 2)))]
+    assert adaptive_draws(torch.zeros(2, 0), 0.5, 10, 50).tolist() == [50, 50]
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +348,7 @@ def test_sliding_windows_exact_on_roi_when_image_exceeds_patch():
     # through explain(): unreachable blocks are 0 and cost nothing
     exp = explain(model, img, "pdcr", target=1, roi=roi, bank=bank, n_screen=1, n_draws=2, tau=0.0)
     out = [b for b in exp.extras["blocks"] if b["outside_window"]]
-    assert len(out) == 8 * 7 - 4 - len(ids) and all(b["ate"] == 0 and b["n_draws"] == 0 for b in out)
+    assert len(out) == 8 * 7 - 4 - len(ids) and all(b["ate_points"] == 0 and b["n_draws"] == 0 for b in out)
     assert np.all(exp.attribution[32:] == 0)
     assert exp.extras["sliding_windows"] and exp.extras["n_roi_windows"] == 2
 
@@ -283,15 +386,28 @@ def test_block_larger_than_image(small):
 
 def test_bad_parameters(small):
     model, img, roi = small
-    for kw in ({"n_draws": 0}, {"tau": 2.0}, {"block_size": 0}, {"nonsense": 1}):
-        with pytest.raises(SegExplainError):
+    bad = [({"n_draws": 0}, "n_draws"), ({"n_screen": -1}, "n_screen"), ({"tau": float("inf")}, "tau"),
+           ({"tau": 101.0}, "tau"), ({"tau": -0.1}, "tau"), ({"tau": "two"}, "tau"),
+           ({"block_size": 0}, "block_size"), ({"block_size": 7.9}, "block_size"),
+           ({"n_draws": 12.5}, "n_draws"), ({"adaptive": "maybe"}, "adaptive"), ({"adaptive": 1.5}, "adaptive"),
+           ({"adaptive": True, "n_screen": 0}, "n_screen"), ({"nonsense": 1}, "nonsense")]
+    for kw, name in bad:
+        with pytest.raises(SegExplainError, match=name):
             explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), **kw)
+    # tau is in Dice points: 2.0 (2 points) is a valid, if coarse, threshold; text from the CLI works
+    e = explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), tau="2", block_size="8.0",
+                n_draws=2, adaptive="false")
+    assert e.extras["tau_points"] == 2.0 and e.extras["block_grid"]["block_size"] == 8
 
 
 def test_reference_shape_checked_and_paths(small, tmp_path):
     model, img, roi = small
     with pytest.raises(InputMismatchError, match="reference"):
         explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), reference=np.zeros((5, 5)))
+    nan_ref = np.zeros(roi.shape)
+    nan_ref[3, 4] = np.nan
+    with pytest.raises(InputMismatchError, match="reference segmentation has 1 non-finite"):
+        explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), reference=nan_ref)
     gt = roi.copy()
     gt[: gt.shape[0] // 2] = False          # half the RoI: M0 = 2/3
     np.save(tmp_path / "gt.npy", gt.astype(np.uint8))
