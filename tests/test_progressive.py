@@ -92,7 +92,8 @@ def test_good_map_beats_random_maps(case):
 def test_pdcr_map_ranked_by_minus_ate(case):
     model, img, roi, bank = case
     exp = explain(model, img, "pdcr", target=1, roi=roi, bank=bank, n_draws=4)
-    assert exp.attribution[:8, :8].max() == pytest.approx(-(1 - 2 * 0.4 / 1.4))  # strongest cause
+    # strongest cause; PdCR maps are in Dice points
+    assert exp.attribution[:8, :8].max() == pytest.approx(-100 * (1 - 2 * 0.4 / 1.4))
     res = progressive_perturbation(model, img, exp, bank=bank, n_draws=2)
     assert res.rank == "negative" and res.order[:3] == [0, 20, 4]
     # ranking a PdCR map by |value| would also work here, by +value would not
@@ -136,3 +137,26 @@ def test_bad_input(case):
         progressive_perturbation(model, img, np.zeros(SHAPE), target=1, roi=roi, bank=bank, rank="nope")
     with pytest.raises(MethodError):
         progressive_perturbation(model, img, np.zeros(SHAPE), roi=roi, bank=bank)
+
+
+def test_zero_occlusion_one_draw_per_k_and_exact_drops(case):
+    """bank="zero": the perturbed blocks are all 0 (mean < 3, so a cause is destroyed), every
+    draw is the same, so one pass per k; the drops are the known ones."""
+    model, img, roi, _ = case
+    good = block_map({(0, 0): 3.0, (4, 0): 2.0, (0, 4): 1.0})
+    res = progressive_perturbation(model, img, good, target=1, roi=roi, bank="zero", n_draws=7)
+    assert res.n_forward == 10 and res.params["n_draws"] == 1 and res.params["occlusion"] == "zero"
+    assert res.drops[0] == pytest.approx(1 - 2 * 0.4 / 1.4) and res.drops[2] == pytest.approx(1.0)
+    assert "fraction" in res.unit and res.to_dict()["unit"] == res.unit
+
+
+def test_parameters_checked_by_name(case):
+    model, img, roi, bank = case
+    a = np.zeros(SHAPE, np.float32)
+    for kw, name in (({"k_max": 2.5}, "k_max"), ({"n_draws": 0}, "n_draws"), ({"rank": "best"}, "rank"),
+                     ({"block_size": 7.9}, "block_size")):
+        with pytest.raises(MethodError, match=name):
+            progressive_perturbation(model, img, a, target=1, roi=roi, bank=bank, **kw)
+    a[0, 0] = np.nan
+    with pytest.raises(InputMismatchError, match="attribution map has 1 non-finite"):
+        progressive_perturbation(model, img, a, target=1, roi=roi, bank=bank)

@@ -17,9 +17,14 @@ Pooling / ranking (``rank``):
 - ``"positive"``: mean value, largest first.
 
 Blocks overlapping the RoI are never perturbed (as in PdCR); ties are broken at random
-(seeded). Dice is in [0, 1] (binary ``label == target`` masks restricted to the RoI, as in
-PdCR). The **attribution score** is the area under the drop curve with a unit step per
-block, ``Σ_k drop_k`` (Dice units × blocks); ``mean_drop`` = score / k_max.
+(seeded). **Unit:** the drops are Dice as a *fraction* in [0, 1] (binary ``label == target``
+masks restricted to the RoI, as in PdCR; multiply by 100 for the Dice points PdCR's ATEs are
+given in). The **attribution score** is the area under the drop curve with a unit step per
+block, ``Σ_k drop_k`` (Dice fraction × blocks); ``mean_drop`` = score / k_max.
+``ProgressiveResult.unit`` says so.
+
+``bank="zero"`` perturbs with zero occlusion (blocks set to 0 in model space); every draw
+is then the same, so one draw per k is taken whatever ``n_draws`` says.
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from .checks import as_choice, as_int, require_finite
 from .errors import InputMismatchError, MethodError
 
 RANKS = ("auto", "abs", "negative", "positive")
+UNIT = "Dice as a fraction (0-1); score = sum of drops over k (Dice x blocks)"
 
 
 @dataclass
@@ -48,6 +55,7 @@ class ProgressiveResult:
     n_forward: int
     elapsed_s: float
     params: dict[str, Any] = field(default_factory=dict)
+    unit: str = UNIT
 
     @property
     def mean_drop(self) -> float:
@@ -57,7 +65,7 @@ class ProgressiveResult:
         return {"ks": self.ks.tolist(), "drops": self.drops.tolist(), "dice": self.dice.tolist(),
                 "m0": self.m0, "score": self.score, "mean_drop": self.mean_drop, "rank": self.rank,
                 "order": self.order, "origins": self.origins, "n_forward": self.n_forward,
-                "elapsed_s": self.elapsed_s, **self.params}
+                "elapsed_s": self.elapsed_s, "unit": self.unit, **self.params}
 
 
 def block_scores(attr_model: torch.Tensor, grid, rank: str) -> torch.Tensor:
@@ -89,22 +97,23 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
         attribution = attribution.attribution
     if target is None:
         raise MethodError("progressive perturbation needs the explained target class")
+    rank = as_choice("rank", rank, RANKS, method="progressive perturbation")
     if rank == "auto":
         rank = "negative" if method == "pdcr" else "abs"
-    if rank not in RANKS:
-        raise MethodError(f"rank must be one of {RANKS}, got {rank!r}")
-    k_max, n_draws = int(k_max), int(n_draws)
-    if k_max < 1 or n_draws < 1:
-        raise MethodError(f"k_max and n_draws must be >= 1, got {k_max}, {n_draws}")
+    k_max = as_int("k_max", k_max, lo=1, method="progressive perturbation")
+    n_draws = as_int("n_draws", n_draws, lo=1, method="progressive perturbation")
     ctx, _, _ = make_context(model, image, target, roi, seed=seed, batch_size=batch_size)
     a = np.asarray(attribution, dtype=np.float32)
     if a.shape != tuple(ctx.prep.image_shape):
         raise InputMismatchError(
             f"attribution of shape {a.shape} does not match the image's spatial shape {tuple(ctx.prep.image_shape)}")
+    require_finite(a, "The attribution map")
     a_model = torch.from_numpy(np.ascontiguousarray(ctx.prep.grid.to_model(a, order=1), dtype=np.float32))
     grid = make_grid(ctx.shape, block_size)
     bk = resolve_bank(bank, model, grid.block_size, seed=seed, exclude=ctx.x)
     blocks = bk.for_block_size(grid.block_size, seed)
+    if bk.deterministic:        # zero occlusion: every draw is the same block
+        n_draws = 1
     engine = RoIDiceEngine(ctx, grid, blocks, reference_positive(ctx, reference), batch_size)
 
     in_roi = grid.pool(ctx.roi, "any").bool()
@@ -131,7 +140,8 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
         np.arange(1, k_max + 1), drops, dice, engine.m0, float(drops.sum()), rank, order,
         [list(grid.origin(grid.indices()[k])) for k in order], ctx.n_forward - f0,
         time.perf_counter() - t0,
-        {"method": method, "block_size": grid.block_size, "n_draws": n_draws, "seed": seed})
+        {"method": method, "block_size": grid.block_size, "n_draws": n_draws, "seed": seed,
+         "occlusion": "zero" if bk.kind == "zero" else "bank"})
 
 
 def progressive_perturbation(model, image, attribution, target=None, roi=None, bank=None,
@@ -144,7 +154,8 @@ def progressive_perturbation(model, image, attribution, target=None, roi=None, b
     ``attribution``: an :class:`~seg_explain.explainers.base.Explanation` (its method,
     target and RoI are used) or an image-grid array (then give ``target`` and ``roi``,
     and ``method="pdcr"`` or ``rank="negative"`` for a PdCR map). ``bank``: as for
-    PdCR (default: the shipped sample bank). See the module docstring.
+    PdCR (default: the shipped sample bank; ``"zero"`` for zero occlusion). Drops and score
+    are in Dice as a fraction (``result.unit``). See the module docstring.
     """
     from .explainers.base import drive
 
