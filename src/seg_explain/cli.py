@@ -60,8 +60,12 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the run unwinds (partial outputs removed)."""
+
+
 def _terminate(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(signum)
 
 
 def main(argv=None) -> int:
@@ -94,6 +98,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("seg-explain: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Terminated:
+        print("seg-explain: terminated; nothing half-written was left behind", file=sys.stderr)
+        return 143
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

@@ -78,10 +78,10 @@ def run(args) -> int:
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
     img = load_image(args.image)
     out = Path(args.out)
-    _check_out(out, img.spatial_dims)
     inputs = [args.image, args.model, args.roi, args.reference,
               *(v for v in params.values() if isinstance(v, str))]
     check_output(out, [i for i in inputs if i])     # before any computation
+    _check_out(out, img.spatial_dims)
     roi = load_mask(args.roi, img, "RoI") if args.roi else None
     if args.reference:
         params["reference"] = load_mask(args.reference, img, "reference")
