@@ -24,10 +24,12 @@ than their patch use MONAI sliding windows for each batch. Several classes of on
 (:mod:`.multiclass`, Agg2Exp) share the coalitions and every forward pass: f̂ of all the
 classes is read from the same logits, so K classes cost one set of passes, not K.
 
-Returned map (model grid, then the image grid): each voxel gets its feature's Shapley
-value **divided by the feature's voxel count**, so that the map sums to
-``f̂(x) − f̂(baseline)`` (like Integrated Gradients' completeness) and the Agg2Exp mass
-of a region is not inflated by its size. The raw values are in the extras: ``phi``,
+Returned map (model grid, then the image grid by nearest neighbour): every voxel of a
+feature gets that feature's Shapley value φ — the convention of the paper (Captum
+``KernelShap`` with a ``feature_mask``), on which its Agg2Exp masses and Table-1 metrics are
+computed. ``density=True`` paints φ / (feature's voxel count) instead, so that the map sums
+to ``f̂(x) − f̂(baseline)`` (like Integrated Gradients' completeness) and a region's Agg2Exp
+mass is not inflated by its size. The raw values are in the extras: ``phi``,
 ``feature_sizes``, ``feature_labels`` (semantic: the class label of each feature),
 ``f_x``, ``f_baseline``, ``efficiency_gap`` (Σφ − (f̂(x) − f̂(baseline))), ``n_features``,
 ``n_coalitions``, ``exact``.
@@ -40,6 +42,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..checks import as_bool, as_choice, as_float, as_int, require_finite
 from ..errors import MethodError
 from .base import Context, register
 
@@ -98,14 +101,15 @@ def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
         if b == "mean":
             return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
         raise MethodError(f"baseline must be 'min', 'zero', 'mean', a number or an array, got {baseline!r}")
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(x, float(baseline))
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return torch.full_like(x, as_float("baseline", baseline, method="kernel_shap"))
     arr = torch.as_tensor(np.asarray(baseline), dtype=x.dtype)
     if arr.ndim == sd and tuple(arr.shape) == tuple(x.shape[1:]):
         arr = arr[None].expand_as(x)
     if tuple(arr.shape) != tuple(x.shape):
         raise MethodError(f"baseline array of shape {tuple(arr.shape)} does not match the prepared "
                           f"image {tuple(x.shape)} (model space)")
+    require_finite(arr, "The baseline array")
     return arr.clone()
 
 
@@ -178,7 +182,7 @@ def solve_shap(Z: np.ndarray, w: np.ndarray, fz: np.ndarray, f0: float, f1: floa
 
 # -------------------------------------------------------------------- explainer --
 def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
-                      baseline="min") -> Iterator[tuple[int, int]]:
+                      baseline="min", density=False) -> Iterator[tuple[int, int]]:
     """KernelSHAP of several classes of one image from the *same* coalitions: each batch of
     perturbed images goes through the network once and f̂ of every class is read from it
     (used by :mod:`.multiclass`; identical to explaining the classes one by one)."""
@@ -187,8 +191,8 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
     ctx0 = ctxs[0]
     if any(c.prep.x is not ctx0.prep.x for c in ctxs[1:]):
         raise MethodError("classes explained together must share one prepared image")
-    if features not in ("cubes", "semantic"):
-        raise MethodError(f"kernel_shap features must be 'cubes' or 'semantic', got {features!r}")
+    features = as_choice("features", features, ("cubes", "semantic"), "kernel_shap")
+    density = as_bool("density", density, "kernel_shap")
     x = ctx0.x
     shape = ctx0.shape
     if features == "cubes":
@@ -198,9 +202,8 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
         fmap, labels_of = semantic_features(ctx0.clean_labels.numpy())
         g = None
     M = int(fmap.max()) + 1
-    n = int(n_samples) if n_samples is not None else DEFAULT_SAMPLES[features]
-    if n < 1:
-        raise MethodError("n_samples must be >= 1")
+    n = as_int("n_samples", n_samples, 1, 10_000_000, "kernel_shap") if n_samples is not None \
+        else DEFAULT_SAMPLES[features]
     rng = np.random.default_rng(int(ctx0.seed))
     Z, w, exact = coalitions(M, n, rng)
     base = baseline_tensor(x, baseline)
@@ -225,25 +228,27 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
     out = []
     for k in range(len(ctxs)):
         phi = solve_shap(Z, w, fz[:, k], f0[k], f1[k]) if M > 1 else np.array([f1[k] - f0[k]])
-        per_voxel = phi / np.maximum(sizes, 1)
+        per_voxel = phi / np.maximum(sizes, 1) if density else phi
         attr = torch.from_numpy(per_voxel[fmap].astype(np.float32))
         extras = {"phi": phi.tolist(), "feature_sizes": sizes.astype(int).tolist(),
                   "feature_labels": labels_of if labels_of is not None else list(range(M)),
                   "grid": list(g) if g is not None else None, "f_x": float(f1[k]),
                   "f_baseline": float(f0[k]), "efficiency_gap": float(phi.sum() - (f1[k] - f0[k])),
                   "n_features": M, "n_coalitions": int(len(Z)), "exact": bool(exact),
-                  "batch_size": bs, "features": features}
+                  "batch_size": bs, "features": features,
+                  "painted": "phi / feature voxels (density)" if density else "phi on every voxel of the feature"}
         out.append((attr, extras))
     return out
 
 
-@register("kernel_shap", defaults={"features": "cubes", "grid": None, "n_samples": None, "baseline": "min"},
+@register("kernel_shap", defaults={"features": "cubes", "grid": None, "n_samples": None, "baseline": "min",
+                                   "density": False},
           kind="shapley",
           doc="KernelSHAP on cube or semantic supervoxels (Agg2Exp); removed features set to a baseline")
 def kernel_shap(ctx: Context, features: str = "cubes", grid=None, n_samples=None,
-                baseline="min") -> Iterator[tuple[int, int]]:
+                baseline="min", density=False) -> Iterator[tuple[int, int]]:
     res = yield from kernel_shap_multi([ctx], features=features, grid=grid, n_samples=n_samples,
-                                       baseline=baseline)
+                                       baseline=baseline, density=density)
     return res[0]
 
 
