@@ -52,18 +52,41 @@ def test_fit_on_one_set_score_another():
     assert int(np.argmax(res.mean_score)) == 2
     # seeded: refitting gives identical scores
     np.testing.assert_array_equal(OutlierDetector(seed=0).fit(ref).score(new).scores, res.scores)
-    with pytest.raises(Exception):
+    from seg_explain import InputMismatchError
+
+    with pytest.raises(InputMismatchError, match="do not match the fitted"):
         det.score(new[:, :, :3])
 
 
-def test_dice_correlation():
+def test_dice_correlation_per_class_per_image_mean_and_pooled():
+    from scipy.stats import spearmanr
+
     rng = np.random.default_rng(0)
-    scores = rng.random((10, 2))
-    dice = 1 - scores + 0.01 * rng.standard_normal((10, 2))
-    c = dice_correlation(scores, dice, ["a", "b"])
-    assert c["a"][0] < -0.9 and c["b"][0] < -0.9 and c["all"][2] == 20
-    scores[0, 0] = np.nan
-    assert dice_correlation(scores, dice)["0"][2] == 9
+    decision = rng.standard_normal((10, 2))
+    dice = 0.5 + 0.1 * decision + 0.01 * rng.standard_normal((10, 2))   # unusual (low) -> low Dice
+    dice[:, 1] += 0.3 * rng.standard_normal(10)
+    c = dice_correlation(decision, dice, ["a", "b"])
+    assert c["a"][0] > 0.9 and c["pooled"][2] == 20
+    # the paper's image-level test: per image, both averaged over the classes
+    ref = spearmanr(decision.mean(1), dice.mean(1))
+    assert c["mean"][0] == pytest.approx(ref.statistic) and c["mean"][1] == pytest.approx(ref.pvalue)
+    assert c["mean"][2] == 10
+    decision[0, 0] = np.nan
+    assert dice_correlation(decision, dice)["0"][2] == 9
+    # an image with one class missing is averaged over the classes it has
+    ref = spearmanr(np.r_[decision[0, 1], decision[1:].mean(1)], np.r_[dice[0, 1], dice[1:].mean(1)])
+    assert dice_correlation(decision, dice)["mean"][0] == pytest.approx(ref.statistic)
+
+
+def test_decision_function_is_sklearns_and_the_reverse_ranking():
+    from sklearn.ensemble import IsolationForest
+
+    X = synthetic(n_clean=20, seed=4)
+    res = detect_outliers(X, seed=0)
+    f = IsolationForest(n_estimators=100, random_state=0).fit(X[:, 1, :])
+    np.testing.assert_allclose(res.decision[:, 1], f.decision_function(X[:, 1, :]))
+    np.testing.assert_allclose(res.scores[:, 1], -f.score_samples(X[:, 1, :]))
+    assert (np.argsort(res.decision[:, 1]) == np.argsort(-res.scores[:, 1])).all()
 
 
 def test_corrupted_image_end_to_end(unet3d, tmp_path):
@@ -81,5 +104,8 @@ def test_corrupted_image_end_to_end(unet3d, tmp_path):
         assert out.ranking(a)[0][0] == "image_8"
     out.to_csv(tmp_path / "o.csv")
     rows = list(csv.DictReader(open(tmp_path / "o.csv")))
-    assert list(rows[0]) == ["image", "explained_class", "anomaly_score", "rank", "dice"]
+    assert list(rows[0]) == ["image", "explained_class", "anomaly_score", "decision_function", "outlier",
+                             "rank", "dice"]
+    bad_rows = [r for r in rows if r["image"] == "image_8" and r["decision_function"]]
+    assert bad_rows and all(float(r["decision_function"]) < 0 and r["outlier"] == "1" for r in bad_rows)
     assert len(rows) == 9 * len(unet3d.class_names)

@@ -1,17 +1,25 @@
-"""Outlier images from Agg2Exp importance vectors (METHODS.md "Outliers").
+"""Outlier images from Agg2Exp importance vectors (METHODS.md "Outliers"; Agg2Exp §4, C.1).
 
 For every explained class ``a`` an :class:`sklearn.ensemble.IsolationForest` (100 trees,
 seeded) is fitted on the images' importance vectors ``local[i, a, :]`` (one row per image
-where ``a`` was predicted; all region columns, extra RoIs included). The **anomaly score**
-of an image for class ``a`` is ``−score_samples`` — in (0, 1], higher = more anomalous
-(≈ 0.5 is unremarkable). Classes absent from an image get NaN. Missing extra-RoI values
-are filled with the training column mean.
+where ``a`` was predicted; all region columns, extra RoIs included). Classes absent from an
+image get NaN. Missing extra-RoI values are filled with the training column mean.
 
-Fit on one set (e.g. a reference cohort) and score another with
-:class:`OutlierDetector`; :func:`detect_outliers` fits and scores the same set. With
-ground-truth label maps (``agg2exp(..., ground_truth=...)`` fills ``result.dice``),
-:func:`dice_correlation` gives the Spearman correlation of anomaly score and Dice per
-class (a negative ρ means unusual explanations go with poor segmentations).
+Two scores per image and class, both from the same forest:
+
+- ``decision`` — scikit-learn's ``decision_function`` (``score_samples − offset_``), the
+  reference code's score: **lower = more anomalous**, negative = flagged as an outlier;
+- ``scores`` (``anomaly_score`` in the CSV) — ``−score_samples`` in (0, 1]: **higher = more
+  anomalous** (≈ 0.5 is unremarkable). Within a class the two are the same ranking reversed.
+
+Fit on one set (e.g. a reference cohort, as the paper fits on the training set) and score
+another with :class:`OutlierDetector`; :func:`detect_outliers` fits and scores the same set.
+With ground-truth label maps (``agg2exp(..., ground_truth=...)`` fills ``result.dice``),
+:func:`dice_correlation` gives Spearman's ρ between the **decision function** and Dice, as
+in the paper's Table 2 (positive ρ: images whose explanations look unusual are segmented
+worse): per class, ``"mean"`` — per image, the decision averaged over its classes against
+the Dice averaged over them, the paper's image-level test — and ``"pooled"`` over all
+(image, class) pairs.
 """
 from __future__ import annotations
 
@@ -53,13 +61,16 @@ def _names(result, attr: str, n: int, prefix: str) -> list[str]:
 
 @dataclass
 class OutlierResult:
-    """Anomaly scores ``(n_images, L)`` (NaN: class absent or not enough training images)."""
+    """Per image and class ``(n_images, L)`` (NaN: class absent or too few training images):
+    ``scores`` = anomaly score (higher = more anomalous), ``decision`` = the forest's
+    decision function (lower = more anomalous, < 0 = outlier; the reference code's score)."""
 
     scores: np.ndarray
     image_names: list[str]
     class_names: list[str]
     dice: np.ndarray | None = None
-    spearman: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # class -> (rho, p, n)
+    spearman: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # key -> (rho, p, n)
+    decision: np.ndarray | None = None
 
     def ranking(self, explained_class: int | str) -> list[tuple[str, float]]:
         """Images sorted from most to least anomalous for one class (NaN dropped)."""
@@ -88,8 +99,11 @@ class OutlierResult:
                 r = np.empty(finite.sum())
                 r[order] = np.arange(1, finite.sum() + 1)
                 ranks[finite] = r
+            dec = self.decision[:, a] if self.decision is not None else np.full(len(col), np.nan)
             for i, im in enumerate(self.image_names):
                 row = {"image": im, "explained_class": cn, "anomaly_score": float(col[i]),
+                       "decision_function": float(dec[i]),
+                       "outlier": "" if not np.isfinite(dec[i]) else int(dec[i] < 0),
                        "rank": float(ranks[i])}
                 if self.dice is not None:
                     row["dice"] = float(self.dice[i, a])
@@ -99,7 +113,8 @@ class OutlierResult:
     def to_csv(self, path: str | os.PathLike) -> Path:
         from .aggregate import _write_csv
 
-        cols = ["image", "explained_class", "anomaly_score", "rank"] + (["dice"] if self.dice is not None else [])
+        cols = ["image", "explained_class", "anomaly_score", "decision_function", "outlier", "rank"] + (
+            ["dice"] if self.dice is not None else [])
         rows = [{**r, "rank": ("" if not np.isfinite(r["rank"]) else int(r["rank"]))} for r in self.records()]
         return _write_csv(path, rows, cols)
 
@@ -150,6 +165,7 @@ class OutlierDetector:
             raise InputMismatchError(f"matrices of shape (L={L}, R={R}) do not match the fitted "
                                      f"(L={len(self.class_names or [])}, R={self.n_regions})")
         scores = np.full((n, L), np.nan)
+        decision = np.full((n, L), np.nan)
         for a, forest in self.forests.items():
             rows = X[:, a, :]
             ok = _present(rows, L)
@@ -157,11 +173,12 @@ class OutlierDetector:
                 continue
             filled = np.where(np.isfinite(rows[ok]), rows[ok], self.fill[a])
             scores[ok, a] = -forest.score_samples(filled)
+            decision[ok, a] = forest.decision_function(filled)
         dice = getattr(result, "dice", None)
         out = OutlierResult(scores, _names(result, "image_names", n, "image_"), list(self.class_names or []),
-                            dice=None if dice is None else np.asarray(dice, float))
+                            dice=None if dice is None else np.asarray(dice, float), decision=decision)
         if out.dice is not None:
-            out.spearman = dice_correlation(scores, out.dice, out.class_names)
+            out.spearman = dice_correlation(decision, out.dice, out.class_names)
         return out
 
 
@@ -172,16 +189,18 @@ def detect_outliers(result, n_estimators: int = 100, seed: int = 0, kind: str = 
     return det.score(result)
 
 
-def dice_correlation(scores: np.ndarray, dice: np.ndarray, class_names=None,
+def dice_correlation(decision: np.ndarray, dice: np.ndarray, class_names=None,
                      min_images: int = 3) -> dict[str, tuple[float, float, int]]:
-    """Spearman ρ (and p, n) of anomaly score vs Dice per class, plus ``"all"`` pooled."""
+    """Spearman ρ (and p, n) of the decision function vs Dice: per class, ``"mean"`` (per
+    image, both averaged over the image's classes: the paper's image-level test) and
+    ``"pooled"`` (all image-class pairs). Positive ρ = unusual explanations, lower Dice."""
     from scipy.stats import spearmanr
 
-    scores = np.asarray(scores, float)
+    decision = np.asarray(decision, float)
     dice = np.asarray(dice, float)
-    if scores.shape != dice.shape:
-        raise InputMismatchError(f"scores {scores.shape} and dice {dice.shape} differ in shape")
-    names = list(class_names) if class_names is not None else [str(a) for a in range(scores.shape[1])]
+    if decision.shape != dice.shape:
+        raise InputMismatchError(f"scores {decision.shape} and dice {dice.shape} differ in shape")
+    names = list(class_names) if class_names is not None else [str(a) for a in range(decision.shape[1])]
     out: dict[str, tuple[float, float, int]] = {}
 
     def corr(s, d):
@@ -193,6 +212,12 @@ def dice_correlation(scores: np.ndarray, dice: np.ndarray, class_names=None,
         return (float(r.statistic), float(r.pvalue), k)
 
     for a, cn in enumerate(names):
-        out[cn] = corr(scores[:, a], dice[:, a])
-    out["all"] = corr(scores.ravel(), dice.ravel())
+        out[cn] = corr(decision[:, a], dice[:, a])
+    both = np.isfinite(decision) & np.isfinite(dice)
+    with np.errstate(invalid="ignore"):
+        cnt = both.sum(1)
+        mean_s = np.where(cnt > 0, np.where(both, decision, 0).sum(1) / np.maximum(cnt, 1), np.nan)
+        mean_d = np.where(cnt > 0, np.where(both, dice, 0).sum(1) / np.maximum(cnt, 1), np.nan)
+    out["mean"] = corr(mean_s, mean_d)
+    out["pooled"] = corr(decision.ravel(), dice.ravel())
     return out

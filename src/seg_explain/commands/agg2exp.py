@@ -117,9 +117,10 @@ def run(args) -> int:
         det.to_csv(out / "outliers.csv")
         written.append("outliers.csv")
         if det.spearman and not args.quiet:
-            rho, pval, k = det.spearman["all"]
-            print(f"[agg2exp] Spearman(anomaly score, Dice) over {k} image-class pairs: "
-                  f"rho={rho:.3f} (p={pval:.3g})", file=sys.stderr)
+            rho, pval, k = det.spearman["mean"]
+            print(f"[agg2exp] Spearman(decision function, Dice), per image averaged over classes "
+                  f"(the paper's test; rho > 0: unusual explanations go with lower Dice), {k} images: "
+                  f"rho={rho:.3f} (p={pval:.3g}); per class in outliers.csv", file=sys.stderr)
     elif not args.quiet:
         print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
     from ..plots import plot_graph, plot_heatmap, save_figure
