@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create/refresh a virtual environment with napari-seg-explain and its dependencies.
-# Usage: bash scripts/install.sh [VENV_DIR] [EXTRAS]   (defaults: .venv, "qt")
+# Usage: bash scripts/install.sh [VENV_DIR] [EXTRAS]   (defaults: .venv, "napari")
 # Installs torch first (pinned CPU-capable 2.13.0 unless TORCH_SPEC is set), so that pip does
 # not pull a multi-GB CUDA build through a loose `torch` requirement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
-EXTRAS="${2:-qt}"
+EXTRAS="${2:-napari}"
 PY="${PYTHON:-python3}"
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -z "${SKIP_APT:-}" ]; then
   # Qt/OpenGL runtime libraries napari needs (headless included); Xvfb for the GUI

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/napari" ] && "$VENV/bin/python" -c "import seg_explain" 2>/dev/null \
-  || bash scripts/install.sh "$VENV" qt
+  || bash scripts/install.sh "$VENV" napari
 SAMPLE="brain${1:-3d}"
 exec "$VENV/bin/python" -m seg_explain._napari.launch "$SAMPLE"
