@@ -400,7 +400,7 @@ def test_integrated_gradients_warns_about_a_completeness_gap(rng):
     assert abs(ex["ig_sum"]) < 1e-3 * abs(ex["f_x"] - ex["f_baseline"])     # Euler: x·∇f(x) = 0
     assert ex["completeness_gap_rel"] > 0.99
     assert len(ex["warnings"]) == 1 and "baseline='zero'" in ex["warnings"][0]
-    assert "try baseline=" in ex["warnings"][0]
+    assert "try baseline='mean'" in ex["warnings"][0]
     # the same method on a network without normalisation: complete, no warning
     smooth = wrap(Smooth().eval(), 2, n_classes=2, divisor=1)
     ok = explain(smooth, x, "integrated_gradients", target=1, roi=roi, baseline="zero", steps=50)

@@ -44,7 +44,7 @@ from ..errors import MethodError
 from ..checks import as_bool
 from ..windows import window_shape
 from .base import Context, register
-from .engine import WindowAccumulator, WindowWeights, thread_hooks
+from .engine import WindowAccumulator, WindowWeights, thread_hooks, windows_with_roi
 from .gradients import Counts, book, check_same_image, roi_cotangent
 
 _KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
@@ -179,12 +179,7 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     weights = WindowWeights.for_model(model, S)
     tiling = weights.tiling
     targets = [(c.target, c.roi) for c in ctxs]
-    plan = []
-    for wi, w in enumerate(tiling.windows):
-        src, _ = tiling.inner(w)
-        ks = [k for k, (_, r) in enumerate(targets) if bool(r[src].any())]
-        if ks:
-            plan.append((wi, ks))
+    plan = windows_with_roi(tiling, targets)
     accs = [WindowAccumulator(weights) for _ in targets]
     counts = Counts(backward=[0] * len(targets))
     dev = model.device

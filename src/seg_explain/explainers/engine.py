@@ -99,6 +99,19 @@ def thread_hooks() -> Iterator[HookSet]:
 
 
 # -------------------------------------------------------------------- blend weights --
+def windows_with_roi(tiling: Tiling, targets) -> list[tuple[int, list[int]]]:
+    """``(window index, indices of the targets with RoI voxels in it)`` for every window
+    that holds any; ``targets`` are ``(class, roi)`` pairs (roi: bool, image grid of the
+    tiling). Windows without RoI voxels contribute nothing to f̂ and are never run."""
+    plan = []
+    for wi, w in enumerate(tiling.windows):
+        src, _ = tiling.inner(w)
+        ks = [k for k, (_, r) in enumerate(targets) if bool(r[src].any())]
+        if ks:
+            plan.append((wi, ks))
+    return plan
+
+
 def blend_mode(model) -> str:
     mode = str(getattr(model, "blend", "constant") or "constant").lower()
     if mode not in BLEND_MODES:
