@@ -760,10 +760,12 @@ class ExplainWidget(QWidget):
         self.status.setText(f"Done: {done}. Colour limits ±{lim:.3g} (max |a| = {res.max_abs:.3g}).")
         if res.summary:
             s = res.summary
-            text = (f"PdCR: {100 * s.get('share_positive', 0):.0f}% of the blocks support the RoI (red to yellow), "
-                    f"{100 * s.get('share_negative', 0):.0f}% work against it (blue to cyan), "
-                    f"{100 * s.get('share_irrelevant', 0):.0f}% are irrelevant; "
-                    f"Dice before perturbation M0 = {s.get('m0', float('nan')):.2f}")
+            neg = s.get("share_negative")
+            neg_text = (f"{100 * neg:.0f}% work against it (blue to cyan)" if neg is not None else
+                        "blocks working against it are not measurable without a reference segmentation")
+            text = (f"PdCR: {100 * (s.get('share_positive') or 0):.0f}% of the blocks support the RoI "
+                    f"(red to yellow), {neg_text}, {100 * (s.get('share_irrelevant') or 0):.0f}% are irrelevant; "
+                    f"Dice before perturbation M0 = {100 * s.get('m0', float('nan')):.1f} points")
             self.summary.setText(text)
             notify_info(text)
 
