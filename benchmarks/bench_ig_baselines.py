@@ -74,7 +74,8 @@ def run_case(sd: int, baselines, steps_list, all_classes: bool, path: bool, targ
             e = explain(model, img, "integrated_gradients", target=target, baseline=b, steps=steps)
             secs = time.perf_counter() - t
             ex = e.extras
-            row = {"model": f"{bundle.name} {target}", "baseline": b, "steps": steps, "f_b": ex["f_baseline"], "f_x": ex["f_x"],
+            row = {"model": f"{bundle.name} {target}", "baseline": b, "steps": steps,
+                   "f_b": ex["f_baseline"], "f_x": ex["f_x"],
                    "delta": ex["f_x"] - ex["f_baseline"], "ig_sum_image": float(e.attribution.astype(np.float64).sum()),
                    "gap_rel": ex["completeness_gap_rel"], "s": secs, "note": "", "warn": bool(ex["warnings"])}
             if path:

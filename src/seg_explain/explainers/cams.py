@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
 from ..checks import as_bool
+from ..errors import MethodError
 from ..windows import window_shape
 from .base import Context, register
 from .engine import WindowAccumulator, WindowWeights, thread_hooks, windows_with_roi

@@ -24,8 +24,9 @@ backward per window holding RoI voxels (what the unweighted version cost).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -150,7 +151,7 @@ class WindowWeights:
                 self.norm[w] += self.importance
 
     @classmethod
-    def for_model(cls, model, shape) -> "WindowWeights":
+    def for_model(cls, model, shape) -> WindowWeights:
         """The weights ``model`` blends with on a prepared image of spatial ``shape``."""
         return cls(model_tiling(model, shape), blend_mode(model), sigma_scale_of(model))
 

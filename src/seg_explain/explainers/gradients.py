@@ -68,9 +68,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..checks import as_float, as_int, require_finite
 from ..errors import InputMismatchError, MethodError
 from ..targets import class_logit
-from ..checks import as_float, as_int, require_finite
 from ..windows import model_tiling, window_shape
 from .base import Context, register
 from .engine import WindowWeights, thread_hooks, windows_with_roi
@@ -106,7 +106,7 @@ def check_same_image(ctxs: Sequence[Context]) -> None:
 
 
 # -------------------------------------------------------------- batch sizing --
-_RATIO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_RATIO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def activation_ratio(model) -> float | None:
