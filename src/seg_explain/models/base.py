@@ -71,6 +71,7 @@ class SegModel:
                  spacing: Sequence[float] | None = None, axcodes: Sequence[str] | None = None,
                  preprocess: Sequence[Callable] = (), divisor: int = 1,
                  overlap: float = 0.25, sw_batch_size: int = 1, blend: str = "gaussian",
+                 sigma_scale: float = 0.125,
                  name: str = "", source: str = "", device: str | torch.device = "auto",
                  hookable: bool = True, meta: dict[str, Any] | None = None,
                  owns_network: bool = False):
@@ -102,6 +103,7 @@ class SegModel:
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
         self.blend = blend
+        self.sigma_scale = float(sigma_scale)   # Gaussian blending: sigma = sigma_scale * patch
         self.name = name
         self.source = source
         self.hookable = hookable
@@ -268,7 +270,7 @@ class SegModel:
 
                 out = sliding_window_inference(
                     xb, self.patch_size, self.sw_batch_size, self.forward,
-                    overlap=self.overlap, mode=self.blend)
+                    overlap=self.overlap, mode=self.blend, sigma_scale=self.sigma_scale)
             else:
                 out = self.forward(xb)
             return out[0].float().cpu()

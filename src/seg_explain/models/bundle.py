@@ -166,6 +166,11 @@ def parse_inference(cfg: dict, where: str) -> dict[str, Any]:
             out["overlap"] = float(ov)
         if "sw_batch_size" in inf:
             out["sw_batch_size"] = _int(inf["sw_batch_size"], f"{where}: inferer.sw_batch_size", 1, 4096)
+        if "sigma_scale" in inf:
+            ss = inf["sigma_scale"]
+            if not (isinstance(ss, (int, float)) and not isinstance(ss, bool) and math.isfinite(ss) and ss > 0):
+                raise ModelLoadError(f"{where}: inferer.sigma_scale must be a positive number, got {ss!r}")
+            out["sigma_scale"] = float(ss)
         if "mode" in inf:
             if inf["mode"] not in ("gaussian", "constant"):
                 raise ModelLoadError(f"{where}: inferer.mode must be 'gaussian' or 'constant', got {inf['mode']!r}")
