@@ -41,6 +41,9 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
         raise ModelLoadError(f"No such model file or bundle folder: {p}")
     try:
         if p.is_dir():
+            from .nnunet import is_nnunet_folder, load_nnunet  # nnU-Net v2 model folders
+            if is_nnunet_folder(p):
+                return load_nnunet(p, device)
             return _load_bundle(p, device)
         regular_file(p, "model file", error=ModelLoadError)
         if p.suffix.lower() == ".pt2":
@@ -130,6 +133,7 @@ def _build(net, s: dict, where: str, device, hookable: bool, source: str) -> Seg
         axcodes=s.get("axcodes"), preprocess=s.get("preprocess", []),
         divisor=s["divisor"], overlap=float(s.get("overlap", 0.25)),
         sw_batch_size=int(s.get("sw_batch_size", 1)), blend=str(s.get("blend", "gaussian")),
+        sigma_scale=float(s.get("sigma_scale", 0.125)),
         name=s.get("name", ""), source=source, device=resolve_device(device), hookable=hookable,
         meta={"sigmoid": s.get("sigmoid", False), "min_size": s.get("min_size", 1),
               "fixed_shape": s.get("fixed_shape"), "batch_range": s.get("batch_range")},
