@@ -64,11 +64,12 @@ import itertools
 import math
 import os
 import re
+from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -531,7 +532,7 @@ class Resampling:
 
     @classmethod
     def plan(cls, in_shape, out_shape, current_spacing, new_spacing, order=3, order_z=0,
-             force_separate_z=None, threshold=ANISO_THRESHOLD) -> "Resampling":
+             force_separate_z=None, threshold=ANISO_THRESHOLD) -> Resampling:
         axis = _separate_z(force_separate_z, current_spacing, new_spacing, threshold)
         return cls(tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape), int(order),
                    int(order_z), axis)
@@ -540,7 +541,7 @@ class Resampling:
     def identity(self) -> bool:
         return self.in_shape == self.out_shape
 
-    def with_order(self, order: int) -> "Resampling":
+    def with_order(self, order: int) -> Resampling:
         return Resampling(self.in_shape, self.out_shape, order, min(order, self.order_z), self.axis)
 
     def apply(self, data: np.ndarray) -> np.ndarray:
@@ -1208,7 +1209,8 @@ def load_nnunet(path: str | os.PathLike, device: str = "auto", *, folds: Sequenc
         "folds": [f for f, _ in fold_list], "checkpoints": [str(cp.relative_to(root_dir)) for _, cp in fold_list],
         "mirror_axes": list(ens.mirror_axes), "transpose_forward": list(tf),
         "normalization": list(conf["normalization_schemes"])}}
-    name = f"{plans.get('dataset_name', root_dir.parent.name)} {conf_name} (nnU-Net, folds {', '.join(meta['nnunet']['folds'])})"
+    folds_txt = ", ".join(meta["nnunet"]["folds"])
+    name = f"{plans.get('dataset_name', root_dir.parent.name)} {conf_name} (nnU-Net, folds {folds_txt})"
     model = NnUNetModel(ens, plans=plans, conf=conf, configuration=conf_name, in_channels=in_ch,
                         class_names=class_names, orientation=orientation, tile_step_size=tile_step_size,
                         name=name, source=str(root_dir), device=resolve_device(device), hookable=True, meta=meta)
