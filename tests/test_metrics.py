@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from test_kernel_shap import additive_case
-from seg_explain.metrics import (MethodSpec, complexity, evaluate, faithfulness, normalise,
+from seg_explain.metrics import (EvaluatedMethod, complexity, evaluate, faithfulness, normalise,
                                  sensitivity)
 
 
@@ -81,14 +81,14 @@ def test_evaluate_exact_attribution_on_additive_model_is_faithful():
 
 
 def test_method_spec_parsing():
-    s = MethodSpec.parse("kernel_shap:features=semantic:n_samples=50")
+    s = EvaluatedMethod.parse("kernel_shap:features=semantic:n_samples=50")
     assert s.method == "kernel_shap" and s.params == {"features": "semantic", "n_samples": 50}
-    assert MethodSpec.parse(("x", "gradient")).params == {}
-    assert MethodSpec.parse({"method": "pdcr", "params": {"block_size": 4}}).label == "pdcr"
+    assert EvaluatedMethod.parse(("x", "gradient")).params == {}
+    assert EvaluatedMethod.parse({"method": "pdcr", "params": {"block_size": 4}}).label == "pdcr"
 
 
 def test_evaluate_reports_a_failing_method_and_goes_on(unet2d, rng):
-    from seg_explain import MethodError
+    from seg_explain import InputMismatchError
 
     img = rng.standard_normal((32, 32)).astype(np.float32)
     methods = ["gradient", ("bad", "kernel_shap", {"baseline": np.zeros((3, 3))})]
@@ -97,5 +97,5 @@ def test_evaluate_reports_a_failing_method_and_goes_on(unet2d, rng):
     assert [r["method"] for r in res.rows] == ["gradient"]
     assert [f[2] for f in res.settings["failed"]] == ["bad"]
     assert [s[0] for s in res.settings["skipped"]] == ["image_1"]
-    with pytest.raises(MethodError):
+    with pytest.raises(InputMismatchError, match=r"baseline array of shape \(3, 3\)"):
         evaluate(unet2d, [img], methods, classes=[0], n_faithfulness=10, n_sensitivity=0)

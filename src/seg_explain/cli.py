@@ -28,31 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_params(items) -> dict:
-    """``["k=v", ...]`` -> dict with ints/floats/bools/None parsed."""
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--param expects k=v, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = _value(v.strip())
-    return out
+def parse_params(items, method: str | None = None) -> dict:
+    """``["k=v", ...]`` -> dict. With ``method`` the values are typed and checked by that
+    method's registry entry (the same parser the GUI uses); without, they stay text and are
+    typed when a method takes them."""
+    from .explainers.registry import parse_text_params
 
-
-def _value(v: str):
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    if "," in v:
-        return [_value(x) for x in v.split(",")]
-    return v
+    return parse_text_params(items, method)
 
 
 def _one_line(exc: BaseException) -> str:

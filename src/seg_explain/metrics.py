@@ -15,8 +15,8 @@ Attributions are normalised to ``max |a| = 1`` before each metric.
   baseline (``"min"``: the per-channel image minimum; also ``"zero"``, ``"mean"``, a number).
   ``m`` (``subset``) is an int or a fraction of the voxels; default 0.05 — the paper's
   224² voxels relative to its 96³ training patch (≈ 5.7 %), since the paper does not
-  scale it to image size. PdCR's raw map has the opposite sign convention (ATE < 0 =
-  support), so it is negated here (:data:`ORIENTATION`).
+  scale it to image size. A map whose supporting evidence is negative (PdCR: ATE < 0 =
+  support; the registry's ``orientation``) is negated here.
 - **Sensitivity** (↓): mean over ``n`` (3, as in the paper) noisy copies
   ``x' = x + U(−0.1, 0.1)·(max x − min x)`` of ``‖a − a'‖ / ‖a‖`` (both normalised; the
   RoI and class are those of the clean image; the explainer gets the same seed, so only the
@@ -42,7 +42,6 @@ import torch
 
 from .errors import InputMismatchError, MethodError
 
-ORIENTATION = {"pdcr": -1.0}   # sign that makes "positive = supports the RoI"
 DEFAULTS = {"n_faithfulness": 100, "subset": 0.05, "n_sensitivity": 3, "noise": 0.1,
             "theta": 0.1, "baseline": "min"}
 METRIC_COLUMNS = ["faithfulness", "sensitivity", "complexity", "seconds", "n_forward", "n_backward"]
@@ -86,7 +85,7 @@ def faithfulness(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, att
     ``f`` maps a batch ``(B, C, *S)`` to ``(B,)``; ``x`` is ``(C, *S)``. Returns the Pearson
     correlation and the raw pairs (``attr_sums``, ``deltas``).
     """
-    from .explainers.kernel_shap import baseline_tensor
+    from .explainers.engine import baseline_tensor
 
     rng = rng or np.random.default_rng(0)
     a = normalise(attribution).ravel()
@@ -131,7 +130,7 @@ def sensitivity(explain_fn: Callable[[torch.Tensor], np.ndarray], x: torch.Tenso
 
 # ------------------------------------------------------------------------ the method spec --
 @dataclass
-class MethodSpec:
+class EvaluatedMethod:
     """One row of the table: a label, a registered method and its parameters."""
 
     label: str
@@ -139,9 +138,9 @@ class MethodSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, item) -> "MethodSpec":
-        """``"name"``, ``"name:k=v:k=v"``, ``(label, name, params)``, a dict or a MethodSpec."""
-        if isinstance(item, MethodSpec):
+    def parse(cls, item) -> "EvaluatedMethod":
+        """``"name"``, ``"name:k=v:k=v"``, ``(label, name, params)``, a dict or an EvaluatedMethod."""
+        if isinstance(item, EvaluatedMethod):
             return item
         if isinstance(item, dict):
             return cls(item.get("label") or item["method"], item["method"], dict(item.get("params") or {}))
@@ -154,7 +153,7 @@ class MethodSpec:
         if kvs:
             from .cli import parse_params
 
-            params = parse_params(kvs)
+            params = parse_params(kvs, name)
         return cls(s, name, params)
 
 
@@ -226,8 +225,9 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
                   baseline="min", on_error: str = "raise", **params) -> Iterator[tuple[int, int]]:
     """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, class, method)."""
     from .aggregate import _as_list, _load, _name_of
-    from .explainers.base import Context, drive, get_spec
-    from .explainers.kernel_shap import f_hat_batch
+    from .explainers.base import Context, get_spec, resolve_params
+    from .jobs import drive
+    from .explainers.engine import f_hat_batch
     from .errors import Cancelled, SegExplainError
     from .models.base import Prepared
 
@@ -244,17 +244,14 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     seed = as_int("seed", seed, 0, 2 ** 31 - 1)
     if classes is not None:   # an unknown class is an error, not an empty table
         classes = [model.class_index(c) for c in ([classes] if isinstance(classes, (str, int)) else classes)]
-    specs = [MethodSpec.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
+    specs = [EvaluatedMethod.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
     method_params = method_params or {}
     resolved = []
     for sp in specs:
         reg = get_spec(sp.method)
         glob = {k: v for k, v in params.items() if k in reg.defaults}
-        full = {**reg.defaults, **glob, **method_params.get(sp.method, {}),
-                **method_params.get(sp.label, {}), **sp.params}
-        unknown = set(full) - set(reg.defaults)
-        if unknown:
-            raise MethodError(f"{sp.method} has no parameter(s) {', '.join(sorted(unknown))}")
+        _, full = resolve_params(sp.method, {**glob, **method_params.get(sp.method, {}),
+                                             **method_params.get(sp.label, {}), **sp.params})
         resolved.append((sp, reg, full))
     used = {k for _, reg, _ in resolved for k in reg.defaults}
     stray = set(params) - used
@@ -284,7 +281,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
         todo = present if classes is None else [c for c in (model.class_index(k) for k in classes) if c in present]
         sd = model.spatial_dims
         for sp, reg, full in resolved:
-            sign = ORIENTATION.get(sp.method, 1.0)
+            sign = reg.orientation   # a map whose red is negative (PdCR) is negated
             for c in todo:
                 roi = labels == c
                 rng = np.random.default_rng([int(seed), i, c])

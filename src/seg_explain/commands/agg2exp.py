@@ -69,7 +69,7 @@ def run(args) -> int:
     from ..checks import as_int
     from ..files import check_output
 
-    params = parse_params(args.param)
+    params = parse_params(args.param, args.method)
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
     as_int("--top-k", args.top_k, 1)
     extra = parse_extra_rois(args.extra_roi, args.images)

@@ -39,7 +39,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..aggregate import _stem
-    from ..cli import _value, parse_params
+    from ..cli import parse_params
     from ..metrics import evaluate_iter
     from ..models import load_model
 
@@ -59,7 +59,7 @@ def run(args) -> int:
     gen = evaluate_iter(model, list(args.images), args.method, classes=classes, names=names,
                         seed=seed, n_faithfulness=args.n_faithfulness, subset=subset,
                         n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
-                        baseline=_value(args.baseline), on_error="skip", **params)
+                        baseline=_number_or_text(args.baseline), on_error="skip", **params)
     t0 = time.perf_counter()
     while True:
         try:
@@ -82,3 +82,10 @@ def run(args) -> int:
         print(f"seg-explain: warning: {len(res.settings['skipped'])} of {len(args.images)} image(s) skipped",
               file=sys.stderr)
     return 0
+
+
+def _number_or_text(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v

@@ -74,7 +74,7 @@ def run(args) -> int:
     from ..io import load_image, save_image
     from ..models import load_model
 
-    params = parse_params(args.param)
+    params = parse_params(args.param, args.method)
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
     img = load_image(args.image)
     out = Path(args.out)

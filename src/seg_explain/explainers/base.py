@@ -1,79 +1,38 @@
-"""The explainer protocol: a registry of generators, a shared context, one result type.
+"""The explainer protocol: a shared context, one result type, the explain entry points.
 
-Every explainer is a generator function registered by name::
+Every explainer is a generator function registered in :mod:`.registry` with a
+:class:`~.registry.MethodSpec`::
 
-    @register("gradient", defaults={}, doc="...", kind="gradient")
     def gradient(ctx: Context, **params):
         ...                       # work; `yield (done, total)` between steps
         return attr               # model-grid array (C, *S) or (*S), or (attr, extras)
 
-It receives a :class:`Context` (model, prepared image in model space, target class,
-RoI on the model grid, counters, seed) and returns the attribution on the **model grid**.
-:func:`explain_iter` maps it back to the image grid, sums channels and wraps it in an
-:class:`Explanation`. The generator form is what the GUI runs in a worker (progress,
-cancel between steps); :func:`explain` drives it to the end.
+    register(MethodSpec("gradient", gradient, title=..., params=(...), caps=..., ...))
+
+It receives a :class:`Context` (model, prepared image in model space, target class, RoI on
+the model grid, counters, seed) and returns the attribution on the **model grid**.
+:func:`explain_iter` validates the parameters against the registry, maps the result back to
+the image grid (by the spec's ``map_kind``), sums channels and wraps it in an
+:class:`Explanation`, which also carries the clean prediction. The generator form is what
+the GUI runs in a worker (:mod:`seg_explain.jobs`); :func:`explain` drives it to the end.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..errors import InputMismatchError, MethodError
+from ..checks import as_int
+from ..errors import InputMismatchError
 from ..models.base import Prepared, SegModel
 from ..targets import resolve_roi, roi_sum
+from .registry import REGISTRY, get_spec, methods, register, resolve_params  # noqa: F401 (re-exported)
 
 Progress = tuple[int, int]
-
-
-@dataclass
-class ExplainerSpec:
-    name: str
-    fn: Callable[..., Generator]
-    defaults: dict[str, Any]
-    doc: str
-    kind: str  # "gradient" | "cam" | "perturbation" | "shapley"
-
-
-REGISTRY: dict[str, ExplainerSpec] = {}
-
-
-def register(name: str, defaults: dict[str, Any] | None = None, doc: str = "", kind: str = "gradient"):
-    """Decorator: register an explainer generator under ``name``."""
-    def deco(fn):
-        REGISTRY[name] = ExplainerSpec(name, fn, dict(defaults or {}), doc or (fn.__doc__ or "").strip(), kind)
-        return fn
-    return deco
-
-
-def _load_all() -> None:
-    # importing the modules registers them (kept lazy so `import seg_explain` is light)
-    import importlib
-    import pkgutil
-
-    from .. import explainers as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_") and m.name != "base":
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
-
-
-def methods() -> list[str]:
-    """Names of all registered explainers."""
-    _load_all()
-    return sorted(REGISTRY)
-
-
-def get_spec(method: str) -> ExplainerSpec:
-    _load_all()
-    if method not in REGISTRY:
-        raise MethodError(f"Unknown method {method!r}; choose one of: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[method]
 
 
 @dataclass
@@ -162,13 +121,26 @@ class Explanation:
     n_backward: int
     per_channel: np.ndarray | None = None   # (C, *spatial) for multi-channel inputs
     extras: dict[str, Any] = field(default_factory=dict)
+    prediction: np.ndarray | None = None    # the clean label map (image grid) that fixed the RoI
+    slice_index: int | None = None          # a 2D model on a volume: the axial slice explained
+
+    @property
+    def spec(self):
+        """The method's registry entry (unit, sign convention, summary fields ...)."""
+        return get_spec(self.method)
 
     def summary(self) -> dict[str, Any]:
         a = self.attribution
         return {"method": self.method, "target": self.target_name, "elapsed_s": round(self.elapsed_s, 3),
-                "n_forward": self.n_forward, "n_backward": self.n_backward,
+                "n_forward": self.n_forward, "n_backward": self.n_backward, "unit": self.spec.unit,
                 "min": float(a.min()), "max": float(a.max()), **{k: v for k, v in self.extras.items()
                                                                  if isinstance(v, (int, float, str))}}
+
+    @property
+    def warnings(self) -> list[str]:
+        """One-line warnings the method raised (e.g. an IG completeness gap)."""
+        w = self.extras.get("warnings") if isinstance(self.extras, dict) else None
+        return [str(x) for x in w] if w else []
 
 
 def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None = None,
@@ -194,31 +166,106 @@ def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None 
 
 
 def with_defaults(method: str, params: dict[str, Any]):
-    """``(spec, params with the method's defaults filled in)``; unknown names are a MethodError."""
-    spec = get_spec(method)
-    unknown = set(params) - set(spec.defaults)
-    if unknown:
-        raise MethodError(f"{method} has no parameter(s) {', '.join(sorted(unknown))}; "
-                          f"its parameters are: {', '.join(spec.defaults) or 'none'}")
-    return spec, {**spec.defaults, **params}
+    """``(spec, params with defaults, parsed and checked)`` (see :func:`.registry.resolve_params`)."""
+    return resolve_params(method, params)
 
 
 def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
                  batch_size: int | None = None, roi_mode: str | None = None,
-                 roi_label: int | None = None, **params) -> Iterator[Progress]:
+                 roi_label: int | None = None, slice_index: int | None = None,
+                 **params) -> Iterator[Progress]:
     """Generator form of :func:`explain`: yields ``(done, total)``, returns the Explanation.
 
     Close it (``gen.close()``) or stop iterating to cancel between steps.
     """
-    spec, full = with_defaults(method, params)
+    spec, full = resolve_params(method, params)
+    seed = as_int("seed", seed, 0, 2 ** 31 - 1)
+    if batch_size is not None:
+        batch_size = as_int("batch_size", batch_size, 1)
+    if model.spatial_dims not in spec.caps.dims:
+        raise InputMismatchError(f"{spec.title} does not work on {model.spatial_dims}D models")
+    if spec.caps.hooks:
+        model.check_hookable(method)
     t0 = time.perf_counter()
-    ctx, roi_img, _ = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
+    volume = None
+    if slice_index is not None:
+        volume = _volume_shape(model, image)
+        image, roi, full = _take_slice(model, spec, image, roi, full, slice_index, volume)
+    ctx, roi_img, pred_img = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
     result = yield from spec.fn(ctx, **full)
     extras: dict[str, Any] = {}
     if isinstance(result, tuple):
         result, extras = result
-    return finalize(ctx, spec.name, result, roi_img, {**full, "seed": seed, "batch_size": batch_size},
-                    t0, extras)
+    exp = finalize(ctx, spec.name, result, roi_img, {**full, "seed": seed, "batch_size": batch_size},
+                   t0, extras)
+    exp.prediction = pred_img
+    if volume is not None:
+        _embed(exp, int(slice_index), volume)
+    return exp
+
+
+def _volume_shape(model, image) -> tuple[int, ...]:
+    from ..io import LoadedImage
+
+    if model.spatial_dims != 2:
+        raise InputMismatchError("slice_index is for a 2D model on a 3D volume; this model is 3D")
+    if isinstance(image, LoadedImage):
+        if image.spatial_dims != 3:
+            raise InputMismatchError("slice_index needs a 3D volume")
+        return tuple(image.spatial_shape)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and model.in_channels == 1:
+        return tuple(arr.shape)
+    if arr.ndim == 4 and arr.shape[0] == model.in_channels:
+        return tuple(arr.shape[1:])
+    raise InputMismatchError(f"slice_index needs a volume (Z, Y, X) or (C, Z, Y, X), got shape {arr.shape}")
+
+
+def _take_slice(model, spec, image, roi, params, k: int, volume):
+    """The axial slice ``k`` (first spatial axis) of a volume, its RoI and its label maps."""
+    from ..io import LoadedImage
+
+    k = as_int("slice_index", k, 0, volume[0] - 1)
+    if isinstance(image, LoadedImage):
+        data = image.data[k] if image.data.ndim == 3 else image.data[:, k]
+        origin = tuple(image.origin)[1:]
+        aff = np.diag([image.spacing[1], image.spacing[2], 1.0, 1.0])
+        aff[:2, 3] = origin
+        image = LoadedImage(np.ascontiguousarray(data), tuple(image.spacing[1:]), aff, image.path, 2,
+                            {"format": "array", "origin2d": origin})
+    else:
+        arr = np.asarray(image)
+        image = arr[k] if arr.ndim == 3 else arr[:, k]
+    if roi is not None:
+        r = np.asarray(roi)
+        if r.shape != tuple(volume):
+            raise InputMismatchError(f"RoI shape {r.shape} does not match the volume {tuple(volume)}")
+        roi = r[k]
+    params = dict(params)
+    for p in spec.params:           # label maps given for the volume (PdCR's reference)
+        v = params.get(p.name)
+        if p.kind == "label_map" and isinstance(v, np.ndarray) and v.shape == tuple(volume):
+            params[p.name] = v[k]
+    return image, roi, params
+
+
+def _embed(exp: Explanation, k: int, volume) -> None:
+    """Put a slice's results back into the volume (other slices: 0 / False)."""
+    def up(a, fill=0):
+        if a is None:
+            return None
+        a = np.asarray(a)
+        out = np.full(a.shape[:-2] + tuple(volume), fill, dtype=a.dtype)
+        out[..., k, :, :] = a
+        return out
+
+    exp.attribution = up(exp.attribution)
+    exp.per_channel = up(exp.per_channel)
+    exp.roi = up(exp.roi, False)
+    exp.prediction = up(exp.prediction)
+    if isinstance(exp.extras.get("block_labels"), np.ndarray):
+        exp.extras["block_labels"] = up(exp.extras["block_labels"])
+    exp.slice_index = k
 
 
 NOT_SCALAR = object()
@@ -241,26 +288,26 @@ def _plain(v):
     return json_scalar(v, f"<{type(v).__name__}>")
 
 
-def to_image_grid(ctx: Context, arr: np.ndarray, kind: str) -> np.ndarray:
-    """A model-grid map ``(..., *S)`` -> the grid of the image the user gave, by its kind.
+def to_image_grid(ctx: Context, arr: np.ndarray, map_kind: str) -> np.ndarray:
+    """A model-grid map ``(..., *S)`` -> the grid of the image the user gave, by map kind.
 
-    - ``"gradient"`` (gradient, SmoothGrad, IG: additive attributions of f̂ with respect to
+    - ``"voxel"`` (gradient, SmoothGrad, IG: additive attributions of f̂ with respect to
       the input): the adjoint of the image -> model resampling
       (:meth:`~seg_explain.grid.GridMap.adjoint_to_image`), i.e. the gradient with respect
       to the image the user gave; sums are preserved, so IG completeness
       (Σ map = f̂(x) − f̂(x′)) holds on the image grid;
-    - ``"perturbation"``, ``"shapley"`` (block maps: PdCR, KernelSHAP): nearest neighbour,
-      so a block's value is never interpolated across its edges (nor into RoI blocks);
-    - ``"cam"`` and anything else: linear interpolation. A CAM is a heat map on a layer's
-      grid, not an additive attribution, so it is resampled like an image.
+    - ``"block"`` (PdCR, KernelSHAP): nearest neighbour, so a block's value is never
+      interpolated across its edges (nor into RoI blocks);
+    - ``"heatmap"`` (CAMs): linear interpolation. A CAM is a heat map on a layer's grid, not
+      an additive attribution, so it is resampled like an image.
 
     Identical grids leave the array unchanged.
     """
     if ctx.prep.grid.identity:
         return arr
-    if kind == "gradient":
+    if map_kind == "voxel":
         return ctx.prep.grid.adjoint_to_image(arr)
-    if kind in ("perturbation", "shapley"):
+    if map_kind == "block":
         return ctx.prep.to_image(arr, order=0)
     return ctx.prep.to_image(arr, order=1)
 
@@ -268,13 +315,13 @@ def to_image_grid(ctx: Context, arr: np.ndarray, kind: str) -> np.ndarray:
 def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras) -> Explanation:
     """Model-grid attribution -> image grid Explanation (channels summed, per-channel kept).
 
-    The transfer depends on the method's registered ``kind`` (:func:`to_image_grid`)."""
+    The transfer depends on the method's registered map kind (:func:`to_image_grid`)."""
     a = attr_model.detach().cpu().numpy() if isinstance(attr_model, torch.Tensor) else np.asarray(attr_model)
     a = a.astype(np.float32)
-    kind = REGISTRY[method].kind if method in REGISTRY else "gradient"
+    map_kind = get_spec(method).caps.map_kind
     sd = ctx.model.spatial_dims
     per_channel = None
-    a_img = to_image_grid(ctx, a, kind).astype(np.float32)
+    a_img = to_image_grid(ctx, a, map_kind).astype(np.float32)
     if a.ndim == sd + 1:
         if a.shape[0] > 1:
             per_channel = a_img
@@ -284,17 +331,6 @@ def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras)
                        time.perf_counter() - t0, ctx.n_forward, ctx.n_backward, per_channel, extras)
 
 
-def drive(gen: Iterator[Progress], callback: Callable[[int, int], Any] | None = None):
-    """Run a generator to completion, calling ``callback(done, total)``; return its value."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(*p)
-
-
 def explain(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
             progress: Callable[[int, int], Any] | None = None, **params) -> Explanation:
     """Explain ``model``'s segmentation of ``target`` in ``roi`` with ``method``.
@@ -302,11 +338,18 @@ def explain(model: SegModel, image, method: str, target=1, roi=None, seed: int =
     ``image``: an ndarray on the model grid (raw intensities) or what ``load_image``
     returns; ``roi``: a mask of the image's spatial shape (default: voxels predicted as
     ``target``; ``roi_mode="intersection"`` intersects a mask with the prediction,
-    ``roi_label=k`` picks one label of a label mask). Returns an :class:`Explanation`
-    whose ``attribution`` lives on the image grid, raw and signed.
+    ``roi_label=k`` picks one label of a label mask); ``slice_index=k``: a 2D model explains
+    axial slice ``k`` of a volume (results come back on the volume, other slices 0).
+    Returns an :class:`Explanation` whose ``attribution`` lives on the image grid, raw and
+    signed, and which carries the clean ``prediction``.
     """
+    from ..jobs import drive
+
     return drive(explain_iter(model, image, method, target, roi, seed, **params), progress)
 
 
-def signature_params(fn) -> list[str]:
-    return [p for p in inspect.signature(fn).parameters if p != "ctx"]
+def drive(gen, callback=None):
+    """Run a ``(done, total)`` generator to its end (see :func:`seg_explain.jobs.drive`)."""
+    from ..jobs import drive as _drive
+
+    return _drive(gen, callback)

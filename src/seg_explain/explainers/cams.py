@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checks import as_bool
 from ..errors import MethodError
 from ..windows import window_shape
-from .base import Context, register
+from .base import Context
 from .engine import WindowAccumulator, WindowWeights, thread_hooks, windows_with_roi
 from .gradients import Counts, book, check_same_image, roi_cotangent
+from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 _KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
     "SegResNet": lambda m: f"down_layers.{len(m.down_layers) - 1}",
@@ -172,7 +172,7 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     model.check_hookable(method)
     if not isinstance(model.network, torch.nn.Module):
         raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
-    relu = as_bool("relu", relu, method=method)
+    relu = bool(relu)   # checked by the registry
     name, module = find_layer(model, layer)
     x = ctx.x
     S = tuple(x.shape[1:])
@@ -234,19 +234,38 @@ def seg_hires_grad_cam_multi(ctxs, layer=None, relu=True):
     return (yield from cam_multi(ctxs, True, "seg_hires_grad_cam", layer, relu))
 
 
-@register("seg_grad_cam", defaults={"layer": None, "relu": True}, kind="cam",
-          doc="Seg-Grad-CAM: ReLU(Σ_k mean(∂f̂_c/∂A_k)·A_k) at `layer` (default: bottleneck), upsampled.")
 def seg_grad_cam(ctx: Context, layer=None, relu=True):
     res = yield from seg_grad_cam_multi([ctx], layer=layer, relu=relu)
     return res[0]
 
 
-@register("seg_hires_grad_cam", defaults={"layer": None, "relu": True}, kind="cam",
-          doc="Seg-HiRes-Grad-CAM: ReLU(Σ_k ∂f̂_c/∂A_k ⊙ A_k) at `layer` (default: bottleneck), upsampled.")
 def seg_hires_grad_cam(ctx: Context, layer=None, relu=True):
     res = yield from seg_hires_grad_cam_multi([ctx], layer=layer, relu=relu)
     return res[0]
 
 
-seg_grad_cam.multi = seg_grad_cam_multi
-seg_hires_grad_cam.multi = seg_hires_grad_cam_multi
+# ------------------------------------------------------------------ registration --
+def _cam_cost(info: CostInput, params: dict) -> Cost:
+    """One forward per RoI window and a partial backward (output -> layer)."""
+    return Cost(forward=info.n_windows, backward=info.n_windows, note="partial backward to the layer")
+
+
+_CAM_PARAMS = (
+    Param("layer", "layer", None, "network layer whose activations are weighted (auto: the bottleneck)"),
+    Param("relu", "bool", True, "keep only positive evidence (ReLU of the map); off shows evidence against too"),
+)
+_CAM = dict(params=_CAM_PARAMS, caps=Capabilities(dims=(2, 3), gradients=True, hooks=True, multiclass=True,
+                                                  map_kind="heatmap"),
+            unit="activation × gradient (a.u., on the layer's grid, upsampled)",
+            positive="where the layer's features support {cls}", negative="where they speak against {cls}",
+            one_sided=lambda p: bool(p.get("relu", True)), summary_fields=("layer", "layer_shape"),
+            cost=_cam_cost, cost_class="cheap")
+
+register(MethodSpec(
+    "seg_grad_cam", seg_grad_cam, title="Seg-Grad-CAM", multi=seg_grad_cam_multi, source="Vinogradova et al. 2020",
+    question="which regions of a layer's feature maps, weighted by their mean gradient, support the RoI", **_CAM))
+
+register(MethodSpec(
+    "seg_hires_grad_cam", seg_hires_grad_cam, title="Seg-HiRes-Grad-CAM", multi=seg_hires_grad_cam_multi,
+    source="Rheude et al.",
+    question="as Seg-Grad-CAM, but gradient × activation at every position (sharper maps)", **_CAM))

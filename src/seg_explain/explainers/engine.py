@@ -1,4 +1,5 @@
-"""Machinery the explainers share: thread-owned forward hooks, sliding-window blend weights.
+"""Machinery the explainers share: thread-owned forward hooks, sliding-window blend weights,
+baselines (reference images) and the model's blended logits of a batch.
 
 **Hooks** (:func:`thread_hooks`). A ``SegModel``'s network is one object shared by every
 explanation (the GUI runs an explanation in a worker thread while another may be running,
@@ -188,3 +189,98 @@ class WindowAccumulator:
 
     def result(self) -> torch.Tensor:
         return self.sum
+
+
+# ------------------------------------------------------------------------ baselines --
+BLUR_SIGMA = 5.0           # voxels, for baseline="blur"
+BASELINE_NAMES = ("zero", "min", "mean", "blur")
+
+
+def baseline_tensor(x: torch.Tensor, baseline, what: str = "baseline") -> torch.Tensor:
+    """A reference image ``(C, *S)`` in model space for a prepared image ``x`` ``(C, *S)``.
+
+    ``"zero"``; ``"min"`` / ``"mean"`` (per channel of ``x``); ``"blur"`` (Gaussian blur of
+    ``x``, σ = 5 voxels; ``"blur:S"`` for σ = S); a number; or an array of shape ``(C, *S)``
+    / ``(*S)`` (finite). Used for IG baselines, KernelSHAP's removed features and the
+    faithfulness metric's removed voxels."""
+    import numpy as np
+
+    from ..checks import as_float, require_finite
+    from ..errors import InputMismatchError, MethodError
+
+    dims = tuple(range(1, x.ndim))
+    if isinstance(baseline, (torch.Tensor, np.ndarray)) or (
+            isinstance(baseline, (list, tuple)) and not isinstance(baseline, str)):
+        b = torch.as_tensor(np.asarray(baseline.detach().cpu() if isinstance(baseline, torch.Tensor)
+                                       else baseline), dtype=torch.float32)
+        require_finite(b, f"The {what} array")
+        if b.ndim == 0:
+            return torch.full_like(x, float(b))
+        if tuple(b.shape) == tuple(x.shape[1:]):
+            b = b[None].expand_as(x)
+        if tuple(b.shape) != tuple(x.shape):
+            raise InputMismatchError(
+                f"{what} array of shape {tuple(b.shape)} does not match the prepared image "
+                f"{tuple(x.shape)} (model space: (C, *S) or (*S))")
+        return b.contiguous().clone()
+    if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
+        return torch.full_like(x, as_float(what, baseline))
+    if isinstance(baseline, str):
+        name = baseline.strip().lower()
+        if name in ("zero", "zeros", "0"):
+            return torch.zeros_like(x)
+        if name in ("min", "minimum"):
+            return x.amin(dim=dims, keepdim=True).expand_as(x).clone()
+        if name == "mean":
+            return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
+        if name == "blur" or name.startswith("blur:"):
+            sigma = BLUR_SIGMA
+            if ":" in name:
+                try:
+                    sigma = as_float("blur sigma", name.split(":", 1)[1], lo=0.0, lo_open=True)
+                except MethodError:
+                    raise MethodError(f"{what} {baseline!r}: expected 'blur' or 'blur:SIGMA' with a finite "
+                                      "SIGMA > 0 (voxels)") from None
+            from scipy.ndimage import gaussian_filter
+
+            arr = x.detach().cpu().numpy()
+            out = np.stack([gaussian_filter(a, sigma=sigma, mode="nearest") for a in arr])
+            return torch.from_numpy(out.astype(np.float32))
+    raise MethodError(f"{what} must be one of {', '.join(BASELINE_NAMES)}, a number or an array; got {baseline!r}")
+
+
+# ------------------------------------------------------------------ blended logits --
+def blended_logits(model, xb: torch.Tensor) -> torch.Tensor:
+    """Logits of a batch of prepared images ``(B, C, *S)`` as the model outputs them: one
+    pass when the image fits the patch, else MONAI's sliding-window blend with the model's
+    windows, overlap, blend mode and ``sigma_scale`` (exactly ``model.logits_tensor``)."""
+    if model.needs_windows(tuple(xb.shape[2:])):
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(xb.to(model.device), model.patch_size, model.sw_batch_size,
+                                        model.forward, overlap=model.overlap, mode=model.blend,
+                                        sigma_scale=sigma_scale_of(model))
+    return model.forward(xb.to(model.device))
+
+
+def f_hat_batch(ctx, xb: torch.Tensor, c: int | None = None, roi: torch.Tensor | None = None) -> torch.Tensor:
+    """f̂ of a batch of prepared images ``(B, C, *S)`` -> ``(B,)`` float64 on CPU, from the
+    model's blended output (inference mode). Counts ``B`` forward rows on ``ctx``."""
+    with torch.inference_mode():
+        ctx.n_forward += int(xb.shape[0])
+        return ctx.f_hat(blended_logits(ctx.model, xb), c, roi).double().cpu()
+
+
+def f_hats_batch(ctxs, xb: torch.Tensor) -> torch.Tensor:
+    """f̂ of every context's (class, RoI) from one pass of ``xb`` -> ``(B, K)`` float64.
+    The forward rows are booked on every context (they are shared)."""
+    from ..targets import roi_sums
+
+    model = ctxs[0].model
+    with torch.inference_mode():
+        logits = blended_logits(model, xb)
+        out = roi_sums(logits, [c.target for c in ctxs], [c.roi for c in ctxs], model.sigmoid)
+    for c in ctxs:
+        c.n_forward += int(xb.shape[0])
+    return out.double().cpu()
+

@@ -68,15 +68,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..checks import as_float, as_int, require_finite
-from ..errors import InputMismatchError, MethodError
+from ..errors import MethodError
 from ..targets import class_logit
 from ..windows import model_tiling, window_shape
-from .base import Context, register
-from .engine import WindowWeights, thread_hooks, windows_with_roi
+from .base import Context
+from .engine import WindowWeights, baseline_tensor, thread_hooks, windows_with_roi
+from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 NOISE_SEED_STRIDE = 1000003
-BLUR_SIGMA = 5.0
 DEFAULT_BASELINE = "mean"   # measured: benchmarks/bench_ig_baselines.py (module doc)
 CONSTANT_BASELINES = ("zero", "zeros", "0", "min", "minimum", "mean")
 
@@ -256,51 +255,6 @@ def f_hat_windows(model, x: torch.Tensor, targets, counts: Counts) -> torch.Tens
     return out
 
 
-# ------------------------------------------------------------------ baselines --
-def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
-    """The IG baseline ``x'`` ``(C, *S)`` in model space (see the module doc)."""
-    dims = tuple(range(1, x.ndim))
-    if isinstance(baseline, torch.Tensor) or isinstance(baseline, np.ndarray) or (
-            isinstance(baseline, (list, tuple)) and not isinstance(baseline, str)):
-        b = torch.as_tensor(np.asarray(baseline.detach().cpu() if isinstance(baseline, torch.Tensor)
-                                       else baseline), dtype=torch.float32)
-        require_finite(b, "integrated_gradients: the baseline array")
-        if b.ndim == 0:
-            return torch.full_like(x, float(b))
-        if tuple(b.shape) == tuple(x.shape[1:]):
-            b = b[None].expand_as(x)
-        if tuple(b.shape) != tuple(x.shape):
-            raise InputMismatchError(
-                f"baseline array of shape {tuple(b.shape)} does not match the prepared image "
-                f"{tuple(x.shape)} (model space: (C, *S) or (*S))")
-        return b.contiguous().clone()
-    if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
-        return torch.full_like(x, as_float("baseline", baseline, method="integrated_gradients"))
-    if isinstance(baseline, str):
-        name = baseline.strip().lower()
-        if name in ("zero", "zeros", "0"):
-            return torch.zeros_like(x)
-        if name in ("min", "minimum"):
-            return x.amin(dim=dims, keepdim=True).expand_as(x).clone()
-        if name == "mean":
-            return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
-        if name == "blur" or name.startswith("blur:"):
-            sigma = BLUR_SIGMA
-            if ":" in name:
-                try:
-                    sigma = as_float("blur sigma", name.split(":", 1)[1], lo=0.0, lo_open=True,
-                                     method="integrated_gradients")
-                except MethodError:
-                    raise MethodError(f"integrated_gradients: baseline {baseline!r}: expected 'blur' or "
-                                      "'blur:SIGMA' with a finite SIGMA > 0 (voxels)") from None
-            from scipy.ndimage import gaussian_filter
-
-            arr = x.numpy()
-            out = np.stack([gaussian_filter(a, sigma=sigma, mode="nearest") for a in arr])
-            return torch.from_numpy(out.astype(np.float32))
-    raise MethodError(f"baseline must be 'zero', 'min', 'mean', 'blur', a number or an array; got {baseline!r}")
-
-
 def _baseline_name(baseline) -> str | float:
     if isinstance(baseline, str):
         return baseline
@@ -336,8 +290,7 @@ def gradient_multi(ctxs: Sequence[Context]):
 def smoothgrad_multi(ctxs: Sequence[Context], n_samples: int = 20, noise_level: float = 0.1):
     """SmoothGrad of several classes from shared forward passes (same noise samples)."""
     check_same_image(ctxs)
-    n = as_int("n_samples", n_samples, lo=1, method="smoothgrad")
-    level = as_float("noise_level", noise_level, lo=0.0, method="smoothgrad")
+    n, level = int(n_samples), float(noise_level)   # checked by the registry (resolve_params)
     ctx = ctxs[0]
     x = ctx.x
     dims = tuple(range(1, x.ndim))
@@ -389,10 +342,10 @@ def completeness_warning(gap_rel: float, baseline, steps: int, f_x: float, f_b: 
 def integrated_gradients_multi(ctxs: Sequence[Context], steps: int = 20, baseline=DEFAULT_BASELINE):
     """Integrated Gradients of several classes from shared forward passes."""
     check_same_image(ctxs)
-    n = as_int("steps", steps, lo=1, method="integrated_gradients")
+    n = int(steps)
     ctx = ctxs[0]
     x = ctx.x
-    xb0 = baseline_tensor(x, baseline)
+    xb0 = baseline_tensor(x, baseline, "integrated_gradients: baseline")
     diff = x - xb0
     targets = _targets(ctxs)
     K = len(targets)
@@ -436,25 +389,54 @@ def _single(multi):
     return run
 
 
-@register("gradient", defaults={}, kind="gradient",
-          doc="Vanilla gradient ∂f̂_c/∂x of the RoI's summed class logits (per channel, signed).")
 def gradient(ctx: Context):
     return (yield from _single(gradient_multi)(ctx))
 
 
-@register("smoothgrad", defaults={"n_samples": 20, "noise_level": 0.1}, kind="gradient",
-          doc="SmoothGrad: mean gradient over n_samples noisy copies, σ = noise_level × image range.")
 def smoothgrad(ctx: Context, n_samples: int = 20, noise_level: float = 0.1):
     return (yield from _single(smoothgrad_multi)(ctx, n_samples=n_samples, noise_level=noise_level))
 
 
-@register("integrated_gradients", defaults={"steps": 20, "baseline": DEFAULT_BASELINE}, kind="gradient",
-          doc="Integrated Gradients (right Riemann sum, `steps` points) from a baseline "
-              "(zero/min/mean/blur/array); reports the completeness gap.")
 def integrated_gradients(ctx: Context, steps: int = 20, baseline=DEFAULT_BASELINE):
     return (yield from _single(integrated_gradients_multi)(ctx, steps=steps, baseline=baseline))
 
 
-gradient.multi = gradient_multi
-smoothgrad.multi = smoothgrad_multi
-integrated_gradients.multi = integrated_gradients_multi
+# ------------------------------------------------------------------ registration --
+def _passes(per_window: int, extra_forward: int = 0):
+    """Cost of a gradient method: ``per_window`` forward+backward rows per RoI window."""
+    def cost(info: CostInput, params: dict) -> Cost:
+        n = per_window if isinstance(per_window, int) else int(params[per_window])
+        return Cost(forward=info.n_windows * (n + extra_forward), backward=info.n_windows * n)
+    return cost
+
+
+_GRAD = dict(caps=Capabilities(dims=(2, 3), gradients=True, hooks=False, multiclass=True, map_kind="voxel"),
+             unit="∂ logit sum / ∂ intensity", source="Agg2Exp §3.1",
+             positive="evidence for {cls} (raising this voxel raises the RoI's summed logit)",
+             negative="evidence against {cls}")
+
+register(MethodSpec(
+    "gradient", gradient, title="Vanilla gradient", multi=gradient_multi,
+    question="which voxels would change the RoI's summed class logit most, to first order",
+    cost=_passes(1), cost_class="cheap", **_GRAD))
+
+register(MethodSpec(
+    "smoothgrad", smoothgrad, title="SmoothGrad", multi=smoothgrad_multi,
+    question="the gradient averaged over noisy copies of the image (less speckle)",
+    params=(Param("n_samples", "int", 20, "noisy copies averaged", lo=1, hi=1_000_000, gui_default_3d=10),
+            Param("noise_level", "float", 0.1, "noise σ as a fraction of the image's intensity range",
+                  lo=0.0, hi=1.0, unit="× range")),
+    cost=_passes("n_samples"), cost_class="moderate", **_GRAD))
+
+register(MethodSpec(
+    "integrated_gradients", integrated_gradients, title="Integrated Gradients", multi=integrated_gradients_multi,
+    question="how much each voxel adds to the RoI's summed logit along a path from a baseline image "
+             "(the map sums to f̂(x) − f̂(baseline))",
+    params=(Param("steps", "int", 20, "Riemann steps from the baseline to the image", lo=1, hi=1_000_000),
+            Param("baseline", "baseline", DEFAULT_BASELINE,
+                  "where the path starts: mean / min / zero (per-channel constants), blur (Gaussian blur, "
+                  "σ = 5 voxels; blur:S for σ = S), or a number",
+                  choices=("mean", "min", "zero", "blur"), blur_sigma=True)),
+    summary_fields=("completeness_gap_rel", "f_x", "f_baseline", "ig_sum"),
+    cost=_passes("steps", extra_forward=1), cost_class="moderate",
+    **{**_GRAD, "unit": "logit-sum units (the map sums to f̂(x) − f̂(baseline))"}))

@@ -42,75 +42,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..checks import as_bool, as_choice, as_float, as_int, require_finite
 from ..errors import MethodError
-from .base import Context, register
+from .base import Context
+from .engine import baseline_tensor, f_hats_batch
+from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 DEFAULT_GRID = {2: 8, 3: 4}
 DEFAULT_SAMPLES = {"cubes": 1000, "semantic": 200}
-
-
-# ---------------------------------------------------------------------- helpers --
-def _logits(model, xb: torch.Tensor) -> torch.Tensor:
-    """Inference-mode logits of a batch; sliding windows when it exceeds the model's patch."""
-    if model.needs_windows(xb.shape[2:]):
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(xb.to(model.device), model.patch_size, model.sw_batch_size,
-                                        model.forward, overlap=model.overlap, mode=model.blend)
-    return model.forward(xb.to(model.device))
-
-
-def f_hat_batch(ctx: Context, xb: torch.Tensor, c: int | None = None,
-                roi: torch.Tensor | None = None) -> torch.Tensor:
-    """f̂ of a batch of prepared images ``(B, C, *S)`` -> ``(B,)`` float64 on CPU.
-
-    Inference mode; sliding windows when the image exceeds the model's patch. Counts
-    ``B`` forward passes on ``ctx``.
-    """
-    with torch.inference_mode():
-        ctx.n_forward += int(xb.shape[0])
-        return ctx.f_hat(_logits(ctx.model, xb), c, roi).double().cpu()
-
-
-def f_hats_batch(ctxs, xb: torch.Tensor) -> torch.Tensor:
-    """f̂ of every context's (class, RoI) from one forward of ``xb`` -> ``(B, K)`` float64.
-
-    The forward rows are booked on every context (they are shared)."""
-    from ..targets import roi_sums
-
-    model = ctxs[0].model
-    with torch.inference_mode():
-        logits = _logits(model, xb)
-        out = roi_sums(logits, [c.target for c in ctxs], [c.roi for c in ctxs], model.sigmoid)
-    for c in ctxs:
-        c.n_forward += int(xb.shape[0])
-    return out.double().cpu()
-
-
-def baseline_tensor(x: torch.Tensor, baseline) -> torch.Tensor:
-    """The baseline image ``(C, *S)`` for a prepared image ``x`` ``(C, *S)``."""
-    sd = x.ndim - 1
-    dims = tuple(range(1, x.ndim))
-    if isinstance(baseline, str):
-        b = baseline.lower()
-        if b in ("min", "minimum"):
-            return x.amin(dim=dims, keepdim=True).expand_as(x).clone()
-        if b in ("zero", "zeros", "0"):
-            return torch.zeros_like(x)
-        if b == "mean":
-            return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
-        raise MethodError(f"baseline must be 'min', 'zero', 'mean', a number or an array, got {baseline!r}")
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, as_float("baseline", baseline, method="kernel_shap"))
-    arr = torch.as_tensor(np.asarray(baseline), dtype=x.dtype)
-    if arr.ndim == sd and tuple(arr.shape) == tuple(x.shape[1:]):
-        arr = arr[None].expand_as(x)
-    if tuple(arr.shape) != tuple(x.shape):
-        raise MethodError(f"baseline array of shape {tuple(arr.shape)} does not match the prepared "
-                          f"image {tuple(x.shape)} (model space)")
-    require_finite(arr, "The baseline array")
-    return arr.clone()
 
 
 def cube_features(shape: tuple[int, ...], grid=None) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -191,8 +129,7 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
     ctx0 = ctxs[0]
     if any(c.prep.x is not ctx0.prep.x for c in ctxs[1:]):
         raise MethodError("classes explained together must share one prepared image")
-    features = as_choice("features", features, ("cubes", "semantic"), "kernel_shap")
-    density = as_bool("density", density, "kernel_shap")
+    density = bool(density)   # features, density, n_samples: checked by the registry
     x = ctx0.x
     shape = ctx0.shape
     if features == "cubes":
@@ -202,11 +139,10 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
         fmap, labels_of = semantic_features(ctx0.clean_labels.numpy())
         g = None
     M = int(fmap.max()) + 1
-    n = as_int("n_samples", n_samples, 1, 10_000_000, "kernel_shap") if n_samples is not None \
-        else DEFAULT_SAMPLES[features]
+    n = int(n_samples) if n_samples is not None else DEFAULT_SAMPLES[features]
     rng = np.random.default_rng(int(ctx0.seed))
     Z, w, exact = coalitions(M, n, rng)
-    base = baseline_tensor(x, baseline)
+    base = baseline_tensor(x, baseline, "kernel_shap: baseline")
     fmap_t = torch.from_numpy(fmap)
     sizes = np.bincount(fmap.ravel(), minlength=M).astype(np.float64)
 
@@ -241,10 +177,6 @@ def kernel_shap_multi(ctxs, features: str = "cubes", grid=None, n_samples=None,
     return out
 
 
-@register("kernel_shap", defaults={"features": "cubes", "grid": None, "n_samples": None, "baseline": "min",
-                                   "density": False},
-          kind="shapley",
-          doc="KernelSHAP on cube or semantic supervoxels (Agg2Exp); removed features set to a baseline")
 def kernel_shap(ctx: Context, features: str = "cubes", grid=None, n_samples=None,
                 baseline="min", density=False) -> Iterator[tuple[int, int]]:
     res = yield from kernel_shap_multi([ctx], features=features, grid=grid, n_samples=n_samples,
@@ -252,4 +184,35 @@ def kernel_shap(ctx: Context, features: str = "cubes", grid=None, n_samples=None
     return res[0]
 
 
-kernel_shap.multi = kernel_shap_multi
+def _cost(info: CostInput, params: dict) -> Cost:
+    """Two anchors plus one pass per coalition, all forward (inference); each pass is the
+    whole image (every window of it when it exceeds the patch)."""
+    n = params.get("n_samples") or DEFAULT_SAMPLES[params.get("features", "cubes")]
+    if params.get("features", "cubes") == "cubes":
+        g = params.get("grid") or DEFAULT_GRID[info.spatial_dims]
+        cells = int(np.prod([min(int(v), s) for v, s in zip([g] * info.spatial_dims if np.isscalar(g) else g,
+                                                              info.shape)]))
+        if cells < 30 and 2 ** cells - 2 <= n:
+            n = 2 ** cells - 2
+    return Cost(forward=(int(n) + 2) * max(1, info.n_windows_all), backward=0)
+
+
+register(MethodSpec(
+    "kernel_shap", kernel_shap, title="KernelSHAP (supervoxels)", multi=kernel_shap_multi, source="Agg2Exp §3.1",
+    question="the Shapley value of each supervoxel (a cube, or a predicted region) for the RoI's summed logit, "
+             "removing supervoxels to a baseline",
+    params=(Param("features", "choice", "cubes", "cubes: an even grid; semantic: one feature per predicted region",
+                  choices=("cubes", "semantic")),
+            Param("grid", "auto_ints", None, "cubes per axis, e.g. 4 or 4,6,6 (auto: 4 per axis in 3D, 8 in 2D)",
+                  lo=1, hi=64),
+            Param("n_samples", "auto_int", None, "coalitions evaluated (auto: 1000 cubes / 200 semantic; all "
+                  "of them when there are fewer)", lo=1, hi=10_000_000, gui_default_3d=200),
+            Param("baseline", "baseline", "min", "value of a removed supervoxel: min / zero / mean (per channel), "
+                  "blur (Gaussian blur), or a number", choices=("min", "zero", "mean", "blur"), blur_sigma=True),
+            Param("density", "bool", False, "paint φ / supervoxel size (the map then sums to f̂(x) − f̂(baseline)) "
+                  "instead of φ on every voxel of the supervoxel (the paper's convention)")),
+    caps=Capabilities(dims=(2, 3), gradients=False, hooks=False, multiclass=True, map_kind="block"),
+    unit="logit-sum units (Shapley value φ of the supervoxel)",
+    positive="supervoxels whose presence raises {cls}'s RoI logit sum", negative="supervoxels that lower it",
+    summary_fields=("n_features", "n_coalitions", "exact", "efficiency_gap", "f_x", "f_baseline"),
+    cost=_cost, cost_class="expensive"))

@@ -26,13 +26,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import InputMismatchError
-from .base import Explanation, drive, finalize, make_context, with_defaults
+from ..jobs import drive, relay
+from .base import Explanation, finalize, make_context, resolve_params
 
 
 def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
                          batch_size: int | None = None, **params) -> Iterator[tuple[int, int]]:
     """Generator form of :func:`explain_classes`: yields ``(done, total)``, returns the list."""
-    spec, full = with_defaults(method, params)
+    spec, full = resolve_params(method, params)
     t0 = time.perf_counter()
     prep = model.prepare(image)
     clean = model.logits_tensor(prep.x)
@@ -64,21 +65,14 @@ def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
         raise InputMismatchError(f"none of the requested classes ({names}) is predicted in this image")
 
     run_params = {**full, "seed": seed, "batch_size": batch_size}
-    multi = getattr(spec.fn, "multi", None)
+    multi = spec.multi
     results: list[Any] = []
     if multi is not None:
         results = yield from multi(ctxs, **full)
     else:
         n = len(ctxs)
         for k, ctx in enumerate(ctxs):
-            gen = spec.fn(ctx, **full)
-            while True:
-                try:
-                    d, t = next(gen)
-                except StopIteration as stop:
-                    results.append(stop.value)
-                    break
-                yield (k * 1000 + int(1000 * d / max(t, 1)), n * 1000)
+            results.append((yield from relay(spec.fn(ctx, **full), k * 1000, 1000, n * 1000)))
     out: list[Explanation] = []
     n_fwd_own = sum(c.n_forward for c in ctxs)
     for ctx, roi_img, res in zip(ctxs, rois, results):
@@ -86,7 +80,9 @@ def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
         if isinstance(res, tuple):
             res, extras = res
         ctx.n_forward += 1  # the shared clean prediction that fixed the RoI
-        out.append(finalize(ctx, spec.name, res, roi_img, run_params, t0, dict(extras)))
+        e = finalize(ctx, spec.name, res, roi_img, run_params, t0, dict(extras))
+        e.prediction = pred
+        out.append(e)
     elapsed = time.perf_counter() - t0
     shared = {
         "n_forward": 1 + (ctxs[0].n_forward - 1 if multi is not None else n_fwd_own),

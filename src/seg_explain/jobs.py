@@ -1,0 +1,205 @@
+"""The job driver: how every long computation runs, written once.
+
+Explainers, Agg2Exp, the metrics and progressive perturbation are generators that yield
+``(done, total)`` between steps and return their result. This module drives them for every
+front-end (the CLI, the napari docks' worker threads, batch runs):
+
+- :func:`drive` runs a generator to its end (optionally calling ``callback(done, total)``
+  and checking a :class:`CancelToken` between steps) and returns its value;
+- :func:`events` relays a generator's steps as :class:`ProgressEvent` objects (stage text,
+  done/total, elapsed seconds and an ETA), so a GUI only has to show them;
+- :class:`CancelToken` + :func:`cancel_hooks`: cooperative cancellation, between steps and
+  *inside* a long network pass (every module of the network checks the token, for the
+  calling thread only);
+- :func:`explain_job`: one explanation as a job (stages "preparing" then "explaining"), also
+  for a 2D model on one slice of a volume (``slice_index``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .errors import Cancelled
+
+
+# ------------------------------------------------------------------------- progress --
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a job: ``stage`` text, ``done`` of ``total`` units, seconds so far and an
+    ETA in seconds (None until it can be estimated)."""
+
+    stage: str
+    done: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def text(self) -> str:
+        from .explainers.registry import human_seconds
+
+        pct = f"{100 * self.fraction:3.0f}%" if self.total else ""
+        eta = f", about {human_seconds(self.eta_s)} left" if self.eta_s is not None else ""
+        return f"{self.stage} {pct}{eta}".strip()
+
+
+class _Eta:
+    """ETA from the rate since the first step that did work (the first steps include
+    warm-up costs), smoothed so the estimate does not jump with every batch."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: tuple[float, int] | None = None
+        self.eta: float | None = None
+
+    def update(self, done: int, total: int) -> tuple[float, float | None]:
+        now = time.perf_counter()
+        if self.first is None and done > 0:
+            self.first = (now, done)
+        eta = None
+        if self.first is not None and total and done > self.first[1]:
+            rate = (done - self.first[1]) / max(now - self.first[0], 1e-9)
+            raw = max(0.0, (total - done) / rate)
+            eta = raw if self.eta is None else 0.7 * self.eta + 0.3 * raw
+            self.eta = eta
+        return now - self.t0, eta
+
+
+def events(gen: Iterator, stage: str, token: CancelToken | None = None) -> Iterator[ProgressEvent]:
+    """Relay a ``(done, total)`` generator as :class:`ProgressEvent`; return its value.
+
+    Events the generator yields itself (a nested job) pass through unchanged. The token is
+    checked between steps; the generator is closed whatever happens."""
+    eta = _Eta()
+    try:
+        while True:
+            if token is not None:
+                token.check()
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(item, ProgressEvent):
+                yield item
+                continue
+            done, total = int(item[0]), int(item[1])
+            elapsed, left = eta.update(done, total)
+            yield ProgressEvent(stage, done, total, elapsed, left)
+    finally:
+        gen.close()
+
+
+def drive(gen: Iterator, callback: Callable[[int, int], Any] | None = None,
+          token: CancelToken | None = None):
+    """Run a generator to completion, calling ``callback(done, total)`` for each step
+    (``(done, total)`` tuples and :class:`ProgressEvent` alike); return its value."""
+    try:
+        while True:
+            if token is not None:
+                token.check()
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if callback is not None:
+                if isinstance(p, ProgressEvent):
+                    callback(p.done, p.total)
+                else:
+                    callback(*p)
+    finally:
+        gen.close()
+
+
+def relay(gen: Iterator, offset: int, span: int, total: int) -> Iterator[tuple[int, int]]:
+    """Re-yield a sub-generator's ``(done, total)`` steps as ``offset + span·done/total`` of
+    ``total`` (a part of a bigger job); return its value."""
+    while True:
+        try:
+            d, t = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield (offset + min(span - 1, int(span * d / max(t, 1))) if span else offset, total)
+
+
+# ----------------------------------------------------------------------- cancelling --
+class CancelToken:
+    """A flag a job checks; :meth:`check` raises :class:`seg_explain.errors.Cancelled`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.cancelled_at: float | None = None
+
+    def cancel(self) -> None:
+        if not self._event.is_set():
+            self.cancelled_at = time.perf_counter()
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled by the user")
+
+
+@contextmanager
+def cancel_hooks(model, token: CancelToken | None):
+    """While active, every module's forward (and every activation's backward) of
+    ``model.network`` checks ``token`` for the calling thread's passes only, so a cancel
+    stops a long batch within one layer and never touches another job on the same model.
+
+    Compiled networks (TorchScript, ``torch.export``) take no hooks: they stop at the
+    explainer's next step instead."""
+    if token is None:
+        yield
+        return
+    import torch
+
+    from .explainers.engine import thread_hooks
+
+    net = getattr(model, "network", None)
+    if not isinstance(net, torch.nn.Module) or isinstance(net, torch.jit.ScriptModule):
+        yield
+        return
+
+    def grad_check(_grad):
+        token.check()
+
+    def pre(_m, _inp):
+        token.check()
+
+    def post(_m, _inp, out):
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(grad_check)
+
+    with thread_hooks() as hooks:
+        for m in net.modules():
+            hooks.pre(m, pre)
+            hooks.forward(m, post)
+        yield
+
+
+# ------------------------------------------------------------------------------ jobs --
+def explain_job(model, image, method: str, target=1, roi=None, *, token: CancelToken | None = None,
+                **kwargs) -> Iterator[ProgressEvent]:
+    """One explanation as a job: yields :class:`ProgressEvent` ("explaining <method>"), checks
+    ``token`` between steps and inside network passes, returns the
+    :class:`~seg_explain.explainers.base.Explanation` (which carries the clean prediction).
+
+    ``kwargs``: everything :func:`seg_explain.explain` takes (``seed``, ``batch_size``,
+    ``roi_mode``, ``roi_label``, ``slice_index`` and the method's parameters)."""
+    from .explainers.base import explain_iter
+    from .explainers.registry import get_spec
+
+    title = get_spec(method).title
+    with cancel_hooks(model, token) if token is not None else nullcontext():
+        result = yield from events(explain_iter(model, image, method, target, roi, **kwargs),
+                                   f"Explaining ({title})", token)
+    return result
