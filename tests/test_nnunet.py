@@ -440,6 +440,20 @@ def test_plans_naming_functions_are_refused(tmp_path, where, value, path):
     assert "\n" not in str(err.value) and not marker.exists()
 
 
+@pytest.mark.parametrize("key,value,match", [
+    ("features_per_stage", [4096, 4096, 4096], "billion parameters"),
+    ("features_per_stage", [4, 8, 10 ** 9], r"not a whole number in \[0, 4096\]"),
+    ("kernel_sizes", [[3, 3, 3], [3, 3, 3], [3, 3, "x"]], "not a whole number"),
+])
+def test_absurd_networks_are_refused_before_allocation(tmp_path, key, value, match):
+    folder = _copy(tmp_path)
+    _edit_plans(folder, lambda a: a["arch_kwargs"].__setitem__(key, value))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(folder, device="cpu")
+    assert time.perf_counter() - t0 < 5
+
+
 def test_a_class_name_not_in_kw_requires_import_is_refused(tmp_path):
     folder = _copy(tmp_path)
     _edit_plans(folder, lambda a: a["_kw_requires_import"].remove("nonlin"))

@@ -84,6 +84,7 @@ ANISO_THRESHOLD = 3          # nnunetv2.configuration.ANISO_THRESHOLD
 TWO_D_THICKNESS = 999.0      # slice thickness nnU-Net's 2D readers give a 2D image
 OUTSIDE_LOGIT = -30.0        # non-background logits where nnU-Net never runs (softmax bg ~ 1)
 MAX_MODEL_VOXELS = 2 ** 31
+MAX_PARAMETERS = 2e9         # TotalSegmentator's networks have ~30 million
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 
 # ------------------------------------------------------------------ allow-lists --
@@ -305,7 +306,30 @@ def validate_architecture(arch: Any, where: str) -> Architecture:
         if k in IMPORTABLE_KEYS and isinstance(v, str):
             raise UnsafeConfigError(f"{_q(key)}: {v!r} names a class but {k!r} is not in _kw_requires_import")
         out[k] = deepcopy(v)
+    n = _param_estimate(out)
+    if n > MAX_PARAMETERS:
+        raise ModelLoadError(f"{_q(where + '.arch_kwargs')} describes a network of about {n / 1e9:.1f} billion "
+                             f"parameters (more than {MAX_PARAMETERS / 1e9:.0f} billion); refusing to build it")
     return Architecture(cls_short, out)
+
+
+def _param_estimate(kw: dict) -> float:
+    """Rough upper bound of the parameter count (features^2 x kernel volume x convolutions
+    per stage, encoder and decoder), to refuse absurd networks before allocating them."""
+    n = kw.get("n_stages") or 1
+    feats = kw.get("features_per_stage") or 1
+    feats = feats if isinstance(feats, list) else [feats] * n
+    kern = kw.get("kernel_sizes") or 3
+    kern = kern if isinstance(kern, list) else [kern] * n
+    convs = kw.get("n_conv_per_stage", kw.get("n_blocks_per_stage")) or 2
+    convs = convs if isinstance(convs, list) else [convs] * n
+    total = 0.0
+    for i, f in enumerate(feats):
+        k = kern[i] if i < len(kern) else 3
+        vol = float(np.prod(k)) if isinstance(k, list) else float(k) ** 3
+        c = convs[i] if i < len(convs) and isinstance(convs[i], int) else 2
+        total += 4.0 * float(f) ** 2 * vol * (2 * c + 2)
+    return total
 
 
 def _build_network(arch: Architecture, in_channels: int, n_out: int, where: str) -> torch.nn.Module:
