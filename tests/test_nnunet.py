@@ -221,6 +221,24 @@ def test_arrays_are_nnunets_array_and_tiling_hooks_agree():
 
 
 @needs_dna
+def test_volume_slice_is_the_plane_nnunet_slices():
+    """A 2D configuration's slice of a volume: nnU-Net's own (SimpleITK-order, transposed)
+    array at that index, with the in-plane spacing."""
+    import SimpleITK as sitk
+
+    m = model(T2)
+    path = CASES["kmeans_2x3x2"][1]
+    itk = sitk.ReadImage(str(path))
+    tf = m.transpose_forward
+    t = sitk.GetArrayFromImage(itk).transpose(tf)
+    sp = [itk.GetSpacing()[::-1][a] for a in tf]
+    s = m.volume_slice(load_image(path), 40)
+    np.testing.assert_array_equal(s.data, t[40])
+    assert s.spacing == (sp[1], sp[2]) and s.spatial_dims == 2
+    assert m.predict(s).shape == t[40].shape
+
+
+@needs_dna
 @pytest.mark.parametrize("case", ["kmeans_2x3x2", "mni152_thick", "mni152_sag_2x2"])
 def test_resampling_is_scipys_and_its_adjoint_exact(case):
     """The data resampling is the tensor product of per-axis scipy operators (checked against

@@ -978,6 +978,29 @@ class NnUNetModel(SegModel):
                 return tuple(reversed(tuple(so.upper())))
         return None
 
+    def volume_slice(self, image: LoadedImage, index: int) -> LoadedImage:
+        """Slice ``index`` of a 3D image as the 2D image a 2D configuration sees: the plane
+        nnU-Net slices (its first axis after ``transpose_forward``, usually axial), in the
+        file's voxel order, with the in-plane spacing. (A 2D image carries no 3D
+        orientation; slicing the project's LPS array instead may flip the plane.)"""
+        if not isinstance(image, LoadedImage) or image.spatial_dims != 3:
+            raise InputMismatchError("volume_slice needs a 3D image from load_image")
+        arr = image.data if image.channels > 1 or image.data.ndim == 4 else image.data[None]
+        codes = self._sitk_codes(image)
+        ornt = orientation_transform(codes) if codes else None
+        q = GridMap(image.spatial_shape, image.spatial_shape, ornt)._reorient(np.asarray(arr), inverse=False)
+        order = np.argsort(ornt[:, 0]) if ornt is not None else range(3)
+        sp_q = [float(image.spacing[int(i)]) for i in order]
+        tf = self.transpose_forward
+        t = q.transpose([0] + [a + 1 for a in tf])
+        if not 0 <= int(index) < t.shape[1]:
+            raise InputMismatchError(f"slice {index} is outside 0..{t.shape[1] - 1}")
+        sl = np.ascontiguousarray(t[:, int(index)])
+        sl = sl[0] if sl.shape[0] == 1 else sl
+        sp = (sp_q[tf[1]], sp_q[tf[2]])
+        return LoadedImage(sl, sp, np.diag([sp[0], sp[1], 1.0, 1.0]), image.path, 2,
+                           {"format": "array", "nnunet_slice": int(index)})
+
     def prepare(self, image) -> Prepared:
         """nnU-Net's preprocessing for inference -> :class:`Prepared` (model space)."""
         if isinstance(image, Prepared):
