@@ -47,8 +47,12 @@ What is reproduced, and how exactly (``tests/test_nnunet.py`` compares with
 
 Explainers call :meth:`SegModel.forward` on patch-sized windows; this model always windows
 at the patch size (also images smaller than the patch are padded to it), so instance
-normalisation sees what it sees in nnU-Net. The explainers' own window positions and blend
-are MONAI's (``seg_explain.windows``), which differ slightly from nnU-Net's in overlaps.
+normalisation sees what it sees in nnU-Net. The explainers blend their windows with MONAI's
+geometry and Gaussian (``seg_explain.windows``, ``explainers.engine``): MONAI centres its
+Gaussian half a voxel from nnU-Net's (even patches), does not quantise it to float16 and may
+place windows elsewhere, so where windows overlap the explained f-hat is not exactly
+``logits_tensor``'s (on the test fixture 0.4-9 % of f-hat). :meth:`NnUNetModel.tiling` and
+:meth:`NnUNetModel.importance_map` give nnU-Net's windows and weights for the explainers to use.
 
 Safety (docs/SECURITY.md): files must be regular files inside the trainer folder; JSON is
 size-capped; the architecture is validated whole before anything is built, from an
