@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import Cancelled, InputMismatchError, SegExplainError
+from .jobs import relay
 from .io import LoadedImage, load_image
 
 STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
@@ -386,7 +387,7 @@ class Agg2ExpRun:
     def __init__(self, model, images, method: str = "smoothgrad", extra_rois=None, *,
                  names: Sequence[str] | None = None, ground_truth=None, classes=None,
                  seed: int = 0, batch_size: int | None = None, on_error: str = "raise",
-                 **params):
+                 on_image: Callable[[str, list, np.ndarray], Any] | None = None, **params):
         if on_error not in ("raise", "skip"):
             raise ValueError("on_error must be 'raise' or 'skip'")
         self.model = model
@@ -406,6 +407,7 @@ class Agg2ExpRun:
         self.classes = classes
         self.method, self.seed, self.batch_size, self.on_error = method, int(seed), batch_size, on_error
         self.params = dict(params)
+        self.on_image = on_image     # (name, explanations, label map) of each finished image
         self.L = len(model.class_names)
         self.row_names = list(model.class_names)
         self.col_names = self.row_names + self.extra.names
@@ -415,14 +417,9 @@ class Agg2ExpRun:
         self._validate_method()
 
     def _validate_method(self) -> None:
-        from .errors import MethodError
-        from .explainers.base import get_spec
+        from .explainers.registry import resolve_params
 
-        spec = get_spec(self.method)
-        unknown = set(self.params) - set(spec.defaults)
-        if unknown:
-            raise MethodError(f"{self.method} has no parameter(s) {', '.join(sorted(unknown))}; "
-                              f"its parameters are: {', '.join(spec.defaults) or 'none'}")
+        resolve_params(self.method, self.params)   # unknown or bad parameters fail before any image
 
     @property
     def total(self) -> int:
@@ -455,14 +452,7 @@ class Agg2ExpRun:
                                    batch_size=self.batch_size, **self.params)
         exps = []
         try:
-            while True:
-                try:
-                    d, t = next(gen)
-                except StopIteration as stop:
-                    exps = stop.value
-                    break
-                yield (i * STEPS_PER_IMAGE + min(STEPS_PER_IMAGE - 1, int(STEPS_PER_IMAGE * d / max(t, 1))),
-                       self.total)
+            exps = yield from relay(gen, i * STEPS_PER_IMAGE, STEPS_PER_IMAGE, self.total)
         except InputMismatchError:
             if self.classes is None:
                 raise
@@ -476,6 +466,8 @@ class Agg2ExpRun:
         # image when every predicted class is explained; else recomputed)
         if exps:
             labels = self._labels(image, exps, shape)
+            if self.on_image is not None:
+                self.on_image(name, exps, labels)
         extra = self.extra.masks(i, name, shape, image)
         L, R = self.L, len(self.col_names)
         rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
@@ -507,12 +499,15 @@ class Agg2ExpRun:
         return {"name": name, **rows, "present": present, "volume": vol, "dice": dice,
                 "elapsed": time.perf_counter() - t0, "n_forward": nf, "n_backward": nb}
 
-    def _labels(self, image, exps, shape) -> np.ndarray:
-        labels = np.full(shape, -1, np.int64)
+    @staticmethod
+    def _labels(image, exps, shape) -> np.ndarray:
+        """The clean label map the explanations were made on (computed once, carried by them)."""
+        pred = exps[0].prediction
+        if pred is not None:
+            return np.asarray(pred).astype(np.int64)
+        labels = np.full(shape, -1, np.int64)   # pragma: no cover - every Explanation carries it
         for e in exps:
             labels[np.asarray(e.roi, bool)] = e.target
-        if (labels < 0).any():  # a subset of classes was explained: ask the model
-            labels = np.asarray(self.model.predict(image)).astype(np.int64)
         return labels
 
     def result(self) -> Agg2ExpResult:
@@ -572,6 +567,6 @@ def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
     on_error : ``"raise"`` (default) or ``"skip"`` (bad images are listed in ``result.skipped``)
     **params : the explainer's parameters (e.g. ``n_samples=20``)
     """
-    from .explainers.base import drive
+    from .jobs import drive
 
     return drive(agg2exp_iter(model, images, method, extra_rois, **kwargs), progress)
