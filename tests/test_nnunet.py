@@ -232,10 +232,16 @@ def test_volume_slice_is_the_plane_nnunet_slices():
     tf = m.transpose_forward
     t = sitk.GetArrayFromImage(itk).transpose(tf)
     sp = [itk.GetSpacing()[::-1][a] for a in tf]
-    s = m.volume_slice(load_image(path), 40)
+    img = load_image(path)
+    assert m.n_slices(img) == t.shape[0]
+    s = m.volume_slice(img, 40)
     np.testing.assert_array_equal(s.data, t[40])
     assert s.spacing == (sp[1], sp[2]) and s.spatial_dims == 2
-    assert m.predict(s).shape == t[40].shape
+    labels = m.predict(s)
+    # and back onto the volume's (project) grid: exactly that plane of the image
+    plane = m.embed_slice(np.ones(labels.shape, bool), img, 40, fill=False)
+    assert plane.shape == img.data.shape and plane.sum() == labels.size
+    np.testing.assert_array_equal(m.embed_slice(s.data, img, 40)[plane], img.data[plane])
 
 
 @needs_dna

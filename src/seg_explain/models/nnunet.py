@@ -982,28 +982,52 @@ class NnUNetModel(SegModel):
                 return tuple(reversed(tuple(so.upper())))
         return None
 
+    def _slicing(self, image: LoadedImage) -> tuple[GridMap, tuple[int, ...], list[float]]:
+        if not isinstance(image, LoadedImage) or image.spatial_dims != 3:
+            raise InputMismatchError("a 2D nnU-Net configuration slices a 3D image from load_image")
+        codes = self._sitk_codes(image)
+        ornt = orientation_transform(codes) if codes else None
+        grid = GridMap(image.spatial_shape, image.spatial_shape, ornt)
+        order = np.argsort(ornt[:, 0]) if ornt is not None else range(3)
+        sp_q = [float(image.spacing[int(i)]) for i in order]
+        return grid, self.transpose_forward, sp_q
+
+    def n_slices(self, image: LoadedImage) -> int:
+        """How many slices :meth:`volume_slice` can take from ``image``."""
+        grid, tf, _ = self._slicing(image)
+        return int(grid._oriented_shape[tf[0]])
+
     def volume_slice(self, image: LoadedImage, index: int) -> LoadedImage:
         """Slice ``index`` of a 3D image as the 2D image a 2D configuration sees: the plane
         nnU-Net slices (its first axis after ``transpose_forward``, usually axial), in the
         file's voxel order, with the in-plane spacing. (A 2D image carries no 3D
-        orientation; slicing the project's LPS array instead may flip the plane.)"""
-        if not isinstance(image, LoadedImage) or image.spatial_dims != 3:
-            raise InputMismatchError("volume_slice needs a 3D image from load_image")
-        arr = image.data if image.channels > 1 or image.data.ndim == 4 else image.data[None]
-        codes = self._sitk_codes(image)
-        ornt = orientation_transform(codes) if codes else None
-        q = GridMap(image.spatial_shape, image.spatial_shape, ornt)._reorient(np.asarray(arr), inverse=False)
-        order = np.argsort(ornt[:, 0]) if ornt is not None else range(3)
-        sp_q = [float(image.spacing[int(i)]) for i in order]
-        tf = self.transpose_forward
-        t = q.transpose([0] + [a + 1 for a in tf])
+        orientation; slicing the project's LPS array instead may flip the plane.)
+        :meth:`embed_slice` puts a result on that slice back on the volume's grid."""
+        grid, tf, sp_q = self._slicing(image)
+        arr = image.data if image.data.ndim == 4 else image.data[None]
+        t = grid._reorient(np.asarray(arr), inverse=False).transpose([0] + [a + 1 for a in tf])
         if not 0 <= int(index) < t.shape[1]:
             raise InputMismatchError(f"slice {index} is outside 0..{t.shape[1] - 1}")
         sl = np.ascontiguousarray(t[:, int(index)])
-        sl = sl[0] if sl.shape[0] == 1 else sl
+        sl = sl[0] if image.data.ndim == 3 else sl
         sp = (sp_q[tf[1]], sp_q[tf[2]])
         return LoadedImage(sl, sp, np.diag([sp[0], sp[1], 1.0, 1.0]), image.path, 2,
                            {"format": "array", "nnunet_slice": int(index)})
+
+    def embed_slice(self, arr, image: LoadedImage, index: int, fill=0) -> np.ndarray:
+        """A map on :meth:`volume_slice` ``(..., Y, X)`` -> ``image``'s 3D grid, ``fill``
+        on every other voxel."""
+        grid, tf, _ = self._slicing(image)
+        a = np.asarray(arr)
+        q_shape = grid._oriented_shape
+        t_shape = tuple(q_shape[i] for i in tf)
+        if a.shape[-2:] != t_shape[1:]:
+            raise InputMismatchError(f"a map of shape {a.shape} is not on this volume's slices {t_shape[1:]}")
+        vol = np.full(a.shape[:-2] + t_shape, fill, dtype=a.dtype)
+        vol[..., int(index), :, :] = a
+        lead = a.ndim - 2
+        back = vol.transpose(list(range(lead)) + [lead + int(i) for i in np.argsort(tf)])
+        return grid._reorient(np.ascontiguousarray(back), inverse=True)
 
     def prepare(self, image) -> Prepared:
         """nnU-Net's preprocessing for inference -> :class:`Prepared` (model space)."""
