@@ -408,7 +408,7 @@ def test_gui_lists_and_loads_the_folder(make_napari_viewer, qtbot, monkeypatch):
     assert widget.model_combo.findData(str(T3)) >= 0
     assert widget.model_combo.itemText(widget.model_combo.findData(str(T3))) == T3.name
     assert [widget.class_combo.itemText(k) for k in range(widget.class_combo.count())] == CLASSES
-    assert "3D" in widget.status.text()
+    assert widget.model_info["spatial_dims"] == 3
 
 
 # ---------------------------------------------------------------- attacks --
