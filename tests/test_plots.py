@@ -166,6 +166,8 @@ def test_graph_drawing_edges_legend_rings_and_labels(tmp_path):
     texts = [t.get_text() for t in legend.get_texts()]
     assert any("top-3" in t and "b → a" in t and "background" in t for t in texts)
     assert any(t.startswith("context mass") for t in texts)
+    lb = legend.get_window_extent(r)
+    assert lb.x0 >= 0 and lb.x1 <= fig.bbox.width, "the legend fits the dock's figure"
     cbar = [a for a in fig.axes if a is not ax][0]
     assert "share of class a's |attribution| in region b" in cbar.get_xlabel()
     # context mass: the filled disk's area over the ring's = a's share inside a

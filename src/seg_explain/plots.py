@@ -36,16 +36,16 @@ from matplotlib.figure import Figure
 KIND_TEXT: dict[str, dict[str, Any]] = {
     "mass": {"short": "|attribution|", "share": True,
              "cell": "share of class a's |attribution| in region b",
-             "diag": "context mass: share of a's |attribution| inside a"},
+             "diag": "context mass: a's share inside a"},
     "mass_pos": {"short": "positive part", "share": True,
                  "cell": "share of class a's positive attribution in region b",
-                 "diag": "context mass: share of a's positive attribution inside a"},
+                 "diag": "context mass: a's positive share inside a"},
     "mass_neg": {"short": "negative part", "share": True,
                  "cell": "share of class a's negative attribution in region b",
-                 "diag": "context mass: share of a's negative attribution inside a"},
+                 "diag": "context mass: a's negative share inside a"},
     "mass_mean": {"short": "density (1 = mean)", "share": False,
                   "cell": "mean |attribution| of class a in region b ÷ image mean",
-                  "diag": "density of a's |attribution| inside a (largest = full)"},
+                  "diag": "density inside a (largest = full ring)"},
 }
 
 
@@ -351,7 +351,7 @@ def plot_heatmap(matrix, row_names: Sequence[str] | None = None, col_names: Sequ
     a.set_xticks(range(len(cn)), labels=xl, rotation=90, ha="center", va="top")
     a.set_yticks(range(len(rn)), labels=yl)
     a.tick_params(length=2, pad=2)
-    a.set_xlabel("region b", fontsize=8)
+    a.set_xlabel("region b   (□ = context mass, a inside a)", fontsize=8)
     a.set_ylabel("explained class a", fontsize=8)
     if title:
         a.set_title(title, fontsize=9)
@@ -465,7 +465,7 @@ def plot_graph(matrix, row_names: Sequence[str] | None = None, col_names: Sequen
     f, a = _axes(ax, fig, figsize=graph_figsize(len(set(rn) | set(cn))))
     a.set_axis_off()
     if title:
-        a.set_title(title, fontsize=9)
+        a.set_title(title, fontsize=8)
     edges = sorted(g.edges(data=True), key=lambda e: e[2]["weight"])
     sources = {u for u, _, _ in edges}
     targets = {v for _, v, _ in edges}
@@ -526,23 +526,28 @@ def plot_graph(matrix, row_names: Sequence[str] | None = None, col_names: Sequen
         dot = Line2D([], [], ls="", marker="o", ms=5.5, mfc=accent, mec="none")
         edge = Line2D([], [], color=cm(0.8), lw=2.5)
         kk = f"top-{top_k}" if top_k > 1 else "strongest"
-        hidden = f" ({', '.join(exclude)} not shown)" if exclude else ""
+        hidden = f", no {', '.join(exclude)}" if exclude else ""
         from matplotlib.legend_handler import HandlerTuple
 
         handles = [edge, (ring, dot)]
-        texts = [f"b → a: {kk} regions of each class{hidden}", info["diag"]]
-        kw = dict(handler_map={tuple: HandlerTuple(ndivide=1)}, fontsize=7, frameon=False, handlelength=2.2)
+        texts = [f"b → a: {kk} regions per class{hidden}", info["diag"]]
+        kw = dict(handler_map={tuple: HandlerTuple(ndivide=1)}, fontsize=7, frameon=False, handlelength=2.0,
+                  ncols=2, columnspacing=1.0, handletextpad=0.5, borderaxespad=0.2)
         from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-        if isinstance(f.get_layout_engine(), ConstrainedLayoutEngine) and len(f.axes) == 1:
-            f.legend(handles, texts, loc="outside lower center", **kw)
-        else:
-            a.legend(handles, texts, loc="upper center", bbox_to_anchor=(0.5, -0.02), **kw)
+        outside = isinstance(f.get_layout_engine(), ConstrainedLayoutEngine) and len(f.axes) == 1
+        leg = (f.legend(handles, texts, loc="outside lower center", **kw) if outside else
+               a.legend(handles, texts, loc="upper center", bbox_to_anchor=(0.5, -0.02), **kw))
+        if leg.get_window_extent(renderer=_renderer(f)).width > 0.98 * f.bbox.width:   # one column
+            leg.remove()
+            kw["ncols"] = 1
+            (f.legend(handles, texts, loc="outside lower center", **kw) if outside else
+             a.legend(handles, texts, loc="upper center", bbox_to_anchor=(0.5, -0.02), **kw))
     if colorbar and edges:
         sm = ScalarMappable(norm=norm, cmap=cm)
         cb = f.colorbar(sm, ax=a, orientation="horizontal", location="bottom", fraction=0.04, pad=0.02,
                         aspect=35, shrink=0.9)
-        lab = "edge b → a: " + info["cell"] + (" (%)" if info["share"] else "") + ", width ∝ value"
+        lab = "edge b → a: " + info["cell"] + (" (%)" if info["share"] else "") + "; width ∝ value"
         cb.set_label(lab, fontsize=7)
         cb.ax.tick_params(labelsize=7)
         cb.outline.set_edgecolor(th.foreground)
