@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_unet, wrap
 from seg_explain import InputMismatchError, agg2exp, explain
 from seg_explain.aggregate import Agg2ExpRun, agg2exp_iter, dice_per_class, region_masses
 from seg_explain.models import SegModel
@@ -185,7 +184,7 @@ def test_generator_progress_partial_result_and_skip(unet3d, rng, tmp_path):
     # stop after the first image: the run keeps what finished
     run = Agg2ExpRun(unet3d, imgs, "gradient")
     it = run.run_iter()
-    for d, t in it:
+    for d, _t in it:
         if d >= 1000:
             break
     it.close()

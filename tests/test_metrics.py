@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_kernel_shap import additive_case
-from seg_explain.metrics import (EvaluatedMethod, complexity, evaluate, faithfulness, normalise,
-                                 sensitivity)
+
+from seg_explain.metrics import EvaluatedMethod, complexity, evaluate, faithfulness, normalise, sensitivity
 
 
 def linear_f(w):

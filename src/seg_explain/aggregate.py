@@ -11,12 +11,12 @@ voxels, the shared target f̂_a) with one attribution method; the attribution ``
                        relative to the mean over the whole image; 1 = as dense as average)
 
 ``e_a`` is the attribution on the grid of the image passed in (``Explanation.attribution``;
-summed over channels for multi-channel inputs). Regions (columns) are the model's classes as *predicted* in that image (they partition
-the image, so each row sums to 1 over the class columns, background included), followed
-by any extra RoI masks (a lesion mask, a painted layer, another model's output). Extra
-columns share the row's denominator (the whole image), so they read "share of the
-evidence that lies in the lesion"; they overlap the class columns and are *not* part of
-the sum-to-1.
+summed over channels for multi-channel inputs). Regions (columns) are the model's classes
+as *predicted* in that image (they partition the image, so each row sums to 1 over the
+class columns, background included), followed by any extra RoI masks (a lesion mask, a
+painted layer, another model's output). Extra columns share the row's denominator (the
+whole image), so they read "share of the evidence that lies in the lesion"; they overlap
+the class columns and are *not* part of the sum-to-1.
 
 Missing values (NaN):
 
@@ -38,6 +38,14 @@ explained (the others are NaN rows); the regions are always every class. :func:`
 generator form for the GUI: it yields ``(done, total)`` (per-mille of the whole run) and can
 be closed between steps; :class:`Agg2ExpRun` also gives the partial result of what has
 finished so far.
+
+Seeds: image ``name`` is explained with ``image_seed(seed, name)`` (:func:`seg_explain.dataset.image_seed`),
+a seed that depends on the image, not on the order in which images are computed, so a run
+split over processes, machines or resumed runs gives the same tables as one serial run.
+:func:`agg2exp_image_iter` is that per-image computation; :class:`Agg2ExpRun` (serial, in
+memory) and :mod:`seg_explain.dataset` (resumable, Dask workers) both call it, and
+:func:`assemble_result` builds the result from its rows. ``agg2exp(..., client=..., out=...)``
+runs through :mod:`seg_explain.dataset`.
 """
 from __future__ import annotations
 
@@ -45,15 +53,17 @@ import csv
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from .dataset import image_seed
 from .errors import Cancelled, InputMismatchError, SegExplainError
-from .jobs import relay
 from .io import LoadedImage, load_image
+from .jobs import relay
 
 STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
 
@@ -362,18 +372,129 @@ class _ExtraRois:
             if isinstance(v, (list, tuple)) and len(v) != n_images:
                 raise InputMismatchError(f"extra RoI {k!r}: {len(v)} masks for {n_images} images")
 
+    def spec(self, i: int, image_name: str, n: str):
+        """Image ``i``'s spec of RoI ``n`` (a mask, LoadedImage, path, or None): callables are
+        called, lists indexed, ``{stem}`` templates formatted."""
+        spec = (self.per_image[i].get(n) if self.per_image is not None else self.specs[n])
+        if callable(spec):
+            spec = spec(i, image_name)
+        elif isinstance(spec, (list, tuple)):
+            spec = spec[i]
+        elif isinstance(spec, str) and "{" in spec:
+            spec = spec.format(stem=image_name, name=image_name, index=i)
+        return spec
+
     def masks(self, i: int, image_name: str, shape, like=None) -> list[np.ndarray | None]:
-        out = []
-        for n in self.names:
-            spec = (self.per_image[i].get(n) if self.per_image is not None else self.specs[n])
-            if callable(spec):
-                spec = spec(i, image_name)
-            elif isinstance(spec, (list, tuple)):
-                spec = spec[i]
-            elif isinstance(spec, str) and "{" in spec:
-                spec = spec.format(stem=image_name, name=image_name, index=i)
-            out.append(None if spec is None else _mask_array(spec, shape, f"extra RoI {n!r}", like))
-        return out
+        return extra_masks([self.spec(i, image_name, n) for n in self.names], self.names, shape, like)
+
+
+def extra_masks(specs: Sequence, names: Sequence[str], shape, like=None) -> list[np.ndarray | None]:
+    """RoI specs (mask, LoadedImage, path or None), one per extra column -> boolean masks."""
+    return [None if spec is None else _mask_array(spec, shape, f"extra RoI {n!r}", like)
+            for spec, n in zip(specs, names)]
+
+
+# ---------------------------------------------------------------------- one image --
+def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, params: dict | None = None,
+                       classes: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
+                       extra: Sequence | Callable = (), extra_names: Sequence[str] | None = None,
+                       ground_truth=None, on_image: Callable | None = None,
+                       labels_fn: Callable | None = None) -> Iterator[tuple[int, int]]:
+    """Agg2Exp rows of one image: yields the explainer's ``(done, total)``, returns a dict.
+
+    The single per-image computation behind :class:`Agg2ExpRun` (serial) and
+    :mod:`seg_explain.dataset` (resumable, Dask workers), so both give identical rows.
+
+    ``image``: ndarray, LoadedImage or path (loaded here); ``classes``: class indices to
+    explain (None: every predicted class); ``seed`` is used as given (callers pass
+    ``image_seed(base_seed, name)``); ``extra``: one RoI spec per extra column (mask,
+    LoadedImage, path or None) or a callable ``(shape, loaded_image) -> masks``;
+    ``ground_truth``: a label map (array, LoadedImage or path) for Dice, or None;
+    ``on_image(name, explanations, labels)`` is called with the image's maps (the only
+    place voxel maps exist; they are not returned). Returns ``name``, the ``(L, R)`` rows
+    ``mass``/``mass_pos``/``mass_neg``/``mass_mean``, ``present`` (L,), ``volume`` (R,),
+    ``dice`` ((L,) or None), ``elapsed``, ``n_forward``, ``n_backward``.
+    """
+    from .explainers.multiclass import explain_classes_iter
+
+    t0 = time.perf_counter()
+    params = dict(params or {})
+    L = len(model.class_names)
+    image = _load(image)
+    gen = explain_classes_iter(model, image, method, classes=classes, seed=seed, batch_size=batch_size, **params)
+    exps = []
+    try:
+        exps = yield from gen
+    except InputMismatchError:
+        if classes is None:
+            raise
+        # none of the requested classes is predicted here: all rows NaN
+    if exps:
+        shape = tuple(exps[0].attribution.shape)
+        # the clean label map the explanations were made on (carried by them)
+        labels = (labels_fn or Agg2ExpRun._labels)(image, exps, shape)
+        if on_image is not None:
+            on_image(name, exps, labels)
+    else:
+        labels = np.asarray(model.predict(image)).astype(np.int64)
+        shape = labels.shape
+    if callable(extra):
+        masks = extra(shape, image)
+    else:
+        names = list(extra_names) if extra_names is not None else [f"roi_{j}" for j in range(len(extra))]
+        masks = extra_masks(list(extra), names, shape, image)
+    R = L + len(masks)
+    rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
+    present = np.zeros(L, bool)
+    vol = region_masses(np.zeros(shape), labels, L, masks)["volume"]
+    for e in exps:
+        m = region_masses(e.attribution, labels, L, masks)
+        for k in rows:
+            rows[k][e.target] = m[k]
+        present[e.target] = True
+    dice = None
+    if ground_truth is not None:
+        from .checks import require_finite
+        from .files import require_same_grid
+
+        gt = load_image(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
+        if isinstance(gt, LoadedImage) and isinstance(image, LoadedImage):
+            require_same_grid(image, gt, f"ground truth of {name}")
+        gt = gt.data if isinstance(gt, LoadedImage) else np.asarray(gt)
+        require_finite(gt, f"ground truth of {name}")
+        dice = dice_per_class(labels, np.squeeze(gt) if np.ndim(gt) > len(shape) else gt, L)
+    nf = sum(int(e.n_forward) for e in exps)
+    nb = sum(int(e.n_backward) for e in exps)
+    shared = [e.extras.get("shared_passes") for e in exps if isinstance(e.extras, dict)]
+    if shared and all(isinstance(s, dict) for s in shared):   # engine reports image totals
+        nf, nb = int(shared[0].get("n_forward", nf)), int(shared[0].get("n_backward", nb))
+    return {"name": name, **rows, "present": present, "volume": vol, "dice": dice,
+            "elapsed": time.perf_counter() - t0, "n_forward": nf, "n_backward": nb}
+
+
+def assemble_result(rows: Sequence[dict], row_names: Sequence[str], col_names: Sequence[str], *,
+                    method: str, params: dict, with_dice: bool = False,
+                    skipped: Sequence[tuple[str, str]] = ()) -> Agg2ExpResult:
+    """An :class:`Agg2ExpResult` from per-image rows (:func:`agg2exp_image_iter`), in order."""
+    L, R = len(row_names), len(col_names)
+
+    def stack(key, shape, fill=np.nan):
+        return np.stack([r[key] for r in rows]) if rows else np.full((0, *shape), fill)
+
+    dice = None
+    if with_dice and rows:
+        dice = np.stack([r["dice"] if r.get("dice") is not None else np.full(L, np.nan) for r in rows])
+    return Agg2ExpResult(
+        local=stack("mass", (L, R)), local_pos=stack("mass_pos", (L, R)),
+        local_neg=stack("mass_neg", (L, R)), local_mean=stack("mass_mean", (L, R)),
+        row_names=list(row_names), col_names=list(col_names),
+        image_names=[r["name"] for r in rows],
+        volumes=stack("volume", (R,)), present=stack("present", (L,), False).astype(bool),
+        method=method, params=dict(params),
+        elapsed_s=np.array([r["elapsed"] for r in rows], dtype=float),
+        n_forward=np.array([r["n_forward"] for r in rows], dtype=np.int64),
+        n_backward=np.array([r["n_backward"] for r in rows], dtype=np.int64),
+        dice=dice, skipped=list(skipped))
 
 
 # --------------------------------------------------------------------------- the run --
@@ -444,60 +565,13 @@ class Agg2ExpRun:
         self.status = f"done: {len(self._rows)} image(s)" + (f", {len(self.skipped)} skipped" if self.skipped else "")
 
     def _one(self, i: int, img, name: str):
-        t0 = time.perf_counter()
-        from .explainers.multiclass import explain_classes_iter
-
-        image = _load(img)
-        gen = explain_classes_iter(self.model, image, self.method, classes=self.classes, seed=self.seed,
-                                   batch_size=self.batch_size, **self.params)
-        exps = []
-        try:
-            exps = yield from relay(gen, i * STEPS_PER_IMAGE, STEPS_PER_IMAGE, self.total)
-        except InputMismatchError:
-            if self.classes is None:
-                raise
-            # none of the requested classes is predicted here: all rows NaN
-        if exps:
-            shape = tuple(exps[0].attribution.shape)
-        else:
-            labels = np.asarray(self.model.predict(image)).astype(np.int64)
-            shape = labels.shape
-        # predicted label map on the image grid from the classes' RoIs (they partition the
-        # image when every predicted class is explained; else recomputed)
-        if exps:
-            labels = self._labels(image, exps, shape)
-            if self.on_image is not None:
-                self.on_image(name, exps, labels)
-        extra = self.extra.masks(i, name, shape, image)
-        L, R = self.L, len(self.col_names)
-        rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
-        present = np.zeros(L, bool)
-        vol = region_masses(np.zeros(shape), labels, L, extra)["volume"]
-        for e in exps:
-            m = region_masses(e.attribution, labels, L, extra)
-            for k in rows:
-                rows[k][e.target] = m[k]
-            present[e.target] = True
-        dice = None
-        if self.ground_truth is not None:
-            gt = self.ground_truth[i]
-            if gt is not None:
-                from .checks import require_finite
-                from .files import require_same_grid
-
-                gt = load_image(gt) if isinstance(gt, (str, os.PathLike)) else gt
-                if isinstance(gt, LoadedImage) and isinstance(image, LoadedImage):
-                    require_same_grid(image, gt, f"ground truth of {name}")
-                gt = gt.data if isinstance(gt, LoadedImage) else np.asarray(gt)
-                require_finite(gt, f"ground truth of {name}")
-                dice = dice_per_class(labels, np.squeeze(gt) if np.ndim(gt) > len(shape) else gt, L)
-        nf = sum(int(e.n_forward) for e in exps)
-        nb = sum(int(e.n_backward) for e in exps)
-        shared = [e.extras.get("shared_passes") for e in exps if isinstance(e.extras, dict)]
-        if shared and all(isinstance(s, dict) for s in shared):   # engine reports image totals
-            nf, nb = int(shared[0].get("n_forward", nf)), int(shared[0].get("n_backward", nb))
-        return {"name": name, **rows, "present": present, "volume": vol, "dice": dice,
-                "elapsed": time.perf_counter() - t0, "n_forward": nf, "n_backward": nb}
+        gt = self.ground_truth[i] if self.ground_truth is not None else None
+        return (yield from relay(
+            agg2exp_image_iter(self.model, img, name, self.method, params=self.params, classes=self.classes,
+                               seed=image_seed(self.seed, name), batch_size=self.batch_size,
+                               extra=lambda shape, like: self.extra.masks(i, name, shape, like),
+                               ground_truth=gt, on_image=self.on_image, labels_fn=self._labels),
+            i * STEPS_PER_IMAGE, STEPS_PER_IMAGE, self.total))
 
     @staticmethod
     def _labels(image, exps, shape) -> np.ndarray:
@@ -511,26 +585,9 @@ class Agg2ExpRun:
         return labels
 
     def result(self) -> Agg2ExpResult:
-        rows = self._rows
-        L, R = self.L, len(self.col_names)
-
-        def stack(key, shape, fill=np.nan):
-            return np.stack([r[key] for r in rows]) if rows else np.full((0, *shape), fill)
-
-        dice = None
-        if self.ground_truth is not None and rows:
-            dice = np.stack([r["dice"] if r["dice"] is not None else np.full(L, np.nan) for r in rows])
-        return Agg2ExpResult(
-            local=stack("mass", (L, R)), local_pos=stack("mass_pos", (L, R)),
-            local_neg=stack("mass_neg", (L, R)), local_mean=stack("mass_mean", (L, R)),
-            row_names=list(self.row_names), col_names=list(self.col_names),
-            image_names=[r["name"] for r in rows],
-            volumes=stack("volume", (R,)), present=stack("present", (L,), False).astype(bool),
-            method=self.method, params={**self.params, "seed": self.seed, "batch_size": self.batch_size},
-            elapsed_s=np.array([r["elapsed"] for r in rows]),
-            n_forward=np.array([r["n_forward"] for r in rows], dtype=np.int64),
-            n_backward=np.array([r["n_backward"] for r in rows], dtype=np.int64),
-            dice=dice, skipped=list(self.skipped))
+        return assemble_result(self._rows, self.row_names, self.col_names, method=self.method,
+                               params={**self.params, "seed": self.seed, "batch_size": self.batch_size},
+                               with_dice=self.ground_truth is not None, skipped=self.skipped)
 
 
 def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **kwargs
@@ -549,7 +606,8 @@ def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **k
 
 
 def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
-            progress: Callable[[int, int], Any] | None = None, **kwargs) -> Agg2ExpResult:
+            progress: Callable[[int, int], Any] | None = None, *, client=None,
+            out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs) -> Agg2ExpResult:
     """Agg2Exp class-to-region importance over ``images``.
 
     Parameters
@@ -566,7 +624,19 @@ def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
     seed, batch_size : passed to the explainer
     on_error : ``"raise"`` (default) or ``"skip"`` (bad images are listed in ``result.skipped``)
     **params : the explainer's parameters (e.g. ``n_samples=20``)
+    client : run one Dask task per image: a ``distributed.Client``, a scheduler address
+        (``"tcp://host:8786"``) or a number of local worker processes; ``model`` must then be
+        a path or a model loaded from a file (each worker loads it once). Tables are identical
+        to the serial run's (seeds per image).
+    out : a results folder: every finished image is written at once, and a rerun with the
+        same ``out`` skips the images already done (``overwrite=True`` recomputes them).
+        See :mod:`seg_explain.dataset` (also for ``threads`` and ``device`` of the workers).
     """
+    if client is not None or out is not None:
+        from .dataset import run_python
+
+        return run_python("agg2exp", model, images, progress=progress, client=client, out=out,
+                          overwrite=overwrite, method=method, extra_rois=extra_rois, **kwargs)
     from .jobs import drive
 
     return drive(agg2exp_iter(model, images, method, extra_rois, **kwargs), progress)

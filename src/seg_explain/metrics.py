@@ -25,17 +25,20 @@ Attributions are normalised to ``max |a| = 1`` before each metric.
 - **Efficiency**: wall seconds of the clean explanation and its forward / backward pass
   counts (the clean prediction that fixes the RoI is shared and not counted).
 
-Every random draw comes from a ``numpy`` generator seeded by ``(seed, image, class)``, so
-results are reproducible and independent of which methods are evaluated together.
+Every random draw comes from a ``numpy`` generator seeded by ``(seed, image, class)``, where
+"image" is ``image_seed(seed, name)`` (:func:`seg_explain.dataset.image_seed`; the explainer
+gets that seed too), so results are reproducible, independent of which methods are evaluated
+together and of the order (or the process, or the resumed run) in which images are computed.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +141,7 @@ class EvaluatedMethod:
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, item) -> "EvaluatedMethod":
+    def parse(cls, item) -> EvaluatedMethod:
         """``"name"``, ``"name:k=v:k=v"``, ``(label, name, params)``, a dict or an EvaluatedMethod."""
         if isinstance(item, EvaluatedMethod):
             return item
@@ -194,7 +197,7 @@ class MetricsResult:
         head = ["method", "faithfulness ↑", "sensitivity ↓", "complexity ↓", "seconds ↓", "fwd", "bwd", "n"]
         lines = []
         for s in self.summary():
-            def ms(k, fmt="{:.3f}"):
+            def ms(k, fmt="{:.3f}", s=s):
                 m, sd = s[f"{k}_mean"], s[f"{k}_sd"]
                 return "nan" if not math.isfinite(m) else f"{fmt.format(m)} ± {fmt.format(sd)}"
             lines.append([s["method"], ms("faithfulness"), ms("sensitivity"), ms("complexity"),
@@ -218,20 +221,53 @@ class MetricsResult:
 
 
 # ------------------------------------------------------------------------------ driver --
-def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=None,
-                  method_params: dict[str, dict] | None = None, names: Sequence[str] | None = None,
-                  seed: int = 0, batch_size: int | None = None, n_faithfulness: int = 100,
-                  subset=0.05, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
-                  baseline="min", on_error: str = "raise", **params) -> Iterator[tuple[int, int]]:
-    """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, class, method)."""
-    from .aggregate import _as_list, _load, _name_of
-    from .explainers.base import Context, get_spec, resolve_params
-    from .jobs import drive
-    from .explainers.engine import f_hat_batch
-    from .errors import Cancelled, SegExplainError
-    from .models.base import Prepared
+@dataclass
+class EvalPlan:
+    """What to evaluate, validated once (picklable: Dask workers get it with each image).
 
+    ``methods``: ``(label, method, full parameters)``; ``classes``: class indices (None:
+    every predicted class); the metric settings; ``seed`` is the run's base seed (image
+    ``name`` uses :func:`seg_explain.dataset.image_seed` of it)."""
+
+    methods: list[tuple[str, str, dict[str, Any]]]
+    classes: list[int] | None = None
+    n_faithfulness: int = 100
+    subset: Any = 0.05
+    n_sensitivity: int = 3
+    noise: float = 0.1
+    theta: float = 0.1
+    baseline: Any = "min"
+    seed: int = 0
+    batch_size: int | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [lab for lab, _, _ in self.methods]
+
+    def settings(self) -> dict[str, Any]:
+        """The run settings as :attr:`MetricsResult.settings` reports them."""
+        return {"n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
+                "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
+                "seed_per_image": "seg_explain.dataset.image_seed(seed, image name)",
+                "method_params": {lab: {k: (f"<{type(v).__name__}>"
+                                            if not isinstance(v, (int, float, str, bool, type(None))) else v)
+                                        for k, v in full.items()} for lab, _, full in self.methods}}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything the numbers depend on (for resuming: a run.json fingerprint)."""
+        return {"methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
+                "n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
+                "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
+                "batch_size": self.batch_size}
+
+
+def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
+                    method_params: dict[str, dict] | None = None, seed: int = 0, batch_size: int | None = None,
+                    n_faithfulness: int = 100, subset=0.05, n_sensitivity: int = 3, noise: float = 0.1,
+                    theta: float = 0.1, baseline="min", **params) -> EvalPlan:
+    """Check every setting and method parameter (before any image) -> :class:`EvalPlan`."""
     from .checks import as_float, as_int
+    from .explainers.base import get_spec, resolve_params
 
     n_faithfulness = as_int("n_faithfulness", n_faithfulness, 2)   # a correlation needs >= 2 subsets
     if isinstance(subset, float) and subset < 1:
@@ -247,85 +283,133 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     specs = [EvaluatedMethod.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
     method_params = method_params or {}
     resolved = []
+    used: set[str] = set()
     for sp in specs:
         reg = get_spec(sp.method)
         glob = {k: v for k, v in params.items() if k in reg.defaults}
         _, full = resolve_params(sp.method, {**glob, **method_params.get(sp.method, {}),
                                              **method_params.get(sp.label, {}), **sp.params})
-        resolved.append((sp, reg, full))
-    used = {k for _, reg, _ in resolved for k in reg.defaults}
+        resolved.append((sp.label, sp.method, full))
+        used |= set(reg.defaults)
     stray = set(params) - used
     if stray:
         raise MethodError(f"no evaluated method has parameter(s) {', '.join(sorted(stray))}")
+    return EvalPlan(resolved, classes, n_faithfulness, subset, n_sensitivity, noise, theta, baseline, seed,
+                    batch_size)
 
+
+def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str = "skip"
+                        ) -> Iterator[tuple[int, int]]:
+    """The metrics of one image: yields ``(methods done, methods)``, returns
+    ``{"name", "rows": [...], "failed": [(image, class, method, reason), ...]}``.
+
+    The single per-image computation behind :func:`evaluate_iter` (serial) and
+    :mod:`seg_explain.dataset` (resumable, Dask workers). An image that cannot be read or
+    predicted raises; a method that cannot explain one class is listed in ``failed``
+    (``on_error="skip"``) or raises (``"raise"``). Seeds: the explainer gets
+    ``image_seed(plan.seed, name)``, the metric draws come from a generator seeded by
+    ``(plan.seed, that, class)``: nothing depends on the order of the images."""
+    from .aggregate import _load
+    from .dataset import image_seed
+    from .errors import Cancelled, SegExplainError
+    from .explainers.base import Context, get_spec
+    from .explainers.engine import f_hat_batch
+    from .jobs import drive
+    from .models.base import Prepared
+
+    prep = model.prepare(_load(image))
+    clean = model.logits_tensor(prep.x)
+    labels = model.labels_from_logits(clean)
+    present = [int(c) for c in torch.unique(labels)]
+    todo = present if plan.classes is None else [c for c in plan.classes if c in present]
+    sd = model.spatial_dims
+    seed = image_seed(plan.seed, name)
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[str, str, str, str]] = []
+    for k, (label, method, full) in enumerate(plan.methods):
+        reg = get_spec(method)
+        sign = reg.orientation   # a map whose red is negative (PdCR) is negated
+        for c in todo:
+            roi = labels == c
+            rng = np.random.default_rng([int(plan.seed), seed, c])
+
+            def run(x_t, _c=c, _roi=roi, _reg=reg, _full=full):
+                p2 = prep if x_t is prep.x else Prepared(x_t, prep.grid, prep.image_shape)
+                ctx2 = Context(model, p2, _c, _roi, seed=seed, batch_size=plan.batch_size)
+                if x_t is prep.x:
+                    ctx2._clean_logits = clean
+                t0 = time.perf_counter()
+                out = drive(_reg.fn(ctx2, **_full))
+                return _model_attr(out, sd), ctx2, time.perf_counter() - t0
+
+            try:
+                a, ctx, secs = run(prep.x)
+            except SegExplainError as exc:   # e.g. PdCR with no block outside a huge RoI
+                if on_error == "raise" or isinstance(exc, Cancelled):
+                    raise
+                failed.append((name, model.class_names[c], label, str(exc)))
+                continue
+            fctx = Context(model, prep, c, roi, seed=seed, batch_size=plan.batch_size)
+            bs = fctx.auto_batch(per_item_bytes=float(np.prod(prep.shape)) * 4 * 40 * model.in_channels, cap=32)
+            faith, _ = faithfulness(lambda xb, _f=fctx: f_hat_batch(_f, xb).numpy(), prep.x, sign * a,
+                                    n=plan.n_faithfulness, subset=plan.subset, baseline=plan.baseline, rng=rng,
+                                    batch_size=bs)
+            sens = (sensitivity(lambda xt, _run=run: _run(xt)[0], prep.x, a, n=plan.n_sensitivity,
+                                noise=plan.noise, rng=rng)
+                    if plan.n_sensitivity > 0 else float("nan"))
+            rows.append({"image": name, "class": model.class_names[c], "method": label,
+                         "faithfulness": faith, "sensitivity": sens, "complexity": complexity(a, plan.theta),
+                         "seconds": secs, "n_forward": int(ctx.n_forward), "n_backward": int(ctx.n_backward)})
+        yield (k + 1, len(plan.methods))
+    return {"name": name, "rows": rows, "failed": failed}
+
+
+def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=None,
+                  method_params: dict[str, dict] | None = None, names: Sequence[str] | None = None,
+                  seed: int = 0, batch_size: int | None = None, n_faithfulness: int = 100,
+                  subset=0.05, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
+                  baseline="min", on_error: str = "raise", **params) -> Iterator[tuple[int, int]]:
+    """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, method)."""
+    from .aggregate import _as_list, _name_of
+    from .errors import Cancelled, SegExplainError
+
+    plan = plan_evaluation(model, methods, classes, method_params, seed, batch_size, n_faithfulness, subset,
+                           n_sensitivity, noise, theta, baseline, **params)
     imgs = _as_list(images)
     names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(imgs)]
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     failed: list[tuple[str, str, str, str]] = []   # (image, class, method, reason)
-    total = len(imgs) * len(resolved)
-    done = 0
+    n_m = len(plan.methods)
+    total = len(imgs) * n_m
     for i, (img, name) in enumerate(zip(imgs, names)):
+        gen = evaluate_image_iter(model, img, name, plan, on_error=on_error)
         try:
-            prep = model.prepare(_load(img))
-            clean = model.logits_tensor(prep.x)
-            labels = model.labels_from_logits(clean)
+            while True:
+                try:
+                    d, _t = next(gen)
+                except StopIteration as stop:
+                    one = stop.value
+                    break
+                yield (i * n_m + d, total)
         except (SegExplainError, ValueError, RuntimeError, OSError) as exc:
-            if on_error == "raise":
+            if on_error == "raise" or isinstance(exc, Cancelled):
                 raise
             skipped.append((name, str(exc)))
-            done += len(resolved)
-            yield (done, total)
+            yield ((i + 1) * n_m, total)
             continue
-        present = [int(c) for c in torch.unique(labels)]
-        todo = present if classes is None else [c for c in (model.class_index(k) for k in classes) if c in present]
-        sd = model.spatial_dims
-        for sp, reg, full in resolved:
-            sign = reg.orientation   # a map whose red is negative (PdCR) is negated
-            for c in todo:
-                roi = labels == c
-                rng = np.random.default_rng([int(seed), i, c])
-
-                def run(x_t, _c=c, _roi=roi):
-                    p2 = prep if x_t is prep.x else Prepared(x_t, prep.grid, prep.image_shape)
-                    ctx2 = Context(model, p2, _c, _roi, seed=seed, batch_size=batch_size)
-                    if x_t is prep.x:
-                        ctx2._clean_logits = clean
-                    t0 = time.perf_counter()
-                    out = drive(reg.fn(ctx2, **full))
-                    return _model_attr(out, sd), ctx2, time.perf_counter() - t0
-
-                try:
-                    a, ctx, secs = run(prep.x)
-                except SegExplainError as exc:   # e.g. PdCR with no block outside a huge RoI
-                    if on_error == "raise" or isinstance(exc, Cancelled):
-                        raise
-                    failed.append((name, model.class_names[c], sp.label, str(exc)))
-                    continue
-                fctx = Context(model, prep, c, roi, seed=seed, batch_size=batch_size)
-                bs = fctx.auto_batch(per_item_bytes=float(np.prod(prep.shape)) * 4 * 40 * model.in_channels, cap=32)
-                faith, _ = faithfulness(lambda xb: f_hat_batch(fctx, xb).numpy(), prep.x, sign * a,
-                                        n=n_faithfulness, subset=subset, baseline=baseline, rng=rng,
-                                        batch_size=bs)
-                sens = (sensitivity(lambda xt: run(xt)[0], prep.x, a, n=n_sensitivity, noise=noise, rng=rng)
-                        if n_sensitivity > 0 else float("nan"))
-                rows.append({"image": name, "class": model.class_names[c], "method": sp.label,
-                             "faithfulness": faith, "sensitivity": sens, "complexity": complexity(a, theta),
-                             "seconds": secs, "n_forward": ctx.n_forward, "n_backward": ctx.n_backward})
-            done += 1
-            yield (done, total)
-    settings = {"n_faithfulness": n_faithfulness, "subset": subset, "n_sensitivity": n_sensitivity,
-                "noise": noise, "theta": theta, "baseline": baseline, "seed": seed,
-                "method_params": {sp.label: {k: (f"<{type(v).__name__}>" if not isinstance(v, (int, float, str, bool, type(None))) else v)
-                                             for k, v in full.items()} for sp, _, full in resolved},
-                "skipped": skipped, "failed": failed}
+        finally:
+            gen.close()
+        rows += one["rows"]
+        failed += one["failed"]
     if not rows and skipped:
         raise InputMismatchError("No image could be evaluated: " + "; ".join(f"{n}: {m}" for n, m in skipped))
-    return MetricsResult(rows, [sp.label for sp, _, _ in resolved], settings)
+    return MetricsResult(rows, plan.labels, {**plan.settings(), "skipped": skipped, "failed": failed})
 
 
 def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
-             progress: Callable[[int, int], Any] | None = None, **kwargs) -> MetricsResult:
+             progress: Callable[[int, int], Any] | None = None, *, client=None,
+             out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs) -> MetricsResult:
     """Faithfulness, sensitivity, complexity and efficiency of ``methods`` on ``images``.
 
     ``methods``: names (``"smoothgrad"``), ``"name:k=v:k=v"`` strings, ``(label, name,
@@ -335,10 +419,21 @@ def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
     ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
     to every method that has them. Metric settings: ``n_faithfulness`` (100), ``subset``
     (0.05), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` ("min"),
-    ``seed`` (0), ``batch_size``, ``on_error`` ("raise" | "skip": an unreadable image is
-    listed in ``settings["skipped"]``, a method that cannot explain one class in
+    ``seed`` (0; image ``name`` uses ``image_seed(seed, name)``), ``batch_size``,
+    ``on_error`` ("raise" | "skip": an unreadable image is listed in
+    ``settings["skipped"]``, a method that cannot explain one class in
     ``settings["failed"]``; the rest is evaluated).
+
+    Data sets: ``client`` (a ``distributed.Client``, a scheduler address, or a number of
+    local worker processes) runs one Dask task per image; ``out`` keeps every finished
+    image in a folder and resumes from it (``overwrite=True`` recomputes). See
+    :mod:`seg_explain.dataset`.
     """
+    if client is not None or out is not None:
+        from .dataset import run_python
+
+        return run_python("evaluate", model, images, progress=progress, client=client, out=out,
+                          overwrite=overwrite, methods=methods, classes=classes, **kwargs)
     from .explainers.base import drive
 
     return drive(evaluate_iter(model, images, methods, classes, **kwargs), progress)
