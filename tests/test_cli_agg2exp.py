@@ -37,9 +37,11 @@ def test_agg2exp_writes_everything_and_skips_a_bad_file(bundle3d, images, tmp_pa
                  "--extra-roi", f"lesion={tmp_path}/{{stem}}_lesion.nii.gz",
                  "--ground-truth", f"{tmp_path}/{{stem}}_gt.nii.gz"])
     err = capsys.readouterr().err
-    assert code == 0
-    assert "skipping corrupt" in err and "warning: 1 of 6 image(s) skipped" in err
+    assert code == 3                                            # tables written, one image failed
+    assert "failed: corrupt" in err and "warning: 1 of 6 image(s) failed" in err
     assert "[agg2exp]" in err                                   # progress on stderr
+    fails = list(csv.DictReader(open(out / "failures.csv")))
+    assert [r["image"] for r in fails] == ["corrupt"] and fails[0]["error"]
     for f in ("local_importance.csv", "global_importance.csv", "outliers.csv", "heatmap.png", "graph.png"):
         assert (out / f).stat().st_size > 0, f
     rows = list(csv.DictReader(open(out / "local_importance.csv")))

@@ -2,14 +2,19 @@
 
 Writes ``local_importance.csv`` (image, explained_class, region, mass, mass_pos,
 mass_neg), ``global_importance.csv``, ``outliers.csv`` (with 5 images or more),
-``heatmap.png`` and ``graph.png``. Progress goes to stderr. An image that cannot be read
-or explained is reported and skipped; the run succeeds (exit 0, with a warning line) when
-at least one image was explained.
+``heatmap.png`` and ``graph.png``. IMAGE may be a file, a folder (its image files), a glob
+pattern ("scans/*.nii.gz") or a CSV manifest (columns image, and optionally name,
+ground_truth, roi_<name>). Every finished image is written at once to DIR/images/, so a
+rerun with the same --out skips the images already done (--overwrite recomputes them); with
+--workers N (a local Dask cluster) or --scheduler ADDRESS (an existing one) the images are
+computed in parallel, with the same tables. An image that cannot be read or explained is
+reported (DIR/failures.csv) and the others go on. Exit code: 0 all images done; 3 some
+failed (tables written from the others); 2 bad input or no image could be explained.
 """
 from __future__ import annotations
 
+import os
 import sys
-import time
 from pathlib import Path
 
 MIN_IMAGES_FOR_OUTLIERS = 5
@@ -19,7 +24,8 @@ OUTPUTS = ("local_importance.csv", "global_importance.csv", "outliers.csv", "hea
 def add_parser(sub):
     p = sub.add_parser("agg2exp", help="class-to-region importance over many images (Agg2Exp)",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (NIfTI, TIFF, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (NIfTI, TIFF, ...), folders, glob patterns or CSV manifests")
     p.add_argument("--model", required=True, help="MONAI bundle folder or TorchScript/.pt2 file")
     p.add_argument("--method", default="smoothgrad", help="attribution method (default: smoothgrad)")
     p.add_argument("--out", required=True, help="output folder")
@@ -34,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from ..dataset import add_dataset_arguments
+
+    add_dataset_arguments(p)
     return p
 
 
@@ -43,67 +52,69 @@ def _stem(path: str) -> str:
     return stem(Path(path))
 
 
-def parse_extra_rois(items, images) -> dict:
-    """``[NAME=]FILE`` items -> ``{name: path or template}`` for :func:`agg2exp`."""
+def parse_extra_rois(items) -> dict[str, str]:
+    """``[NAME=]FILE`` items -> ``{name: path or template with {stem}}``."""
     out = {}
     for it in items:
         name, _, path = it.partition("=") if "=" in it else ("", "", it)
         path = path or it
         if not name:
             name = _stem(path.replace("{stem}", "")) or "roi"
-        if "{" in path:   # one mask per image
-            out[name] = [path.format(stem=_stem(im)) for im in images]
-        elif not Path(path).exists():
+        if "{" not in path and not Path(path).exists():
             raise FileNotFoundError(f"extra RoI file not found: {path}")
-        else:
-            out[name] = path
+        out[name] = path
     return out
 
 
 def run(args) -> int:
-    from ..aggregate import Agg2ExpRun
+    from ..checks import as_int
     from ..cli import parse_params
+    from ..dataset import (
+        EXIT_OK,
+        EXIT_SOME_FAILED,
+        FAILURES_FILE,
+        RESULTS_DIR,
+        RUN_FILE,
+        Agg2ExpJob,
+        DatasetRun,
+        check_dataset_arguments,
+        collect_images,
+        make_executor,
+        model_digest,
+        run_command,
+    )
     from ..errors import InputMismatchError
+    from ..explainers.registry import resolve_params
+    from ..files import check_output
     from ..models import load_model
 
-    from ..checks import as_int
-    from ..files import check_output
-
     params = parse_params(args.param, args.method)
+    resolve_params(args.method, params)       # unknown or bad parameters fail before any image
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
     as_int("--top-k", args.top_k, 1)
-    extra = parse_extra_rois(args.extra_roi, args.images)
-    gt = None
-    if args.ground_truth:
-        gt = [args.ground_truth.format(stem=_stem(p)) for p in args.images]
-    inputs = list(args.images) + [args.model] + list(gt or []) + [
-        v for spec in extra.values() for v in (spec if isinstance(spec, list) else [spec])]
-    out = check_output(args.out, inputs, folder=True, names=OUTPUTS)   # before any computation
-    model = load_model(args.model, device=args.device)
-    names = [_stem(p) for p in args.images]
-    if len(set(names)) != len(names):  # same stem in different folders: keep them apart
-        names = [str(Path(p)) for p in args.images]
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-
-    runner = Agg2ExpRun(model, list(args.images), args.method, extra or None, names=names,
-                        ground_truth=gt, classes=classes, seed=seed, on_error="skip", **params)
-    t0 = time.perf_counter()
-    n = len(args.images)
-    last = [-1.0]
-    reported = 0
-    for done, total in runner.run_iter():
-        while reported < len(runner.skipped):
-            nm, msg = runner.skipped[reported]
-            print(f"seg-explain: skipping {nm}: {msg}", file=sys.stderr)
-            reported += 1
-        if not args.quiet:
-            now = time.perf_counter()
-            if now - last[0] > 1.0 or done == total:
-                last[0] = now
-                i = min(n, done // 1000 + 1)
-                print(f"[agg2exp] {100 * done / total:5.1f}%  image {min(i, n)}/{n}  "
-                      f"{now - t0:6.1f}s", file=sys.stderr, flush=True)
-    res = runner.result()
+    check_dataset_arguments(args)
+    extra = parse_extra_rois(args.extra_roi)
+    records, roi_names, manifests = collect_images(args.images, args.ground_truth, extra, exclude=args.out)
+    inputs = [p for r in records for p in r.paths()] + manifests + [args.model] + [
+        v for v in extra.values() if "{" not in v]
+    out = check_output(args.out, inputs, folder=True,
+                       names=OUTPUTS + (RUN_FILE, FAILURES_FILE, RESULTS_DIR))   # before any computation
+    distributed = bool(args.workers or args.scheduler)
+    # the class names (and an early, clear error for a bad model) come from a copy loaded here;
+    # on a cluster each worker loads its own, once, on --device
+    model = load_model(args.model, device="cpu" if distributed else args.device)
+    classes = None
+    if args.classes:
+        classes = [model.class_index(c.strip()) for c in args.classes.split(",")]
+    job = Agg2ExpJob(model=os.path.abspath(args.model), device=args.device, threads=args.threads,
+                     method=args.method, params=params, classes=classes, seed=seed,
+                     row_names=list(model.class_names), roi_names=roi_names,
+                     with_dice=any(r.ground_truth is not None for r in records),
+                     model_digest=model_digest(args.model))
+    with make_executor(args.workers, args.scheduler, threads=args.threads, model=model) as executor:
+        run_ = DatasetRun(job, records, executor=executor, out=out, overwrite=args.overwrite)
+        res = run_command(run_, "[agg2exp]", args.quiet, out)
+    n = len(records)
     if res.n_images == 0:
         raise InputMismatchError(f"none of the {n} images could be explained (see the messages above)")
 
@@ -121,8 +132,11 @@ def run(args) -> int:
             print(f"[agg2exp] Spearman(decision function, Dice), per image averaged over classes "
                   f"(the paper's test; rho > 0: unusual explanations go with lower Dice), {k} images: "
                   f"rho={rho:.3f} (p={pval:.3g}); per class in outliers.csv", file=sys.stderr)
-    elif not args.quiet:
-        print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
+    else:
+        if (out / "outliers.csv").exists():     # from an earlier run on more images: stale now
+            (out / "outliers.csv").unlink()
+        if not args.quiet:
+            print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
     from ..plots import plot_graph, plot_heatmap, save_figure
 
     title = f"Agg2Exp ({res.method}), {res.n_images} image(s)"
@@ -131,6 +145,8 @@ def run(args) -> int:
     written += ["heatmap.png", "graph.png"]
     print(f"[agg2exp] wrote {', '.join(written)} to {out}", file=sys.stderr)
     if res.skipped:
-        print(f"seg-explain: warning: {len(res.skipped)} of {n} image(s) skipped: "
-              + ", ".join(nm for nm, _ in res.skipped), file=sys.stderr)
-    return 0
+        print(f"seg-explain: warning: {len(res.skipped)} of {n} image(s) failed (listed in "
+              f"{out / FAILURES_FILE}; a rerun retries them): " + ", ".join(nm for nm, _ in res.skipped),
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK

@@ -5,19 +5,25 @@ every predicted class of every image, in model space. Writes ``metrics.csv`` (on
 image, class and method) and ``metrics_summary.csv`` (mean and sd per method), and prints
 the mean ± sd table. A method may carry its own parameters: ``--method
 kernel_shap:features=semantic:n_samples=100``; ``--param k=v`` applies to every method
-that has parameter ``k``.
+that has parameter ``k``. IMAGE may be a file, a folder, a glob pattern or a CSV manifest
+(column image, optionally name). Every finished image is written at once to DIR/images/; a
+rerun with the same --out skips the images already done (--overwrite recomputes them);
+--workers N / --scheduler ADDRESS compute the images on Dask. Exit code: 0 all images done;
+3 some failed (tables written from the others); 2 bad input or no image could be evaluated.
 """
 from __future__ import annotations
 
+import os
 import sys
-import time
-from pathlib import Path
+
+OUTPUTS = ("metrics.csv", "metrics_summary.csv")
 
 
 def add_parser(sub):
     p = sub.add_parser("evaluate", help="faithfulness / sensitivity / complexity / time of methods",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders, glob patterns or CSV manifests")
     p.add_argument("--model", required=True)
     p.add_argument("--method", action="append", required=True, metavar="NAME[:k=v...]",
                    help="method to evaluate (repeat for several)")
@@ -34,44 +40,59 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    from ..dataset import add_dataset_arguments
+
+    add_dataset_arguments(p)
     return p
 
 
 def run(args) -> int:
-    from ..aggregate import _stem
-    from ..cli import parse_params
-    from ..metrics import evaluate_iter
-    from ..models import load_model
-
     from ..checks import as_int
+    from ..cli import parse_params
+    from ..dataset import (
+        EXIT_OK,
+        EXIT_SOME_FAILED,
+        FAILURES_FILE,
+        RESULTS_DIR,
+        RUN_FILE,
+        DatasetRun,
+        EvaluateJob,
+        check_dataset_arguments,
+        collect_images,
+        make_executor,
+        model_digest,
+        run_command,
+    )
+    from ..errors import InputMismatchError
     from ..files import check_output
+    from ..metrics import plan_evaluation
+    from ..models import load_model
 
     params = parse_params(args.param)
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
-    out = check_output(args.out, list(args.images) + [args.model], folder=True,
-                       names=("metrics.csv", "metrics_summary.csv"))   # before any computation
-    model = load_model(args.model, device=args.device)
-    subset = args.subset   # a fraction (< 1) or a whole number of voxels (checked by evaluate)
+    check_dataset_arguments(args)
+    records, _rois, manifests = collect_images(args.images, exclude=args.out)
+    inputs = [r.image for r in records if isinstance(r.image, str)] + manifests + [args.model]
+    out = check_output(args.out, inputs, folder=True,
+                       names=OUTPUTS + (RUN_FILE, FAILURES_FILE, RESULTS_DIR))   # before any computation
+    distributed = bool(args.workers or args.scheduler)
+    model = load_model(args.model, device="cpu" if distributed else args.device)
+    subset = args.subset   # a fraction (< 1) or a whole number of voxels (checked by the plan)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    names = [_stem(Path(p)) for p in args.images]
-    if len(set(names)) != len(names):
-        names = list(args.images)
-    gen = evaluate_iter(model, list(args.images), args.method, classes=classes, names=names,
-                        seed=seed, n_faithfulness=args.n_faithfulness, subset=subset,
-                        n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
-                        baseline=_number_or_text(args.baseline), on_error="skip", **params)
-    t0 = time.perf_counter()
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            res = stop.value
-            break
-        if not args.quiet:
-            print(f"[evaluate] {done}/{total} (image x method)  {time.perf_counter() - t0:6.1f}s",
-                  file=sys.stderr, flush=True)
-    for nm, msg in res.settings.get("skipped", []):
-        print(f"seg-explain: skipping {nm}: {msg}", file=sys.stderr)
+    plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=args.n_faithfulness,
+                           subset=subset, n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
+                           baseline=_number_or_text(args.baseline), **params)
+    # images carry no ground truth or RoIs here
+    for r in records:
+        r.ground_truth, r.rois = None, {}
+    job = EvaluateJob(model=os.path.abspath(args.model), device=args.device, threads=args.threads, plan=plan,
+                      model_digest=model_digest(args.model))
+    with make_executor(args.workers, args.scheduler, threads=args.threads, model=model) as executor:
+        run_ = DatasetRun(job, records, executor=executor, out=out, overwrite=args.overwrite)
+        res = run_command(run_, "[evaluate]", args.quiet, out)
+    n = len(records)
+    if not res.rows and res.settings.get("skipped"):
+        raise InputMismatchError(f"none of the {n} images could be evaluated (see the messages above)")
     for nm, cls, meth, msg in res.settings.get("failed", []):
         print(f"seg-explain: {meth} could not explain {cls} in {nm}: {msg}", file=sys.stderr)
     res.to_csv(out / "metrics.csv")
@@ -79,9 +100,10 @@ def run(args) -> int:
     print(res.table())
     print(f"[evaluate] wrote metrics.csv, metrics_summary.csv to {out}", file=sys.stderr)
     if res.settings.get("skipped"):
-        print(f"seg-explain: warning: {len(res.settings['skipped'])} of {len(args.images)} image(s) skipped",
-              file=sys.stderr)
-    return 0
+        print(f"seg-explain: warning: {len(res.settings['skipped'])} of {n} image(s) failed (listed in "
+              f"{out / FAILURES_FILE}; a rerun retries them)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def _number_or_text(v: str):

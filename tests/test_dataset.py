@@ -1,0 +1,354 @@
+"""Data-set runs (seg_explain.dataset): inputs (paths, folders, globs, CSV manifests), seeds
+per image, serial vs a real local Dask cluster vs a real external ``dask scheduler`` + two
+``dask worker`` processes (identical tables), resuming after a real Ctrl-C, a real killed
+worker, corrupted images recorded and skipped."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import UNET_DEF, make_unet, write_bundle
+
+from seg_explain.cli import main
+from seg_explain.dataset import ImageRecord, collect_images, file_key, image_seed, read_manifest, records_from
+from seg_explain.errors import InputMismatchError
+
+CLASSES = ["background", "a", "b", "c"]
+TABLES = ("local_importance.csv", "global_importance.csv", "outliers.csv")
+ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def bundle2d(root: Path) -> Path:
+    return write_bundle(root, {**UNET_DEF, "spatial_dims": 2}, make_unet(2), CLASSES, (32, 32))
+
+
+def write_images(folder: Path, n: int, size: int = 32, seed: int = 0) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = folder / f"case{i:02d}.npy"
+        np.save(p, (rng.random((size, size)) * 100).astype(np.float32))
+        np.save(folder / f"gt{i:02d}.npy", rng.integers(0, 4, (size, size)).astype(np.uint8))
+        out.append(str(p))
+    return out
+
+
+def read(path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def same_tables(a: Path, b: Path, names=TABLES) -> None:
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+def finished(out: Path) -> list[Path]:
+    """Finished-image files (not the hidden temporary file of a write in progress)."""
+    return sorted(p for p in (out / "images").glob("*.npz") if not p.name.startswith("."))
+
+
+def results(out: Path) -> dict[str, tuple[int, int]]:
+    """Finished-image files -> (inode, mtime_ns), to prove they are not rewritten."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished(out)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 2D bundle, six 32×32 images with ground truth, and a corrupted image."""
+    root = tmp_path_factory.mktemp("data")
+    model = bundle2d(root / "bundle")
+    imgs = write_images(root / "imgs", 6)
+    bad = root / "imgs" / "broken.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    return {"root": root, "model": str(model), "images": imgs, "bad": str(bad)}
+
+
+def cli_args(data, out, *extra, quiet=True):
+    imgs = [*data["images"][:3], data["bad"], *data["images"][3:]]
+    return ["agg2exp", *imgs, "--model", data["model"], "--method", "smoothgrad", "--param", "n_samples=4",
+            "--out", str(out), "--threads", "1", *(["--quiet"] if quiet else []), *extra]
+
+
+# ------------------------------------------------------------------------- inputs --
+def test_inputs_paths_folders_globs_manifest(tmp_path):
+    a = write_images(tmp_path / "a", 2)
+    write_images(tmp_path / "b", 1)
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    # a folder: its image files, sorted (not the text file)
+    recs, rois, mans = collect_images([tmp_path / "a"])
+    assert [r.name for r in recs] == ["case00", "case01", "gt00", "gt01"] and not rois and not mans
+    # a glob; colliding stems get their folder
+    recs, _, _ = collect_images([str(tmp_path / "*" / "case0*.npy")])
+    assert [r.name for r in recs] == ["a/case00", "case01", "b/case00"]
+    assert all(os.path.isabs(r.image) for r in recs)
+    with pytest.raises(InputMismatchError, match="no image file matches"):
+        collect_images([str(tmp_path / "*.nii.gz")])
+    # a manifest: relative paths, names, ground truth, per-image RoIs; unknown columns ignored
+    (tmp_path / "m.csv").write_text("image,name,label,roi_lesion,age\n"
+                                    "a/case00.npy,p1,a/gt00.npy,a/gt01.npy,50\n"
+                                    "a/case01.npy,,,,61\n")
+    recs, rois, mans = collect_images([tmp_path / "m.csv"], extra_rois={"box": str(tmp_path / "a/gt00.npy")})
+    assert [r.name for r in recs] == ["p1", "case01"] and rois == ["box", "lesion"]
+    assert recs[0].ground_truth == str(tmp_path / "a" / "gt00.npy") and recs[1].ground_truth is None
+    assert recs[0].rois == {"box": str(tmp_path / "a/gt00.npy"), "lesion": str(tmp_path / "a" / "gt01.npy")}
+    assert recs[1].rois["lesion"] is None and mans == [str(tmp_path / "m.csv")]
+    # a ground-truth template fills rows without one
+    recs, _, _ = collect_images([a[1]], ground_truth=str(tmp_path / "a" / "{stem}_gt.npy"))
+    assert recs[0].ground_truth == str(tmp_path / "a" / "case01_gt.npy")
+    # bad manifests and duplicates are input errors
+    (tmp_path / "bad.csv").write_text("file_name,x\nfoo,1\n")
+    with pytest.raises(InputMismatchError, match="no 'image' column"):
+        read_manifest(tmp_path / "bad.csv")
+    with pytest.raises(InputMismatchError, match="two images are named"):
+        collect_images([a[0], a[0]])
+
+
+def test_seeds_and_keys_depend_on_the_image_only():
+    assert image_seed(0, "case1") == image_seed(0, "case1") != image_seed(0, "case2")
+    assert image_seed(1, "case1") != image_seed(0, "case1")
+    assert 0 <= image_seed(7, "x") < 2 ** 31 - 1
+    k = file_key("../a b/c:d")
+    assert "/" not in k and ":" not in k and k != file_key("../a b/c;d")
+    recs, names = records_from([np.zeros((4, 4)), np.ones((4, 4))], extra_rois={"m": np.ones((4, 4))})
+    assert [r.name for r in recs] == ["image_0", "image_1"] and names == ["m"]
+    assert all(a is b for a, b in zip(records_from(recs)[0], recs))
+
+
+def test_manifest_run_and_resume_in_process(data, tmp_path, capsys):
+    """A CSV manifest with ground truth and a per-image RoI; a second run skips everything and
+    writes the same tables; --overwrite recomputes; other settings are refused."""
+    imgs = data["images"]
+    lines = ["image,ground_truth,roi_lesion"] + [
+        f"{p},{p.replace('case', 'gt')},{imgs[0].replace('case', 'gt') if i % 2 else ''}" for i, p in enumerate(imgs)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["agg2exp", str(tmp_path / "m.csv"), "--model", data["model"], "--method", "gradient", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[agg2exp]" in err and "6 of 6 image(s) to compute" in err
+    rows = read(out / "local_importance.csv")
+    assert {r["region"] for r in rows} == {*CLASSES, "lesion"}
+    lesion = [r for r in rows if r["region"] == "lesion" and r["mass"] != ""]
+    assert {r["image"] for r in lesion} == {"case01", "case03", "case05"}
+    assert all(0 <= float(r["dice"]) <= 1 for r in read(out / "outliers.csv"))
+    before = results(out)
+    tables = {n: (out / n).read_bytes() for n in TABLES}
+    assert main(args) == 0
+    assert "skipping 6 images already done" in capsys.readouterr().err
+    assert results(out) == before and {n: (out / n).read_bytes() for n in TABLES} == tables
+    # other settings on the same folder: refused before computing
+    assert main([*args[:5], "smoothgrad", *args[6:]]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert "skipping" not in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in TABLES} == tables
+    assert all(results(out)[k][1] != before[k][1] or results(out)[k][0] != before[k][0] for k in before)
+
+
+# ------------------------------------------------------------------ Dask: identical --
+@pytest.fixture(scope="module")
+def serial(data, tmp_path_factory):
+    """The serial run (in this process, one torch thread) the Dask runs must equal."""
+    out = tmp_path_factory.mktemp("serial") / "out"
+    assert main(cli_args(data, out)) == 3                         # one corrupted image: recorded, exit 3
+    return out
+
+
+def test_serial_and_local_cluster_give_identical_tables(data, serial, tmp_path, capsys):
+    dask2 = tmp_path / "dask2"
+    capsys.readouterr()
+    assert main(cli_args(data, dask2, "--workers", "2", quiet=False)) == 3
+    same_tables(serial, dask2)
+    for out in (serial, dask2):
+        fails = read(out / "failures.csv")
+        assert [f["image"] for f in fails] == ["broken"] and fails[0]["error"]
+        assert len(finished(out)) == 6
+        assert len(list((out / "images").glob("*.failed.json"))) == 1
+    err = capsys.readouterr().err
+    assert "local Dask cluster: 2 worker process(es), 1 torch thread(s) each" in err
+    assert "failed: broken" in err
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on localhost."""
+    distributed = pytest.importorskip("distributed")
+    root = tmp_path_factory.mktemp("cluster")
+    sf = root / "scheduler.json"
+    dask = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen([*dask, "scheduler", "--scheduler-file", str(sf), "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard"], env=ENV, cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(600):
+            if sf.exists() and sf.stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        for i in range(2):
+            procs.append(subprocess.Popen([*dask, "worker", "--scheduler-file", str(sf), "--nthreads", "1",
+                                           "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                           "--name", f"w{i}"], env=ENV, cwd=root,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(sf.read_text())["address"]
+        client = distributed.Client(address, timeout=30)
+        client.wait_for_workers(2, timeout=60)
+        yield address, client
+        client.close()
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait(10)
+
+
+def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_path, capsys):
+    from seg_explain import dataset
+
+    address, client = external
+    ext = tmp_path / "ext"
+    loads = client.run(lambda: dataset.MODEL_LOADS["count"])
+    assert main(cli_args(data, ext, "--scheduler", address, quiet=False)) == 3
+    same_tables(serial, ext)
+    assert "on the Dask cluster at tcp://127.0.0.1" in capsys.readouterr().err
+    # each worker loaded the model once (not per image), whatever it computed
+    after = client.run(lambda: dataset.MODEL_LOADS["count"])
+    assert all(after[w] - loads[w] <= 1 for w in after) and sum(after.values()) > sum(loads.values())
+
+
+def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
+    from seg_explain import load_model
+    from seg_explain.aggregate import agg2exp
+    from seg_explain.metrics import evaluate
+
+    _address, client = external
+    imgs = data["images"][:4]
+    model = load_model(data["model"], device="cpu")
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)       # the workers use one thread: same floating-point sums
+    try:
+        ser = agg2exp(model, imgs, method="smoothgrad", n_samples=4)
+        dist = agg2exp(data["model"], imgs, method="smoothgrad", n_samples=4, client=client, threads=1)
+        ev_ser = evaluate(model, imgs[:2], ["gradient", "smoothgrad:n_samples=2"], n_faithfulness=8,
+                          n_sensitivity=1, classes=[0, 1])
+        ev_dist = evaluate(data["model"], imgs[:2], ["gradient", "smoothgrad:n_samples=2"], n_faithfulness=8,
+                           n_sensitivity=1, classes=[0, 1], client=client, threads=1, out=tmp_path / "ev")
+    finally:
+        torch.set_num_threads(n)
+    assert dist.image_names == ser.image_names
+    for k in ("local", "local_pos", "local_neg", "local_mean", "volumes", "present"):
+        np.testing.assert_array_equal(getattr(dist, k), getattr(ser, k))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ev_ser.rows]
+    assert json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in ev_dist.rows]) == json.dumps(strip)
+    assert len(list((tmp_path / "ev" / "images").glob("*.json"))) == 2
+    # a model built in Python has no file a worker could load
+    from conftest import wrap
+
+    with pytest.raises(InputMismatchError, match="needs the model as a file"):
+        agg2exp(wrap(make_unet(2), 2), imgs, method="gradient", client=client)
+    # a failing image with on_error="raise" stops the run; "skip" lists it
+    with pytest.raises(InputMismatchError, match="broken"):
+        agg2exp(data["model"], [imgs[0], data["bad"]], method="gradient", client=client)
+    res = agg2exp(data["model"], [imgs[0], data["bad"]], method="gradient", client=client, on_error="skip")
+    assert res.image_names == ["case00"] and [n for n, _ in res.skipped] == ["broken"]
+
+
+# -------------------------------------------------------- interrupted / killed runs --
+@pytest.fixture(scope="module")
+def slow(data, tmp_path_factory):
+    """Images big enough (64×64, SmoothGrad with 16 samples) that a run can be stopped
+    half-way, and the tables of one uninterrupted serial run."""
+    root = tmp_path_factory.mktemp("slow")
+    imgs = write_images(root / "imgs", 8, size=64, seed=1)
+    args = ["agg2exp", *imgs, "--model", data["model"], "--method", "smoothgrad", "--param", "n_samples=16",
+            "--threads", "1", "--quiet"]
+    assert main([*args, "--out", str(root / "ref")]) == 0
+    return imgs, args, root / "ref"
+
+
+def start_cli(args):
+    return subprocess.Popen([sys.executable, "-m", "seg_explain.cli", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_results(out: Path, k: int, proc, timeout=120.0) -> None:
+    t0 = time.time()
+    while len(finished(out)) < k:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.01)
+
+
+def test_interrupted_run_resumes_without_recomputing(slow, tmp_path, capsys):
+    imgs, args, ref = slow
+    out = tmp_path / "out"
+    proc = start_cli([*args, "--out", str(out)])
+    wait_for_results(out, 3, proc)
+    proc.send_signal(signal.SIGINT)                             # Ctrl-C half-way
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = results(out)
+    assert 3 <= len(kept) < len(imgs), "the run must be stopped half-way"
+    assert f"{len(kept)} image(s) finished are kept" in err
+    assert not list((out / "images").glob(".*part*"))           # nothing half-written
+    assert not (out / "local_importance.csv").exists()
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 0
+    assert f"skipping {len(kept)} images already done" in capsys.readouterr().err
+    now = results(out)
+    assert {k: now[k] for k in kept} == kept                    # finished images not recomputed
+    assert len(now) == len(imgs)
+    same_tables(ref, out)
+
+
+@pytest.mark.slow
+def test_killed_worker_loses_no_finished_image(slow, tmp_path):
+    pytest.importorskip("distributed")
+    imgs, args, ref = slow
+    out = tmp_path / "out"
+    proc = start_cli([*args, "--out", str(out), "--workers", "2"])
+    wait_for_results(out, 1, proc)
+    first = finished(out)[0]
+    with np.load(first) as z:
+        victim = json.loads(str(z["meta"]))["pid"]
+    assert victim != proc.pid
+    before = results(out)
+    os.kill(victim, signal.SIGKILL)                             # a worker dies mid-run
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    now = results(out)
+    assert {k: now[k] for k in before} == before                # what finished stays as written
+    assert len(now) == len(imgs)
+    same_tables(ref, out)                                       # and the tables are the serial ones
+    pids = set()
+    for p in finished(out):
+        with np.load(p) as z:
+            pids.add(json.loads(str(z["meta"]))["pid"])
+    assert victim in pids and len(pids) >= 2                    # another worker did the rest
+
+
+def test_bad_dataset_arguments(data, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    out = tmp_path / "o"
+    assert main(cli_args(data, out, "--workers", "0")) == 2
+    assert "--workers" in capsys.readouterr().err
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(cli_args(data, out, "--scheduler", "tcp://127.0.0.1:1")) == 2
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(cli_args(data, out, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"))
+    # a record is a plain dataclass that travels to workers
+    r = ImageRecord("x", "/a.npy")
+    assert r.key.startswith("x-") and r.paths() == ["/a.npy"]
