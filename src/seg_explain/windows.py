@@ -160,6 +160,9 @@ def model_tiling(model, shape: Sequence[int]) -> Tiling:
     shape = tuple(int(s) for s in shape)
     if not model.needs_windows(shape):
         return whole(shape)
+    own = getattr(model, "tiling", None)      # a model with its own windows (nnU-Net's steps)
+    if callable(own):
+        return own(shape)
     return tile(shape, model.patch_size, getattr(model, "overlap", 0.25))
 
 

@@ -190,6 +190,7 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
     volume = None
     if slice_index is not None:
         volume = _volume_shape(model, image)
+        vol_image = image
         image, roi, full = _take_slice(model, spec, image, roi, full, slice_index, volume)
     ctx, roi_img, pred_img = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
     result = yield from spec.fn(ctx, **full)
@@ -200,7 +201,7 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
                    t0, extras)
     exp.prediction = pred_img
     if volume is not None:
-        _embed(exp, int(slice_index), volume)
+        _embed(exp, model, vol_image, int(slice_index), volume)
     return exp
 
 
@@ -225,6 +226,19 @@ def _take_slice(model, spec, image, roi, params, k: int, volume):
     """The axial slice ``k`` (first spatial axis) of a volume, its RoI and its label maps."""
     from ..io import LoadedImage
 
+    own = getattr(model, "volume_slice", None)   # a model that slices in its own plane (nnU-Net 2D)
+    if callable(own) and isinstance(image, LoadedImage):
+        k = as_int("slice_index", k, 0, model.n_slices(image) - 1)
+
+        def cut(a):
+            return own(image.with_data(np.asarray(a)), k).data
+
+        params = dict(params)
+        for p in spec.params:
+            v = params.get(p.name)
+            if p.kind == "label_map" and isinstance(v, np.ndarray) and v.shape == tuple(volume):
+                params[p.name] = cut(v)
+        return own(image, k), (None if roi is None else cut(roi) != 0), params
     k = as_int("slice_index", k, 0, volume[0] - 1)
     if isinstance(image, LoadedImage):
         data = image.data[k] if image.data.ndim == 3 else image.data[:, k]
@@ -249,12 +263,16 @@ def _take_slice(model, spec, image, roi, params, k: int, volume):
     return image, roi, params
 
 
-def _embed(exp: Explanation, k: int, volume) -> None:
+def _embed(exp: Explanation, model, image, k: int, volume) -> None:
     """Put a slice's results back into the volume (other slices: 0 / False)."""
+    own = getattr(model, "embed_slice", None)
+
     def up(a, fill=0):
         if a is None:
             return None
         a = np.asarray(a)
+        if callable(own) and hasattr(image, "spatial_dims"):
+            return own(a, image, k, fill)
         out = np.full(a.shape[:-2] + tuple(volume), fill, dtype=a.dtype)
         out[..., k, :, :] = a
         return out

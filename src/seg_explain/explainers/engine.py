@@ -134,7 +134,8 @@ class WindowWeights:
     ``sliding_window_inference`` for float32 inputs.
     """
 
-    def __init__(self, tiling: Tiling, blend: str = "constant", sigma_scale: float = DEFAULT_SIGMA_SCALE):
+    def __init__(self, tiling: Tiling, blend: str = "constant", sigma_scale: float = DEFAULT_SIGMA_SCALE,
+                 importance: torch.Tensor | None = None):
         from monai.data.utils import compute_importance_map
 
         mode = str(blend).lower()
@@ -145,8 +146,9 @@ class WindowWeights:
         self.importance = None
         self.norm = None
         if not self.single:
-            self.importance = compute_importance_map(tuple(tiling.patch), mode=mode, sigma_scale=sigma_scale,
-                                                     device="cpu", dtype=torch.float32)
+            self.importance = (importance.detach().to("cpu", torch.float32) if importance is not None else
+                               compute_importance_map(tuple(tiling.patch), mode=mode, sigma_scale=sigma_scale,
+                                                      device="cpu", dtype=torch.float32))
             self.norm = torch.zeros(tiling.padded_shape, dtype=torch.float32)
             for w in tiling.windows:
                 self.norm[w] += self.importance
@@ -154,7 +156,9 @@ class WindowWeights:
     @classmethod
     def for_model(cls, model, shape) -> WindowWeights:
         """The weights ``model`` blends with on a prepared image of spatial ``shape``."""
-        return cls(model_tiling(model, shape), blend_mode(model), sigma_scale_of(model))
+        own = getattr(model, "importance_map", None)   # a model with its own weights (nnU-Net's Gaussian)
+        return cls(model_tiling(model, shape), blend_mode(model), sigma_scale_of(model),
+                   own() if callable(own) else None)
 
     def of(self, win: Window) -> torch.Tensor | None:
         """``w / Σw`` on window ``win`` (window shape, float32), or None for weight 1."""
@@ -254,6 +258,9 @@ def blended_logits(model, xb: torch.Tensor) -> torch.Tensor:
     """Logits of a batch of prepared images ``(B, C, *S)`` as the model outputs them: one
     pass when the image fits the patch, else MONAI's sliding-window blend with the model's
     windows, overlap, blend mode and ``sigma_scale`` (exactly ``model.logits_tensor``)."""
+    own = getattr(model, "blended_logits", None)     # a model with its own blending (nnU-Net)
+    if callable(own):
+        return own(xb)
     if model.needs_windows(tuple(xb.shape[2:])):
         from monai.inferers import sliding_window_inference
 

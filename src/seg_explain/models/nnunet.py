@@ -1131,6 +1131,11 @@ class NnUNetModel(SegModel):
         out = torch.div(acc, norm)
         return out[(slice(None),) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, shape))]
 
+    def blended_logits(self, xb: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of prepared images ``(B, C, *S)`` as nnU-Net blends them (the
+        explainers' f̂ of a batch, e.g. KernelSHAP's coalitions)."""
+        return torch.stack([self._blend(x, self.forward).float() for x in xb])
+
     def logits_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(L, *S)`` of one prepared image: nnU-Net's sliding windows and blending
         (several folds: the mean of their logits)."""
