@@ -30,4 +30,9 @@ if [ "${INSTALL_FROM_WHEEL:-0}" = "1" ]; then
 else
   "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
 fi
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  # the nnU-Net loader needs only dynamic_network_architectures' UNets: without --no-deps its
+  # timm/torchvision requirements would replace the pinned torch with a multi-GB CUDA build
+  "$VENV/bin/python" -m pip install -q --no-deps "dynamic-network-architectures>=0.4"
+fi
 echo "installed into $VENV"
