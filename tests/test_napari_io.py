@@ -201,7 +201,7 @@ def test_manifest_validates():
     pm = npe2.PluginManifest.from_distribution("napari-seg-explain")
     pm.validate_imports()
     names = {c.python_name for c in pm.contributions.commands}
-    assert "seg_explain._napari.widget:ExplainWidget" in names
+    assert "seg_explain._napari.explain_dock:ExplainWidget" in names
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent)) or shutil.which("npe2")
     if exe is None:
         pytest.skip("npe2 command not found")

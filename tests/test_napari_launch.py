@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no
 
 def test_launch_opens_sample_docks_and_roi_slice(make_napari_viewer, qtbot):
     from seg_explain._napari.launch import open_viewer
-    from seg_explain._napari.widget import ExplainWidget
+    from seg_explain._napari.explain_dock import ExplainWidget
 
     viewer, widget = open_viewer("brain3d", viewer=make_napari_viewer())
     assert isinstance(widget, ExplainWidget)
@@ -28,7 +28,7 @@ def test_launch_opens_sample_docks_and_roi_slice(make_napari_viewer, qtbot):
     # the Explain dock points at the sample image and, once its model has loaded (worker),
     # at the RoI's class
     assert widget.image_combo.currentText() == image.name
-    qtbot.waitUntil(lambda: widget.model_info is not None and not widget.loader.running, timeout=60000)
+    qtbot.waitUntil(lambda: widget.model_info is not None and not widget.picker.runner.running, timeout=60000)
     assert widget.class_combo.currentText() == "temporal_R"
 
 
@@ -38,3 +38,16 @@ def test_launch_rejects_unknown_sample(capsys):
     with pytest.raises(SystemExit) as e:
         main(["liver"])
     assert e.value.code == 2 and "unknown sample" in capsys.readouterr().err
+
+
+def test_open_sample_menu_lands_on_the_roi_slice(make_napari_viewer, qtbot):
+    """File → Open Sample (not only the launcher) shows a slice through the example RoI."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-seg-explain", "brain3d")
+    roi = next(ly for ly in viewer.layers if ly.metadata["seg_explain"]["kind"] == "roi")
+
+    def on_roi():
+        z = int(round((viewer.dims.point[0] - roi.translate[0]) / roi.scale[0]))
+        return bool(np.asarray(roi.data)[z].any())
+
+    qtbot.waitUntil(on_roi, timeout=5000)

@@ -11,8 +11,10 @@ front-end (the CLI, the napari docks' worker threads, batch runs):
 - :class:`CancelToken` + :func:`cancel_hooks`: cooperative cancellation, between steps and
   *inside* a long network pass (every module of the network checks the token, for the
   calling thread only);
-- :func:`explain_job`: one explanation as a job (stages "preparing" then "explaining"), also
-  for a 2D model on one slice of a volume (``slice_index``).
+- :func:`explain_job`: one explanation as a job, also for a 2D model on one slice of a
+  volume (``slice_index``);
+- :func:`measure_pass_times` and :func:`estimate`: the expected cost of an explanation
+  before it runs (the registry's cost model × this model's measured pass times).
 """
 from __future__ import annotations
 
@@ -203,3 +205,94 @@ def explain_job(model, image, method: str, target=1, roi=None, *, token: CancelT
         result = yield from events(explain_iter(model, image, method, target, roi, **kwargs),
                                    f"Explaining ({title})", token)
     return result
+
+
+# --------------------------------------------------------------------- cost estimates --
+def measure_pass_times(model, repeat: int = 2) -> dict[str, float]:
+    """Warm a model up and time one forward and one forward+backward pass.
+
+    The first gradient pass imports what torch and MONAI load lazily (so a GUI should call
+    this right after loading, off its main thread, before the first explanation). The
+    timings, in seconds per voxel of one network row (window or image), are kept in
+    ``model.meta["pass_s"]`` for :func:`estimate`. Measured on an input of the model's
+    patch (or 64 voxels per axis, at most), batch 1, the best of ``repeat`` runs."""
+    import numpy as np
+    import torch
+
+    n = min(64, max(model.min_size, 2 * model.divisor, 16))
+    shape = tuple(model.patch_size) if model.patch_size and np.prod(model.patch_size) <= 64 ** 3 \
+        else (n,) * model.spatial_dims
+    x = torch.zeros((1, model.in_channels) + tuple(shape))
+    fwd = bwd = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.forward(x)
+        fwd = min(fwd, time.perf_counter() - t0)
+        xg = x.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            out = model.forward(xg)
+            (g,) = torch.autograd.grad(out[:, 0].sum(), xg)
+        bwd = min(bwd, time.perf_counter() - t0 - fwd)
+    vox = float(np.prod(shape))
+    model.meta["pass_s"] = {"forward": fwd / vox, "backward": max(bwd, fwd) / vox, "voxels": vox}
+    return model.meta["pass_s"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Passes and seconds an explanation is expected to cost, with a one-line text and a
+    cheaper setting when it would take long."""
+
+    forward: int
+    backward: int
+    forward_max: int | None
+    seconds: float | None
+    seconds_max: float | None
+    text: str
+    warning: str = ""
+    cheaper: dict | None = None
+
+
+SLOW_S = 180.0   # above this the GUI warns and proposes the cheaper setting
+
+
+def estimate(model, method: str, params: dict, model_shape, roi=None, n_classes: int = 1) -> Estimate:
+    """Expected cost of ``method`` with ``params`` on a model-grid ``model_shape`` (``roi``:
+    a model-grid mask, or None), from the registry's cost model and the model's measured
+    pass times (:func:`measure_pass_times`; no seconds before they are measured)."""
+    from .explainers.registry import cost_input, get_spec, human_seconds
+
+    spec = get_spec(method)
+    info = cost_input(model, model_shape, roi, n_classes)
+    full = {**spec.defaults, **{k: v for k, v in params.items() if k in spec.defaults}}
+    c = spec.estimate(info, full)
+    ps = model.meta.get("pass_s")
+    secs = secs_max = None
+    if ps:
+        per = info.window_voxels
+        secs = c.forward * per * ps["forward"] + c.backward * per * ps["backward"]
+        if c.forward_max is not None:
+            secs_max = c.forward_max * per * ps["forward"] + c.backward * per * ps["backward"]
+    fw = f"≈ {c.forward:,} forward" + (f" (up to {c.forward_max:,})" if c.forward_max else "")
+    bw = f" + {c.backward:,} backward" if c.backward else ""
+    unit = " window passes" if info.n_windows_all > 1 else " passes"
+    when = ""
+    if secs is not None:
+        when = f", ≈ {human_seconds(secs)}" + (f" (up to {human_seconds(secs_max)})" if secs_max else "") + " here"
+    text = fw + bw + unit + when
+    warning, cheaper = "", None
+    worst = secs_max if secs_max is not None else secs
+    if worst is not None and worst > SLOW_S and spec.cheaper is not None:
+        cheaper = spec.cheaper(full, model.spatial_dims)
+        if cheaper:
+            alt = spec.estimate(info, {**full, **cheaper})
+            alt_s = (alt.forward_max or alt.forward) * info.window_voxels * ps["forward"] + \
+                alt.backward * info.window_voxels * ps["backward"]
+            warning = (f"this may take {human_seconds(worst)}; "
+                       + ", ".join(f"{k}={spec.param(k).text(v)}" for k, v in cheaper.items())
+                       + f" would take ≈ {human_seconds(alt_s)}")
+    elif worst is not None and worst > SLOW_S:
+        warning = f"this may take {human_seconds(worst)}"
+    return Estimate(c.forward, c.backward, c.forward_max, secs, secs_max, text, warning, cheaper)

@@ -142,20 +142,42 @@ def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.0
     return rgba.astype(np.float32), t
 
 
+def one_sided_colors(n: int = 129, dead_zone: float = 0.06, full_at: float = 0.9, max_alpha: float = 0.95,
+                     power: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA control points for a one-sided map (e.g. a CAM after ReLU) over ``[0, 1]``:
+    transparent at 0, dark red -> yellow with rising opacity."""
+    t = np.linspace(0.0, 1.0, n)
+    alpha = np.clip((t - dead_zone) / max(full_at - dead_zone, 1e-6), 0, 1) ** power * max_alpha
+    rgb = _ramp(t, (0.85, 0.05, 0.05), (1.0, 0.92, 0.25))
+    rgba = np.concatenate([rgb, alpha[:, None]], 1)
+    rgba[0] = (0.0, 0.0, 0.0, 0.0)
+    return rgba.astype(np.float32), t
+
+
 # 3D volume rendering composites every voxel along a ray, so weak evidence that is faint
 # in a 2D slice adds up to a fog in 3D: the 3D variant hides the weak third of the range.
 VOLUME_ALPHA = {"dead_zone": 0.3, "full_at": 1.0, "power": 1.6, "max_alpha": 0.9}
-CMAP_PREFIX = "seg-explain diverging"
+CMAP_PREFIX = "attribution"
+CMAP_NAMES = {("signed", False): "attribution ±", ("signed", True): "attribution ± (red = −)",
+              ("one", False): "attribution +"}
 
 
-def attribution_colormap(reverse: bool = False, volume: bool = False):
-    """napari Colormap: diverging, transparent at the centre (see :func:`diverging_colors`);
-    ``volume=True`` is the variant for the 3D view (weak values fully transparent)."""
+def attribution_colormap(reverse: bool = False, volume: bool = False, one_sided: bool = False):
+    """napari Colormap: diverging and transparent at the centre (:func:`diverging_colors`), or
+    one-sided and transparent at 0 (:func:`one_sided_colors`); ``volume=True`` is the variant
+    for the 3D view (weak values fully transparent). Short names, so that the layer
+    controls show them whole."""
     from napari.utils.colormaps import Colormap
 
-    colors, controls = diverging_colors(reverse=reverse, **(VOLUME_ALPHA if volume else {}))
-    name = CMAP_PREFIX + (" (neg red)" if reverse else "") + (" 3D" if volume else "")
-    return Colormap(colors=colors, controls=controls, name=name, interpolation="linear")
+    kw = VOLUME_ALPHA if volume else {}
+    if one_sided:
+        colors, controls = one_sided_colors(**kw)
+        name = CMAP_NAMES[("one", False)]
+    else:
+        colors, controls = diverging_colors(reverse=reverse, **kw)
+        name = CMAP_NAMES[("signed", bool(reverse))]
+    return Colormap(colors=colors, controls=controls, name=name + (" 3D" if volume else ""),
+                    interpolation="linear")
 
 
 def sync_attribution_colormaps(viewer, layers=None) -> None:
@@ -169,7 +191,8 @@ def sync_attribution_colormaps(viewer, layers=None) -> None:
         if not name.startswith(CMAP_PREFIX) or name.endswith(" 3D") == volume:
             continue
         lim = tuple(ly.contrast_limits)
-        ly.colormap = attribution_colormap(reverse="(neg red)" in name, volume=volume)
+        ly.colormap = attribution_colormap(reverse="(red = −)" in name, volume=volume,
+                                           one_sided=name.startswith(CMAP_NAMES[("one", False)]))
         ly.contrast_limits = lim
 
 
@@ -187,6 +210,76 @@ def symmetric_limits(a: np.ndarray, robust: bool = True, percentile: float = 99.
     if not np.isfinite(lim) or lim <= 0:
         lim = mx
     return lim, mx
+
+
+def display_limits(a: np.ndarray, map_kind: str) -> tuple[float, float]:
+    """Contrast limits for a map: a robust percentile for voxel maps and heat maps (a few
+    extreme voxels would wash the rest out), the maximum for block maps (few values)."""
+    return symmetric_limits(a, robust=map_kind != "block")
+
+
+# ----------------------------------------------------------------- display helpers --
+def display_map(raw: np.ndarray, smooth: float = 0.0, top_percent: float = 100.0,
+                mask: np.ndarray | None = None, spatial_dims: int | None = None) -> np.ndarray:
+    """What the viewer shows of a raw map (the raw values are kept): Gaussian smoothing
+    (σ in voxels; in-plane only for volumes, so a slice is not mixed with its neighbours'
+    speckle), masking to a region (e.g. the body), then only the strongest ``top_percent``
+    of the voxels (by |value|; the rest set to 0). Signs are kept."""
+    from scipy import ndimage
+
+    a = np.asarray(raw, np.float32)
+    if smooth and smooth > 0:
+        sig = (0.0, float(smooth), float(smooth)) if a.ndim == 3 and (spatial_dims or 3) == 3 else float(smooth)
+        a = ndimage.gaussian_filter(a, sig, mode="nearest").astype(np.float32)
+    if mask is not None:
+        a = np.where(np.asarray(mask, bool), a, 0).astype(np.float32)
+    if top_percent < 100:
+        nz = np.abs(a[a != 0])
+        if nz.size:
+            thr = np.percentile(nz, 100.0 - max(float(top_percent), 0.0))
+            a = np.where(np.abs(a) >= thr, a, 0).astype(np.float32)
+    return a
+
+
+def body_mask(image: np.ndarray, prediction: np.ndarray | None = None) -> np.ndarray:
+    """The body (or head): the predicted foreground when there is a prediction, else the
+    voxels above Otsu's threshold of the image, holes filled, largest component."""
+    from scipy import ndimage
+
+    if prediction is not None and np.any(prediction > 0):
+        m = np.asarray(prediction) > 0
+    else:
+        x = np.asarray(image, np.float32)
+        if x.ndim > 3:
+            x = x.mean(0)
+        hist, edges = np.histogram(x[np.isfinite(x)], bins=256)
+        p = hist / max(hist.sum(), 1)
+        w = np.cumsum(p)
+        mu = np.cumsum(p * edges[:-1])
+        between = (mu[-1] * w - mu) ** 2 / np.maximum(w * (1 - w), 1e-12)
+        m = x > edges[int(np.argmax(between))]
+    lab, n = ndimage.label(m)
+    if n > 1:
+        sizes = ndimage.sum(m, lab, range(1, n + 1))
+        m = lab == 1 + int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(m)
+
+
+def evidence_volumes(attr: np.ndarray, red_is_negative: bool = False, top_percent: float = 5.0
+                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """For the 3D view: the supporting and the opposing evidence as two non-negative volumes
+    and the iso thresholds that keep the strongest ``top_percent`` of each, so that two
+    surfaces (red: supports the RoI, blue: speaks against it) read where a signed cloud of
+    interleaved voxels does not."""
+    a = np.asarray(attr, np.float32)
+    sup, opp = (np.clip(-a, 0, None), np.clip(a, 0, None)) if red_is_negative else \
+        (np.clip(a, 0, None), np.clip(-a, 0, None))
+
+    def thr(v):
+        nz = v[v > 0]
+        return float(np.percentile(nz, 100.0 - top_percent)) if nz.size else 1.0
+
+    return sup, opp, thr(sup), thr(opp)
 
 
 # ----------------------------------------------------------------------- outlines --

@@ -1,54 +1,30 @@
-"""A form that shows one explainer's parameters, built from ``get_spec(method).defaults``.
+"""A form for one explainer's parameters, built from the method registry.
 
-Each default's type picks the editor: ``bool`` -> check box, ``int`` -> spin box,
-``float`` -> double spin box, ``str`` with known choices -> combo box, anything else
-(``None`` = automatic) -> a line edit read as a number, a JSON list or text (empty =
-``None``). Parameters that need the viewer (PdCR's ``bank`` and ``reference``) and the
-CAM ``layer`` get dedicated choosers set up by the dock through :class:`ParamForm` hooks.
+Each :class:`~seg_explain.explainers.registry.Param` picks its editor from its kind: ``int``
+-> spin box (range from the registry), ``float`` -> double spin box, ``bool`` -> check
+box, ``choice`` -> combo box, ``baseline`` -> editable combo (a name or a number), the
+"auto" kinds -> a line edit with an "auto" placeholder; parameters whose values are objects
+(``bank``, ``label_map``, ``layer``) get choosers the dock owns (passed as ``extra_rows``,
+keyed by the parameter kind). Every editor carries the parameter's help, range and unit as
+its tooltip. Values typed by the user are kept per method across method switches;
+:meth:`ParamForm.restore_defaults` puts the registry's defaults back (the 3D GUI default
+for a 3D model). Text is parsed by :meth:`Param.parse`, the same parser as the CLI's.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Any
 
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit,
                             QSpinBox, QWidget)
 
-CHOICES: dict[tuple[str, str], list[str]] = {
-    ("integrated_gradients", "baseline"): ["zero", "min", "mean", "blur"],
-    ("kernel_shap", "baseline"): ["min", "zero", "mean", "blur"],
-    ("kernel_shap", "features"): ["cubes", "semantic"],
-}
-TIPS: dict[str, str] = {
-    "n_samples": "number of noisy copies (SmoothGrad) / coalitions (KernelSHAP; empty = automatic)",
-    "noise_level": "noise σ as a fraction of the image intensity range",
-    "steps": "Riemann steps from the baseline to the image",
-    "baseline": "reference image the path starts from / removed features are set to",
-    "layer": "network layer to hook (empty = the bottleneck)",
-    "relu": "keep only positive evidence (ReLU of the CAM)",
-    "block_size": "edge of the perturbed blocks, in model voxels",
-    "n_screen": "random replacements per block in the screening pass",
-    "n_draws": "replacements per relevant block for the average treatment effect",
-    "tau": "screening threshold on |ΔDice| (0.02 = 2 Dice points)",
-    "adaptive": "stop drawing for a block once its 95 % CI is narrower than tau",
-    "bank": "reference images the replacement blocks are cut from",
-    "reference": "label map the RoI Dice is computed against (default: the model's own prediction)",
-    "features": "cubes: a regular grid; semantic: one feature per predicted class region",
-    "grid": "cubes per axis, e.g. 4 or [4, 6, 6] (empty = automatic)",
-    "seed": "random seed (noise, draws, coalitions)",
-    "batch_size": "images per forward pass (empty = from free memory)",
-}
-FLOAT_RANGES: dict[str, tuple[float, float, float]] = {
-    "noise_level": (0.0, 1.0, 0.01), "tau": (0.0, 1.0, 0.005),
-}
-HANDLED_ELSEWHERE = ("bank", "reference")
+INT_MAX = 2 ** 31 - 1
 
 
 def compact(combo: QComboBox, chars: int = 8) -> QComboBox:
     """Long entries (layer paths, file paths, module names) must not widen the dock and
     squeeze the canvas: size the box to ``chars`` characters and, unless the box already
     explains itself in a tooltip, show the full current text as its tooltip."""
-    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
     if not combo.toolTip():
         combo.currentTextChanged.connect(combo.setToolTip)
@@ -62,138 +38,142 @@ def compact_all(widget: QWidget) -> None:
         compact(combo)
 
 
-def parse_text(text: str) -> Any:
-    """Line-edit text -> None / int / float / list / str."""
-    t = text.strip()
-    if not t or t.lower() in ("none", "auto"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(t)
-        except ValueError:
-            pass
-    if t[0] in "[(":
-        try:
-            return json.loads(t.replace("(", "[").replace(")", "]"))
-        except ValueError:
-            pass
-    if t.lower() in ("true", "false"):
-        return t.lower() == "true"
-    return t
+def tooltip(p) -> str:
+    """A parameter's help with its default, range/choices and unit."""
+    extra = p.describe().split("=", 1)[1]
+    return f"{p.help}\n{p.name} = {extra}"
 
 
 class ParamForm(QWidget):
-    """Editors for one method's parameters; :meth:`values` reads them back."""
+    """Editors for one method's parameters; :meth:`values` reads them back (typed, checked)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.form = QFormLayout(self)
         self.form.setContentsMargins(0, 0, 0, 0)
-        self.method: str | None = None
+        self.spec = None
+        self.spatial_dims = 2
         self.editors: dict[str, QWidget] = {}
-        self.getters: dict[str, Callable[[], Any]] = {}
-        self.defaults: dict[str, Any] = {}
+        self._getters: dict[str, Any] = {}
+        self._setters: dict[str, Any] = {}
+        self._kept: dict[str, dict[str, Any]] = {}     # method -> values typed by the user
         self.layer_names: list[str] = []
-        self.persistent: list[QWidget] = []
+        self._persistent: list[QWidget] = []
 
+    @property
+    def method(self) -> str | None:
+        return self.spec.name if self.spec is not None else None
+
+    # -------------------------------------------------------------------- building --
     def clear(self) -> None:
         """Remove every row; choosers owned by the dock (``extra_rows``) are kept alive."""
+        if self.spec is not None:
+            self._kept[self.spec.name] = self._raw_values()
         while self.form.rowCount():
             row = self.form.takeRow(0)
             for item in (row.labelItem, row.fieldItem):
                 w = item.widget() if item is not None else None
                 if w is None:
                     continue
-                if any(w is p for p in self.persistent):
-                    w.hide()
+                w.hide()
+                if any(w is p for p in self._persistent):
                     w.setParent(self)
                 else:
-                    w.hide()
                     w.deleteLater()
         self.editors.clear()
-        self.getters.clear()
+        self._getters.clear()
+        self._setters.clear()
 
-    def set_method(self, method: str, defaults: dict[str, Any], extra_rows: dict[str, QWidget] | None = None,
+    def set_method(self, spec, spatial_dims: int = 2, extra_rows: dict[str, QWidget] | None = None,
                    layer_choices: list[str] | None = None) -> None:
-        """Rebuild the form for ``method`` (``extra_rows`` replace the generic editor)."""
+        """Rebuild the form for the registry entry ``spec``; ``extra_rows`` maps a parameter
+        *kind* (``bank``, ``label_map``) to the dock's chooser widget. Values the user typed
+        for this method earlier (and the same model dimensionality) come back."""
         self.clear()
-        self.method = method
-        self.defaults = dict(defaults)
+        self.spec = spec
+        self.spatial_dims = int(spatial_dims)
         self.layer_names = list(layer_choices or [])
         extra_rows = extra_rows or {}
-        for name, default in defaults.items():
-            if name in extra_rows:
-                w = extra_rows[name]
-                if not any(w is p for p in self.persistent):
-                    self.persistent.append(w)
-                self._add(name, w, None)
+        defaults = spec.gui_defaults(self.spatial_dims)
+        kept = self._kept.get(spec.name, {})
+        for p in spec.params:
+            if p.kind in extra_rows:
+                w = extra_rows[p.kind]
+                if not any(w is q for q in self._persistent):
+                    self._persistent.append(w)
+                self._add(p, w, None, None)
                 w.show()
                 continue
-            if name in HANDLED_ELSEWHERE:
+            if p.kind in ("bank", "label_map"):
                 continue
-            self._add(name, *self._editor(method, name, default))
+            w, get, put = self._editor(p)
+            self._add(p, w, get, put)
+            put(kept.get(p.name, defaults[p.name]))
 
-    def _add(self, name: str, w: QWidget, getter) -> None:
-        label = QLabel(name.replace("_", " "))
-        tip = TIPS.get(name, "")
-        if tip:
-            label.setToolTip(tip)
-            w.setToolTip(tip)
-        w.setObjectName(f"param_{name}")
+    def _add(self, p, w: QWidget, getter, setter) -> None:
+        label = QLabel(p.name.replace("_", " ") + (f" ({p.unit})" if p.unit and len(p.unit) < 14 else ""))
+        tip = tooltip(p)
+        label.setToolTip(tip)
+        w.setToolTip(tip)
+        w.setObjectName(f"param_{p.name}")
         self.form.addRow(label, w)
-        self.editors[name] = w
+        self.editors[p.name] = w
         if getter is not None:
-            self.getters[name] = getter
+            self._getters[p.name] = getter
+            self._setters[p.name] = setter
 
-    def _editor(self, method: str, name: str, default: Any):
-        if isinstance(default, bool):
+    def _editor(self, p):
+        if p.kind == "bool":
             w = QCheckBox()
-            w.setChecked(default)
-            return w, w.isChecked
-        if isinstance(default, int):
+            return w, w.isChecked, lambda v: w.setChecked(bool(v))
+        if p.kind == "int":
             w = QSpinBox()
-            w.setRange(0, 1_000_000)
-            w.setValue(default)
-            return w, w.value
-        if isinstance(default, float):
+            w.setRange(int(p.lo) if p.lo is not None else -INT_MAX, int(min(p.hi, INT_MAX)) if p.hi is not None
+                       else INT_MAX)
+            return w, w.value, lambda v: w.setValue(int(v))
+        if p.kind == "float":
             w = QDoubleSpinBox()
-            lo, hi, step = FLOAT_RANGES.get(name, (-1e6, 1e6, max(abs(default) / 10, 0.01)))
             w.setDecimals(4)
-            w.setRange(lo, hi)
-            w.setSingleStep(step)
-            w.setValue(default)
-            return w, w.value
-        choices = CHOICES.get((method, name))
-        if isinstance(default, str) and choices:
+            w.setRange(p.lo if p.lo is not None else -1e9, p.hi if p.hi is not None else 1e9)
+            w.setSingleStep(max(abs(float(p.default or 0)) / 10, 0.001))
+            return w, w.value, lambda v: w.setValue(float(v))
+        if p.kind == "choice":
             w = QComboBox()
-            w.addItems(choices if default in choices else [default] + choices)
-            w.setCurrentText(default)
-            return w, w.currentText
-        if name == "layer":
+            w.addItems(list(p.choices))
+            return w, w.currentText, lambda v: w.setCurrentText(str(v))
+        if p.kind == "baseline":
+            w = compact(QComboBox())
+            w.setEditable(True)
+            w.addItems(list(p.choices))
+            return w, w.currentText, lambda v: w.setCurrentText(p.text(v))
+        if p.kind == "layer":
             w = compact(QComboBox())
             w.setEditable(True)
             w.addItem("")
             w.addItems(self.layer_names)
-            w.lineEdit().setPlaceholderText("bottleneck (default)")
-            return w, lambda: parse_text(w.currentText())
-        w = QLineEdit()
-        w.setPlaceholderText("auto" if default is None else "")
-        if default is not None:
-            w.setText(json.dumps(default) if not isinstance(default, str) else default)
-        return w, lambda: parse_text(w.text())
+            w.lineEdit().setPlaceholderText("bottleneck (auto)")
+            return w, w.currentText, lambda v: w.setCurrentText("" if v is None else str(v))
+        w = QLineEdit()   # auto_int, auto_ints, bool_or_fraction
+        w.setPlaceholderText("auto" if p.kind.startswith("auto") else "")
+        return w, w.text, lambda v: w.setText("" if v is None else p.text(v))
+
+    # --------------------------------------------------------------------- values --
+    def _raw_values(self) -> dict[str, Any]:
+        return {k: g() for k, g in self._getters.items()}
+
+    def values(self) -> dict[str, Any]:
+        """The parameters with an editor, typed and checked (MethodError names a bad one)."""
+        return {k: self.spec.param(k).parse(v, self.spec.name) for k, v in self._raw_values().items()}
 
     def set_value(self, name: str, value: Any) -> None:
         """Set an editor programmatically (scripts, tests)."""
-        w = self.editors[name]
-        if isinstance(w, QCheckBox):
-            w.setChecked(bool(value))
-        elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
-            w.setValue(value)
-        elif isinstance(w, QComboBox):
-            w.setCurrentText(str(value))
-        elif isinstance(w, QLineEdit):
-            w.setText("" if value is None else (json.dumps(value) if not isinstance(value, str) else value))
+        self._setters[name](value)
 
-    def values(self) -> dict[str, Any]:
-        """The parameters as typed values (only those that have a generic editor)."""
-        return {k: g() for k, g in self.getters.items()}
+    def restore_defaults(self) -> None:
+        """The registry's defaults (for this model's dimensionality) back in every editor."""
+        if self.spec is None:
+            return
+        d = self.spec.gui_defaults(self.spatial_dims)
+        for k, put in self._setters.items():
+            put(d[k])
+        self._kept.pop(self.spec.name, None)

@@ -127,9 +127,28 @@ def _sample(key: str) -> list[tuple[Any, dict[str, Any], str]]:
     return out
 
 
+def _show_roi_slice_later() -> None:
+    """Once napari has added the sample's layers, show a slice through its RoI (File → Open
+    Sample lands there as the launcher does, not on a slice without the RoI)."""
+    try:
+        import napari
+        from qtpy.QtCore import QTimer
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (scripts): nothing to move
+        return
+    if viewer is None:
+        return
+    from .launch import go_to_roi
+
+    QTimer.singleShot(0, lambda: go_to_roi(viewer))
+
+
 def sample_brain3d() -> list[tuple[Any, dict[str, Any], str]]:
     """Colin27 T1 at 2 mm (90x108x90), the brain3d model's prediction and a temporal_R RoI."""
-    return _sample("brain3d")
+    layers = _sample("brain3d")
+    _show_roi_slice_later()
+    return layers
 
 
 def sample_brain2d() -> list[tuple[Any, dict[str, Any], str]]:

@@ -1,104 +1,63 @@
-"""Running the core's generators off the GUI thread.
+"""Running the core's jobs off the GUI thread; this module only relays them.
 
-The core exposes every long computation as a generator yielding ``(done, total)``
-(:func:`seg_explain.explain_iter`, :func:`seg_explain.aggregate.agg2exp_iter`). Here they
-run in a napari ``thread_worker`` (superqt ``GeneratorWorker``):
+The core runs every long computation as a generator (:mod:`seg_explain.jobs`): progress
+events with stage text and ETA, cooperative cancellation with a
+:class:`~seg_explain.jobs.CancelToken` (checked between steps and, through thread-owned
+hooks, inside network passes). Here they run in a napari ``thread_worker`` (superqt
+``GeneratorWorker``):
 
 - *jobs* are plain generator functions over plain data (arrays copied out of the layers
   on the main thread before the job starts); they never see a layer or the viewer. They
-  yield messages ``("progress", done, total)``, ``("status", text)`` or ``("partial",
-  name, payload)`` and return their result, or a :class:`Failure` / :data:`CANCELLED`
-  (never raise: superqt swallows a generator's ``RuntimeError``);
+  yield :class:`~seg_explain.jobs.ProgressEvent` objects or ``("status", text)`` messages
+  and return their result, or a :class:`Failure` / :data:`CANCELLED` (never raise:
+  superqt swallows a generator's ``RuntimeError``);
 - :class:`JobRunner` (main thread) starts one job at a time, drives a napari progress bar
-  (cancelable from the activity dock too), forwards messages and results to callbacks and
-  cancels within ~2 s: the worker stops at its next yield, and a :class:`CancelToken`
-  checked by forward hooks (and gradient hooks) on every module of the network stops it
-  *inside* a long batch; if the compute still has not stopped after ``grace_s`` the GUI
-  goes back to idle anyway and the late result is dropped.
-
-torch and the core are imported inside the jobs, so importing this module is cheap.
+  (cancelable from the activity dock too) and the dock's own progress, forwards messages
+  and results to callbacks, cancels within ~2 s and, on :meth:`JobRunner.shutdown` (dock or
+  viewer closing), cancels and *waits* for the worker thread so that no signal reaches a
+  deleted widget;
+- :func:`ensure_imports`: torch, MONAI, matplotlib (with its Qt backend) and every explainer
+  are imported on the main thread before any worker starts: an import running in a worker
+  while the main thread imports the same package is what broke docks opened in quick
+  succession ("partially initialized module").
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..jobs import CancelToken, ProgressEvent, cancel_hooks  # noqa: F401 (re-exported for the docks)
+
 log = logging.getLogger(__name__)
 
-
-# --------------------------------------------------------------------- cancelling --
-class CancelToken:
-    """A flag a job checks; :meth:`check` raises :class:`seg_explain.errors.Cancelled`."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.cancelled_at: float | None = None
-
-    def cancel(self) -> None:
-        if not self._event.is_set():
-            self.cancelled_at = time.perf_counter()
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            from ..errors import Cancelled
-
-            raise Cancelled("cancelled by the user")
+_IMPORTED = threading.Event()
 
 
-@contextmanager
-def cancel_hooks(model, token: CancelToken):
-    """While active, every module's forward (and every activation's backward) of
-    ``model.network`` checks ``token``, so a cancel stops a long batch within one layer.
+def ensure_imports() -> None:
+    """Import the heavy libraries on the main thread, once per process (see module doc)."""
+    if _IMPORTED.is_set():
+        return
+    import matplotlib
+    import torch  # noqa: F401
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401 - imported lazily by the first autograd.grad
 
-    The hooks act only for the thread that entered this block (the job's worker thread;
-    :func:`seg_explain.explainers.engine.thread_hooks`): another job explaining the same
-    model at the same time is never stopped by this job's token. Compiled networks
-    (TorchScript, ``torch.export``) cannot take hooks: they stop at the explainer's next
-    yield instead."""
-    net = getattr(model, "network", None)
-    hooks = None
-    try:
-        import torch
+    import matplotlib.figure  # noqa: F401
+    import monai.inferers  # noqa: F401
+    import monai.networks.nets  # noqa: F401
+    import monai.transforms  # noqa: F401
+    from matplotlib.backends import backend_qtagg  # noqa: F401
 
-        from ..explainers.engine import HookSet
+    from ..explainers.registry import methods
 
-        if isinstance(net, torch.nn.Module) and not isinstance(net, torch.jit.ScriptModule):
-            def grad_check(grad):
-                token.check()
-                return None
-
-            def pre(_m, _inp):
-                token.check()
-
-            def post(_m, _inp, out):
-                if isinstance(out, torch.Tensor) and out.requires_grad:
-                    out.register_hook(grad_check)   # this pass's own tensor: this job only
-
-            hooks = HookSet()          # owned by this (the job's) thread
-            for m in net.modules():
-                hooks.pre(m, pre)
-                hooks.forward(m, post)
-    except Exception:  # noqa: BLE001 - hooks are an optimisation; yields still stop the job
-        log.debug("cannot install cancel hooks", exc_info=True)
-        if hooks is not None:
-            hooks.remove()
-            hooks = None
-    try:
-        yield
-    finally:
-        if hooks is not None:
-            hooks.remove()
+    methods()
+    import seg_explain.aggregate  # noqa: F401
+    import seg_explain.plots  # noqa: F401
+    _IMPORTED.set()
 
 
 # --------------------------------------------------------------------- results --
@@ -178,49 +137,39 @@ class ModelCache:
             self._models.clear()
 
 
-def warm_up(model) -> None:
-    """One tiny gradient explanation right after loading.
-
-    torch, MONAI and the explainers import modules lazily on first use (e.g. the first
-    ``torch.autograd.grad`` imports sympy, MONAI imports matplotlib), and an import holds
-    the GIL for its whole duration, so the GUI would freeze for ~1 s at the start of the
-    first explanation. Paying it here, while the dock says "Loading model", keeps the
-    event loop fluid once an explanation runs."""
-    try:
-        import torch.fx.experimental.symbolic_shapes  # noqa: F401 - the big lazy import
-        from ..explainers.base import explain, methods
-
-        methods()
-        n = max(16, int(getattr(model, "divisor", 1) or 1))
-        shape = (n,) * int(model.spatial_dims)
-        if model.in_channels > 1:
-            shape = (int(model.in_channels),) + shape
-        img = np.random.default_rng(0).random(shape).astype(np.float32)
-        roi = np.ones(shape[-int(model.spatial_dims):], bool)
-        explain(model, img, "gradient", target=0, roi=roi)
-    except Exception:  # noqa: BLE001 - warming up is best effort
-        log.debug("warm-up failed", exc_info=True)
-
-
 def load_model_job(cache: ModelCache, path, device: str) -> Iterator:
-    """Load (or fetch) a model; returns a small description (names, dims, layers)."""
+    """Load (or fetch) a model, warm it up and time its passes (for cost estimates);
+    returns a small description (names, dims, layers, devices)."""
+    from ..jobs import measure_pass_times
+
     yield ("status", f"Loading model {path}")
     fresh = cache.cached(path, device) is None
     m = cache.get(path, device)
-    if fresh:
+    if fresh or "pass_s" not in m.meta:
         yield ("status", "Warming up")
-        warm_up(m)
+        measure_pass_times(m)
     layers: list[str] = []
-    try:
+    if m.hookable:
         from ..explainers.cams import candidate_layers
 
-        if m.hookable:
-            layers = list(candidate_layers(m.network))
-    except Exception:  # noqa: BLE001 - only a convenience list for the CAM layer box
-        layers = []
+        layers = list(candidate_layers(m.network))
     return {"path": str(path), "device": str(m.device), "class_names": list(m.class_names),
             "spatial_dims": int(m.spatial_dims), "in_channels": int(m.in_channels),
-            "name": m.name or str(path), "hookable": bool(m.hookable), "layers": layers}
+            "name": m.name or str(path), "hookable": bool(m.hookable), "layers": layers,
+            "spacing": m.spacing, "axcodes": m.axcodes}
+
+
+def available_devices() -> list[str]:
+    """Devices this torch build can use: auto and cpu, plus cuda / mps when present."""
+    import torch
+
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
 
 
 # -------------------------------------------------------------------- explain --
@@ -237,92 +186,38 @@ class ExplainRequest:
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     batch_size: int | None = None
-    need_prediction: bool = True
-    bank_images: list | None = None  # PdCR bank built from layers (LoadedImage copies)
-    slice_index: int | None = None   # 2D model on a 3D image: the axial slice explained
-    full_shape: tuple[int, ...] | None = None
+    slice_index: int | None = None  # 2D model on a 3D image: the axial slice explained
+    image_layer_name: str = ""
+    roi_name: str = "predicted"
 
 
 @dataclass
-class ExplainResult:
-    attribution: np.ndarray          # on the (full) image grid, float32
-    limit: float
+class ExplainDisplay:
+    """An Explanation plus what drawing it needs, prepared in the worker."""
+
+    exp: Any                        # seg_explain.Explanation (carries the prediction)
+    limit: float                    # contrast limits (-limit, limit)
     max_abs: float
-    method: str
-    target: int
-    target_name: str
-    params: dict[str, Any]
-    elapsed_s: float
-    n_forward: int
-    n_backward: int
-    extras: dict[str, Any]
-    roi: np.ndarray
-    outline: np.ndarray | None = None
-    summary: dict[str, Any] | None = None
+    outline: np.ndarray             # uint8 outline of the RoI (every method)
     model_name: str = ""
     device: str = ""
 
 
-def _embed(arr: np.ndarray, req: ExplainRequest, fill=0) -> np.ndarray:
-    """A 2D result of a slice back into the 3D volume (other slices = fill)."""
-    if req.slice_index is None:
-        return arr
-    out = np.full(req.full_shape, fill, dtype=arr.dtype)
-    out[req.slice_index] = arr
-    return out
-
-
 def explain_job(req: ExplainRequest, cache: ModelCache, token: CancelToken) -> Iterator:
-    """Load the model, predict (if asked), explain; yields messages, returns ExplainResult."""
-    from ..explainers.base import explain_iter
+    """Explain with the core job driver (events relayed as they come); returns an ExplainDisplay."""
+    from ..jobs import explain_job as core_explain_job
+    from .layers import display_limits, roi_outline
 
     yield ("status", "Loading model")
     model = cache.get(req.model_path, req.device)
-    token.check()
-    params = dict(req.params)
-    if req.bank_images is not None:
-        params["bank"] = req.bank_images
-    with cancel_hooks(model, token):
-        if req.need_prediction:
-            yield ("status", "Predicting")
-            pred = model.predict(req.image)
-            token.check()
-            yield ("partial", "prediction", {"labels": _embed(np.asarray(pred).astype(np.int32), req),
-                                             "class_names": list(model.class_names),
-                                             "model_name": model.name or req.model_path})
-        yield ("status", f"Explaining ({req.method})")
-        gen = explain_iter(model, req.image, req.method, target=req.target, roi=req.roi, seed=req.seed,
-                           batch_size=req.batch_size, **params)
-        try:
-            while True:
-                token.check()
-                try:
-                    done, total = next(gen)
-                except StopIteration as stop:
-                    exp = stop.value
-                    break
-                yield ("progress", int(done), int(total))
-        finally:
-            gen.close()
+    exp = yield from core_explain_job(model, req.image, req.method, req.target, req.roi, token=token,
+                                      seed=req.seed, batch_size=req.batch_size, slice_index=req.slice_index,
+                                      **req.params)
     token.check()
     yield ("status", "Drawing")
-    from .layers import roi_outline, symmetric_limits
-
-    attr = _embed(np.asarray(exp.attribution, np.float32), req)
-    roi = _embed(np.asarray(exp.roi, bool), req, False)
-    robust = req.method not in ("pdcr",)
-    lim, mx = symmetric_limits(attr, robust=robust)
-    extras = dict(exp.extras or {})
-    summary = None
-    outline = None
-    if req.method == "pdcr":
-        outline = roi_outline(roi, 3 if roi.ndim == 3 else 2)
-        summary = {k: extras[k] for k in ("share_positive", "share_negative", "share_irrelevant", "m0",
-                                          "n_blocks", "n_roi_blocks", "n_relevant", "ate_min", "ate_max")
-                   if k in extras}
-    return ExplainResult(attr, lim, mx, exp.method, int(exp.target), exp.target_name, dict(exp.params),
-                         float(exp.elapsed_s), int(exp.n_forward), int(getattr(exp, "n_backward", 0)),
-                         extras, roi, outline, summary, model.name or req.model_path, str(model.device))
+    lim, mx = display_limits(exp.attribution, exp.spec.caps.map_kind)
+    outline = roi_outline(exp.roi, exp.roi.ndim)
+    return ExplainDisplay(exp, lim, mx, outline, model.name or req.model_path, str(model.device))
 
 
 def scalar_items(d: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +233,7 @@ class JobRunner:
     """Runs one generator job at a time in a napari thread worker (main-thread object).
 
     ``start(job, *args, desc=..., on_message=..., on_result=..., on_failure=...,
-    on_cancelled=..., on_idle=...)``: ``on_message(msg)`` gets every non-progress
+    on_cancelled=..., on_idle=...)``: ``on_message(msg)`` gets every
     message, ``on_result(value)`` the return value, ``on_failure(Failure)`` a failure
     (default: a napari error notification), ``on_idle()`` is called once when the GUI may
     start another job (finished, failed, or cancelled).
@@ -430,17 +325,16 @@ class JobRunner:
     def _on_yield(self, jid: int, msg) -> None:
         if jid != self._job or not self._running:
             return
-        if isinstance(msg, tuple) and msg and msg[0] == "progress":
-            _, done, total = msg
-            pb = self.pbar
+        pb = self.pbar
+        if isinstance(msg, ProgressEvent):
             if pb is not None:
-                if pb.total != total:
-                    pb.total = total
-                pb.n = min(done, total) if total else done
+                if pb.total != msg.total:
+                    pb.total = msg.total
+                pb.n = min(msg.done, msg.total) if msg.total else msg.done
+                pb.set_description(msg.stage)
                 pb.update(0)
-            return
-        if isinstance(msg, tuple) and msg and msg[0] == "status" and self.pbar is not None:
-            self.pbar.set_description(str(msg[1]))
+        elif isinstance(msg, tuple) and msg and msg[0] == "status" and pb is not None:
+            pb.set_description(str(msg[1]))
         cb = self._callbacks.get("message")
         if cb is not None:
             cb(msg)
@@ -500,6 +394,26 @@ class JobRunner:
     def thread_alive(self) -> bool:
         """Whether any worker this runner started is still computing."""
         return bool(self._old_workers)
+
+    def shutdown(self, timeout_s: float = 10.0) -> bool:
+        """Cancel the job and wait (processing events) until its thread has ended, so that
+        no worker signal reaches a widget that is being deleted. True when all ended."""
+        from qtpy.QtWidgets import QApplication
+
+        if self.token is not None:
+            self.token.cancel()
+        for w in list(self._old_workers):
+            try:
+                w.quit()
+            except RuntimeError:
+                pass
+        self._callbacks = {}
+        t0 = time.perf_counter()
+        while self._old_workers and time.perf_counter() - t0 < timeout_s:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        self._finish()
+        return not self._old_workers
 
 
 def _make_progress(desc: str, on_cancel: Callable[[], None]):

@@ -1,4 +1,4 @@
-"""``seg-explain methods``: the registered attribution methods, their parameters and defaults."""
+"""``seg-explain methods``: the registered explainers, what they ask, their parameters and units."""
 from __future__ import annotations
 
 import json
@@ -8,30 +8,32 @@ def add_parser(sub):
     p = sub.add_parser("methods", help="list attribution methods and their parameters",
                        description=__doc__)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--markdown", action="store_true", help="the README's method table")
     return p
 
 
-def _fmt(v) -> str:
-    return "None" if v is None else (repr(v) if isinstance(v, str) else str(v))
-
-
 def run(args) -> int:
-    from ..explainers.base import get_spec, methods
+    from ..explainers.registry import COMMON, methods_markdown, params_markdown, specs
 
-    specs = [get_spec(m) for m in methods()]
-    common = {"seed": 0, "batch_size": None}
-    if args.json:
-        print(json.dumps([{"name": s.name, "kind": s.kind, "doc": s.doc.splitlines()[0] if s.doc else "",
-                           "parameters": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                                          for k, v in {**s.defaults, **common}.items()}}
-                          for s in specs], indent=1))
+    if args.markdown:
+        print(methods_markdown())
+        print()
+        print(params_markdown())
         return 0
-    width = max(len(s.name) for s in specs)
-    for s in specs:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in s.defaults.items()) or "-"
-        doc = s.doc.splitlines()[0] if s.doc else ""
-        print(f"{s.name:<{width}}  [{s.kind}]  {params}")
-        if doc:
-            print(f"{'':<{width}}  {doc}")
-    print(f"\nall methods also take: {', '.join(f'{k}={_fmt(v)}' for k, v in common.items())}")
+    if args.json:
+        print(json.dumps([{
+            "name": s.name, "title": s.title, "question": s.question, "source": s.source, "unit": s.unit,
+            "cost_class": s.cost_class, "dims": list(s.caps.dims), "map_kind": s.caps.map_kind,
+            "positive": s.positive, "negative": s.negative,
+            "parameters": {p.name: {"kind": p.kind, "default": p.text(p.default), "help": p.help, "unit": p.unit,
+                                    "choices": list(p.choices), "min": p.lo, "max": p.hi}
+                           for p in (*s.params, *COMMON)}} for s in specs()], indent=1))
+        return 0
+    for s in specs():
+        print(f"{s.name}  —  {s.title} ({s.cost_class}; {s.source})")
+        print(f"    asks: {s.question}")
+        print(f"    values: {s.unit}")
+        for p in s.params:
+            print(f"    --param {p.describe()}    {p.help}")
+    print("\nevery method also takes: " + ", ".join(p.describe() for p in COMMON))
     return 0

@@ -423,6 +423,7 @@ register(MethodSpec(
 register(MethodSpec(
     "smoothgrad", smoothgrad, title="SmoothGrad", multi=smoothgrad_multi,
     question="the gradient averaged over noisy copies of the image (less speckle)",
+    cheaper=lambda p, sd: {"n_samples": 10} if int(p["n_samples"]) > 10 else {},
     params=(Param("n_samples", "int", 20, "noisy copies averaged", lo=1, hi=1_000_000, gui_default_3d=10),
             Param("noise_level", "float", 0.1, "noise σ as a fraction of the image's intensity range",
                   lo=0.0, hi=1.0, unit="× range")),
@@ -432,6 +433,7 @@ register(MethodSpec(
     "integrated_gradients", integrated_gradients, title="Integrated Gradients", multi=integrated_gradients_multi,
     question="how much each voxel adds to the RoI's summed logit along a path from a baseline image "
              "(the map sums to f̂(x) − f̂(baseline))",
+    cheaper=lambda p, sd: {"steps": 10} if int(p["steps"]) > 10 else {},
     params=(Param("steps", "int", 20, "Riemann steps from the baseline to the image", lo=1, hi=1_000_000),
             Param("baseline", "baseline", DEFAULT_BASELINE,
                   "where the path starts: mean / min / zero (per-channel constants), blur (Gaussian blur, "

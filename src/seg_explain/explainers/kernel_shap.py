@@ -215,4 +215,5 @@ register(MethodSpec(
     unit="logit-sum units (Shapley value φ of the supervoxel)",
     positive="supervoxels whose presence raises {cls}'s RoI logit sum", negative="supervoxels that lower it",
     summary_fields=("n_features", "n_coalitions", "exact", "efficiency_gap", "f_x", "f_baseline"),
-    cost=_cost, cost_class="expensive"))
+    cost=_cost, cost_class="expensive",
+    cheaper=lambda p, sd: {"n_samples": 100} if (p.get("n_samples") or 1000) > 100 else {}))

@@ -1,0 +1,994 @@
+"""The Explain dock: paint an RoI, see what it will cost, press Explain, read the result.
+
+Everything the user picks is a widget of this dock (image layer, model, device, class, RoI
+layer + label, method and that method's parameters). What the dock knows about a method
+comes from the registry (:mod:`seg_explain.explainers.registry`): human names with what each
+method asks and its cost class, the parameter forms with ranges, units and tooltips (values
+kept per method, "Restore defaults", cheaper defaults for 3D models), the cost estimate
+before running, the sign convention and unit for the legend. No method is named here.
+
+The computation runs in a worker thread (:mod:`.workers`, the core's job driver) on copies of
+the layers' arrays taken on the main thread; progress (stage, ETA) shows in the dock next to
+Cancel. It comes back as new layers (the user's layers are never changed or removed):
+
+- ``prediction · <model>``: the clean label map the RoI was fixed from (carried by the
+  explanation; added once per model and image);
+- ``<Method> · <class> · <RoI>``: the attribution (Image) on the image's grid, raw values
+  (display helpers change what is shown, never the data kept for saving), a colour bar, a
+  colormap transparent at 0 (diverging; one-sided for one-sided maps), and a legend line in
+  the dock and on the canvas saying what red and blue mean and in which unit;
+- ``RoI outline · ...``: the RoI's outline for every method;
+- in the 3D view: the strongest supporting and opposing evidence as two surfaces (red / blue)
+  instead of a signed cloud.
+
+While a result is shown, the prediction and RoI label layers are dimmed (their colours
+would clash with the map's hues) and restored when the result layers go.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox,
+                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                            QVBoxLayout, QWidget)
+
+from ..allocator import tune_allocator
+from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, body_mask, class_features, current_index,
+                     display_map, evidence_volumes, image_from_layer, is_result_layer, make_loaded,
+                     spatial_dims_of, spatial_shape_of, sync_attribution_colormaps)
+from .model_picker import ModelPicker, settings
+from .params import ParamForm, compact, compact_all
+from .ui import notify_error, notify_info, notify_warning, on_viewer_close
+from .workers import ExplainRequest, JobRunner, ensure_imports, explain_job, one_line, scalar_items
+
+log = logging.getLogger(__name__)
+
+NO_ROI = "(predicted class)"
+SAMPLE_BANK = "sample bank (MNI152)"
+ZERO_BANK = "zero occlusion"
+BANK_FOLDER = "folder…"
+ALL_LAYERS = "all other image layers"
+REF_PRED = "(none: the model's own prediction)"
+ROI_COLOR = (0.1, 0.9, 0.3, 1.0)       # the sample RoI's colour, also for "New RoI"
+OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
+DIM_OPACITY = 0.15
+EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
+
+
+class ExplainWidget(QWidget):
+    """Dock widget: explain a segmentation model's prediction inside a painted RoI."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        tune_allocator()      # on the GUI thread, before any worker thread has its own malloc arena
+        ensure_imports()      # heavy imports on the main thread, never racing a worker
+        self.viewer = napari_viewer
+        self.runner = JobRunner()
+        self.picker = ModelPicker()
+        self.cache = self.picker.cache
+        self._current_req: ExplainRequest | None = None
+        self._bank_folder: str | None = None
+        self._updating = False
+        self._raw: dict[str, dict[str, Any]] = {}      # result layer key -> raw map + spec + roi
+        self._dimmed: dict[str, float] = {}            # label layer key -> its opacity before dimming
+        self._evidence: dict[str, list] = {}           # result layer key -> its 3D surface layers
+        self.settings = settings()
+        from ..explainers.registry import specs
+
+        self._specs = {s.name: s for s in specs()}
+        self._build_ui()
+        compact_all(self)
+        self._connect_viewer()
+        self._refresh_layers()
+        img = self.image_layer()
+        self.picker.select_for_dims(spatial_dims_of(img) if img is not None else None)
+        self._on_method_changed()
+        on_viewer_close(self.viewer, self.shutdown, self)
+
+    # ------------------------------------------------------------------ UI --
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        inner = QWidget()
+        scroll.setWidget(inner)
+        outer.addWidget(scroll)
+        lay = QVBoxLayout(inner)
+        box = QGroupBox("Input")
+        f = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.image_combo.setObjectName("image_combo")
+        self.image_combo.setToolTip("the image layer to explain (its copy is sent to the model)")
+        f.addRow("image", self.image_combo)
+        f.addRow("model", self.picker)
+        self.model_combo, self.device_combo = self.picker.combo, self.picker.device
+        self.model_line = QLabel("")
+        self.model_line.setObjectName("model_line")
+        self.model_line.setWordWrap(True)
+        self.model_line.setStyleSheet("color: gray; font-size: 10px;")
+        f.addRow(self.model_line)
+        self.class_combo = QComboBox()
+        self.class_combo.setObjectName("class_combo")
+        self.class_combo.setToolTip("the class whose segmentation inside the RoI is explained")
+        f.addRow("class", self.class_combo)
+        roi_row = QHBoxLayout()
+        self.roi_combo = QComboBox()
+        self.roi_combo.setObjectName("roi_combo")
+        self.roi_combo.setToolTip("a Labels layer you paint (its label below); "
+                                  f"'{NO_ROI}' = the voxels the model predicts as the class")
+        self.new_roi_button = QPushButton("New RoI")
+        self.new_roi_button.setObjectName("new_roi_button")
+        self.new_roi_button.setToolTip("add an empty Labels layer on the image's grid and start painting")
+        roi_row.addWidget(self.roi_combo, 1)
+        roi_row.addWidget(self.new_roi_button)
+        f.addRow("RoI", roi_row)
+        self.roi_label = QSpinBox()
+        self.roi_label.setObjectName("roi_label")
+        self.roi_label.setRange(1, 65535)
+        self.roi_label.setToolTip("which label value of the RoI layer is the RoI")
+        f.addRow("RoI label", self.roi_label)
+        lay.addWidget(box)
+
+        mbox = QGroupBox("Method")
+        mf = QVBoxLayout(mbox)
+        top = QFormLayout()
+        self.method_combo = QComboBox()
+        self.method_combo.setObjectName("method_combo")
+        for s in self._specs.values():
+            self.method_combo.addItem(f"{s.title} · {s.cost_class}", s.name)
+            self.method_combo.setItemData(self.method_combo.count() - 1,
+                                          f"{s.question}\n({s.source}; {s.cost_class})", Qt.ItemDataRole.ToolTipRole)
+        top.addRow("method", self.method_combo)
+        mf.addLayout(top)
+        self.method_doc = QLabel()
+        self.method_doc.setObjectName("method_doc")
+        self.method_doc.setWordWrap(True)
+        self.method_doc.setStyleSheet("color: gray; font-size: 10px;")
+        mf.addWidget(self.method_doc)
+        self.params = ParamForm()
+        mf.addWidget(self.params)
+        common = QFormLayout()
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setObjectName("seed_spin")
+        self.seed_spin.setRange(0, 2 ** 31 - 1)
+        self.seed_spin.setToolTip("random seed (noise, draws, coalitions): same seed, same map")
+        common.addRow("seed", self.seed_spin)
+        self.batch_edit = QLineEdit()
+        self.batch_edit.setObjectName("batch_edit")
+        self.batch_edit.setPlaceholderText("auto")
+        self.batch_edit.setToolTip("images per network pass (empty = from free memory)")
+        common.addRow("batch size", self.batch_edit)
+        mf.addLayout(common)
+        self.defaults_button = QPushButton("Restore defaults")
+        self.defaults_button.setObjectName("defaults_button")
+        self.defaults_button.setToolTip("the method's default parameters (cheaper ones for 3D models)")
+        mf.addWidget(self.defaults_button)
+        lay.addWidget(mbox)
+
+        # object-valued parameters: choosers owned by the dock, shown through the form
+        self.bank_combo = compact(QComboBox(self))
+        self.bank_combo.setObjectName("bank_combo")
+        self.bank_combo.setToolTip("where replacement blocks come from: real blocks of other images "
+                                   "(never the explained image), or zeros (occlusion)")
+        self.reference_combo = compact(QComboBox(self))
+        self.reference_combo.setObjectName("reference_combo")
+        self.reference_combo.setToolTip("a ground-truth label map the RoI Dice is measured against; without "
+                                        "it effects that would improve the Dice cannot be measured")
+        self.bank_combo.hide()
+        self.reference_combo.hide()
+
+        self.cost = QLabel("")
+        self.cost.setObjectName("cost_label")
+        self.cost.setWordWrap(True)
+        lay.addWidget(self.cost)
+        crow = QHBoxLayout()
+        self.cost_warning = QLabel("")
+        self.cost_warning.setObjectName("cost_warning")
+        self.cost_warning.setWordWrap(True)
+        self.cost_warning.setStyleSheet("color: #e69500;")
+        self.cheaper_button = QPushButton("Use cheaper settings")
+        self.cheaper_button.setObjectName("cheaper_button")
+        crow.addWidget(self.cost_warning, 1)
+        crow.addWidget(self.cheaper_button)
+        lay.addLayout(crow)
+        self.cheaper_button.hide()
+
+        brow = QHBoxLayout()
+        self.explain_button = QPushButton("Explain")
+        self.explain_button.setObjectName("explain_button")
+        self.explain_button.setMinimumHeight(32)
+        brow.addWidget(self.explain_button, 1)
+        lay.addLayout(brow)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progress_bar")
+        self.progress.setTextVisible(True)
+        self.progress.hide()
+        lay.addWidget(self.progress)
+        self.stage = QLabel("")
+        self.stage.setObjectName("stage_label")
+        self.stage.setStyleSheet("color: gray; font-size: 10px;")
+        lay.addWidget(self.stage)
+
+        self.status = QLabel("")
+        self.status.setObjectName("status_label")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.status)
+
+        rbox = QGroupBox("Result")
+        rf = QVBoxLayout(rbox)
+        self.legend = QLabel("")
+        self.legend.setObjectName("legend_label")
+        self.legend.setWordWrap(True)
+        rf.addWidget(self.legend)
+        self.summary = QLabel("")
+        self.summary.setObjectName("summary_label")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        rf.addWidget(self.summary)
+        df = QFormLayout()
+        self.smooth_spin = QDoubleSpinBox()
+        self.smooth_spin.setObjectName("smooth_spin")
+        self.smooth_spin.setRange(0.0, 10.0)
+        self.smooth_spin.setSingleStep(0.5)
+        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); the saved "
+                                    "values stay raw")
+        df.addRow("smooth (σ, voxels)", self.smooth_spin)
+        self.top_spin = QDoubleSpinBox()
+        self.top_spin.setObjectName("top_spin")
+        self.top_spin.setRange(0.1, 100.0)
+        self.top_spin.setValue(100.0)
+        self.top_spin.setSuffix(" %")
+        self.top_spin.setToolTip("show only the strongest voxels (by |value|)")
+        df.addRow("show top", self.top_spin)
+        self.body_check = QCheckBox("mask to the body")
+        self.body_check.setObjectName("body_check")
+        self.body_check.setToolTip("hide evidence outside the body (the predicted foreground, else the image "
+                                   "above Otsu's threshold)")
+        df.addRow(self.body_check)
+        self.surfaces_check = QCheckBox("3D view: surfaces of the strongest evidence")
+        self.surfaces_check.setObjectName("surfaces_check")
+        self.surfaces_check.setChecked(True)
+        self.surfaces_check.setToolTip(f"in the 3D view, the strongest {EVIDENCE_TOP:g} % supporting (red) and "
+                                       "opposing (blue) evidence as two surfaces instead of a signed cloud")
+        df.addRow(self.surfaces_check)
+        rf.addLayout(df)
+        lay.addWidget(rbox)
+        lay.addStretch(1)
+
+        m = self.settings.value("method", "")
+        i = self.method_combo.findData(m)
+        self.method_combo.setCurrentIndex(i if i >= 0 else 0)
+
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.picker.loaded.connect(self._on_model_loaded)
+        self.picker.cleared.connect(self._on_model_cleared)
+        self.picker.status.connect(self.model_line.setText)
+        self.class_combo.currentIndexChanged.connect(lambda _i: self._update_cost())
+        self.roi_combo.currentIndexChanged.connect(self._on_roi_changed)
+        self.roi_label.valueChanged.connect(lambda _v: self._update_cost())
+        self.new_roi_button.clicked.connect(self.new_roi_layer)
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.defaults_button.clicked.connect(self._restore_defaults)
+        self.bank_combo.activated.connect(self._on_bank_activated)
+        self.bank_combo.currentIndexChanged.connect(lambda _i: self._update_cost())
+        self.cheaper_button.clicked.connect(self._use_cheaper)
+        self.explain_button.clicked.connect(self._on_explain_clicked)
+        for w in (self.smooth_spin, self.top_spin):
+            w.valueChanged.connect(lambda _v: self._redisplay())
+        self.body_check.toggled.connect(lambda _v: self._redisplay())
+        self.surfaces_check.toggled.connect(lambda _v: self._sync_3d())
+        self._cost_timer = QTimer(self)
+        self._cost_timer.setSingleShot(True)
+        self._cost_timer.setInterval(150)
+        self._cost_timer.timeout.connect(self._update_cost)
+
+    # -------------------------------------------------------------- viewer --
+    def _connect_viewer(self) -> None:
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self._on_layers_changed)
+        ev.removed.connect(self._on_layers_changed)
+        ev.removed.connect(self._on_layer_removed)
+        ev.reordered.connect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_changed)
+        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+
+    def _on_ndisplay(self, event=None) -> None:
+        sync_attribution_colormaps(self.viewer)
+        self._sync_3d()
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            try:
+                event.value.events.name.connect(self._on_layers_changed)
+            except AttributeError:
+                pass
+        self._refresh_layers()
+
+    def _layers_of(self, kind: str) -> list:
+        from napari.layers import Image, Labels
+
+        cls = Image if kind == "image" else Labels
+        return [ly for ly in self.viewer.layers if isinstance(ly, cls)]
+
+    def image_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def roi_layer(self):
+        name = self.roi_combo.currentText()
+        if not name or name == NO_ROI or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    @property
+    def model_info(self) -> dict | None:
+        return self.picker.info
+
+    @staticmethod
+    def _refill(combo: QComboBox, items: list[str], keep: str | None, fixed_first=()) -> None:
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(list(fixed_first) + items)
+        if keep is not None and combo.findText(keep) >= 0:
+            combo.setCurrentIndex(combo.findText(keep))
+        combo.blockSignals(False)
+
+    def _refresh_layers(self) -> None:
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            images = [ly.name for ly in self._layers_of("image")
+                      if not is_result_layer(ly, ("attribution", "evidence"))]
+            old_image = self.image_combo.currentText()
+            keep = old_image if old_image in images else (images[-1] if images else None)
+            self._refill(self.image_combo, images, keep)
+            self._refresh_roi_choices()
+            self._refresh_bank_choices()
+            if self.image_combo.currentText() != old_image:
+                self._on_image_changed()
+        finally:
+            self._updating = False
+        self._update_buttons()
+
+    def _refresh_roi_choices(self) -> None:
+        img = self.image_layer()
+        shape = spatial_shape_of(img) if img is not None else None
+        labels = [ly for ly in self._layers_of("labels")
+                  if not is_result_layer(ly, ("roi_outline",))
+                  and (shape is None or tuple(np.shape(ly.data)) == shape)]
+        names = [ly.name for ly in labels]
+        old = self.roi_combo.currentText()
+        pref = old if old in names else None
+        if pref is None:  # prefer a layer that is an RoI over a prediction / atlas
+            rois = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") == "roi"
+                    or "roi" in ly.name.lower()]
+            pref = rois[-1] if rois else NO_ROI
+        self._refill(self.roi_combo, names, pref, [NO_ROI])
+        refs = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") not in
+                ("roi", "prediction")]
+        self._refill(self.reference_combo, refs, self.reference_combo.currentText(), [REF_PRED])
+        if self.roi_combo.currentText() != old:
+            self._on_roi_changed()
+
+    def _refresh_bank_choices(self) -> None:
+        from ..bank import default_bank_path
+
+        info = self.model_info
+        items = []
+        if info is None or default_bank_path(info["spatial_dims"]) is not None:
+            items.append(SAMPLE_BANK)
+        items.append(ZERO_BANK)
+        if self._bank_folder:
+            items.append(f"folder: {self._bank_folder}")
+        items.append(BANK_FOLDER)
+        cur = self.image_combo.currentText()
+        others = [ly.name for ly in self._layers_of("image")
+                  if not is_result_layer(ly, ("attribution", "evidence")) and ly.name != cur]
+        if len(others) > 1:
+            items.append(ALL_LAYERS)
+        items += [f"layer: {n}" for n in others]
+        self._refill(self.bank_combo, items, self.bank_combo.currentText())
+
+    def _on_image_changed(self, _i=None) -> None:
+        """A new image never changes the model; a model that does not fit it is *said*."""
+        self._refresh_roi_choices()
+        self._refresh_bank_choices()
+        self._update_buttons()
+        self._schedule_cost()
+
+    def _on_roi_changed(self, _i=None) -> None:
+        ly = self.roi_layer()
+        if ly is not None:
+            data = np.asarray(ly.data)
+            vals = np.unique(data[data > 0]) if data.size <= 50_000_000 else np.array([])
+            sel = int(getattr(ly, "selected_label", 1) or 1)
+            if vals.size and sel not in vals:
+                sel = int(vals[0])
+            self.roi_label.setValue(max(1, sel))
+            hint = (ly.metadata.get(META_KEY, {}) or {}).get("target") if isinstance(ly.metadata, dict) else None
+            if hint and self.class_combo.findText(str(hint)) >= 0:
+                self.class_combo.setCurrentIndex(self.class_combo.findText(str(hint)))
+        self._schedule_cost()
+
+    def new_roi_layer(self):
+        """Add an empty Labels layer on the image's grid (the sample RoI's colour) to paint in."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        img = self.image_layer()
+        if img is None:
+            notify_error("Add an image layer first: the RoI layer is made on the image's grid")
+            return None
+        sd = spatial_dims_of(img)
+        shape = spatial_shape_of(img)
+        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: ROI_COLOR})
+        n = sum(1 for ly in self._layers_of("labels") if ly.name.startswith("RoI"))
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}", scale=tuple(img.scale)[-sd:],
+            translate=tuple(img.translate)[-sd:], colormap=cmap, opacity=0.7,
+            metadata={META_KEY: {"kind": "roi", "image": img.name, "target": self.class_combo.currentText()}})
+        layer.brush_size = 6
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+        self._refresh_roi_choices()
+        self.roi_combo.setCurrentText(layer.name)
+        self.roi_label.setValue(1)
+        return layer
+
+    # --------------------------------------------------------------- model --
+    def select_model(self, path) -> None:
+        """Pick a model by path (added to the list and remembered) and load it."""
+        self.picker.select(path)
+
+    def _on_model_cleared(self) -> None:
+        self.class_combo.clear()
+        self._update_buttons()
+
+    def _on_model_loaded(self, info) -> None:
+        names = info["class_names"]
+        keep = self.class_combo.currentText()
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        self.class_combo.addItems(names)
+        self.class_combo.blockSignals(False)
+        hint = None
+        roi = self.roi_layer()
+        if roi is not None and isinstance(roi.metadata, dict):
+            hint = (roi.metadata.get(META_KEY, {}) or {}).get("target")
+        for cand in (hint, keep, names[1] if len(names) > 1 else names[0]):
+            if cand and cand in names:
+                self.class_combo.setCurrentText(cand)
+                break
+        self._refresh_bank_choices()
+        self._on_method_changed()
+        self._update_buttons()
+
+    # -------------------------------------------------------------- method --
+    @property
+    def method(self) -> str:
+        return self.method_combo.currentData() or ""
+
+    def set_method(self, name: str) -> None:
+        """Choose a method by its registry name (scripts, tests)."""
+        i = self.method_combo.findData(name)
+        if i < 0:
+            raise ValueError(f"unknown method {name!r}")
+        self.method_combo.setCurrentIndex(i)
+
+    @property
+    def spec(self):
+        return self._specs.get(self.method)
+
+    def _on_method_changed(self, _i=None) -> None:
+        spec = self.spec
+        if spec is None:
+            return
+        self.settings.setValue("method", spec.name)
+        self.method_doc.setText(f"{spec.question}. Values: {spec.unit}.")
+        self.cost.setText("")   # never show the previous method's estimate
+        info = self.model_info
+        sd = info["spatial_dims"] if info else 2
+        self.params.set_method(spec, sd, {"bank": self.bank_combo, "label_map": self.reference_combo},
+                               info.get("layers", []) if info else [])
+        for w in self.params.editors.values():
+            for sig in ("valueChanged", "currentTextChanged", "textChanged", "toggled"):
+                if hasattr(w, sig):
+                    getattr(w, sig).connect(self._schedule_cost)
+        self._update_buttons()
+        self._schedule_cost()
+
+    def _restore_defaults(self) -> None:
+        self.params.restore_defaults()
+        self.seed_spin.setValue(0)
+        self.batch_edit.setText("")
+        self._schedule_cost()
+
+    def _on_bank_activated(self, _i=None) -> None:
+        if self.bank_combo.currentText() == BANK_FOLDER:
+            path = QFileDialog.getExistingDirectory(self, "Folder of reference images for PdCR", str(Path.home()))
+            if path:
+                self._bank_folder = path
+            self._refresh_bank_choices()
+            if self._bank_folder:
+                self.bank_combo.setCurrentText(f"folder: {self._bank_folder}")
+
+    # ---------------------------------------------------------------- cost --
+    def _schedule_cost(self, *_a) -> None:
+        self._cost_timer.start()
+
+    def _model_grid_shape(self, img) -> tuple[int, ...] | None:
+        from ..grid import model_shape_for, orientation_transform
+
+        info = self.model_info
+        if info is None or img is None:
+            return None
+        isd, msd = spatial_dims_of(img), info["spatial_dims"]
+        shape = spatial_shape_of(img)
+        spacing = tuple(img.scale)[-isd:]
+        if isd == 3 and msd == 2:
+            shape, spacing = shape[1:], spacing[1:]
+        elif isd != msd:
+            return None
+        ornt = orientation_transform(info.get("axcodes")) if msd == 3 else None
+        li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
+        has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
+        return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
+
+    def _update_cost(self) -> None:
+        from ..jobs import estimate
+
+        self.cheaper_button.hide()
+        self.cost_warning.setText("")
+        spec, info, img = self.spec, self.model_info, self.image_layer()
+        if spec is None or info is None or img is None or self.running:
+            self.cost.setText("")
+            return
+        mshape = self._model_grid_shape(img)
+        model = self.cache.cached(info["path"], self.picker.device_name)
+        if mshape is None or model is None:
+            self.cost.setText("")
+            return
+        try:
+            params = self.params.values()
+        except Exception as exc:  # noqa: BLE001 - a half-typed value: say it, no estimate
+            self.cost.setText(f"Cost: — ({one_line(exc)})")
+            return
+        if self.bank_combo.currentText() == ZERO_BANK:
+            params["bank"] = "zero"
+        roi = None
+        rl = self.roi_layer()
+        if rl is not None and tuple(np.shape(rl.data)) == spatial_shape_of(img) and len(mshape) == np.ndim(rl.data):
+            from ..grid import GridMap
+
+            try:
+                r = np.asarray(rl.data) == int(self.roi_label.value())
+                roi = GridMap(r.shape, mshape).to_model(r.astype(np.uint8), order=0).astype(bool)
+            except Exception:  # noqa: BLE001 - the estimate then assumes one window
+                roi = None
+        est = estimate(model, spec.name, params, mshape, roi)
+        self.cost.setText(f"Cost: {est.text}")
+        self._cheaper = est.cheaper
+        if est.warning:
+            self.cost_warning.setText(f"⚠ {est.warning}")
+            self.cheaper_button.setVisible(bool(est.cheaper))
+
+    def _use_cheaper(self) -> None:
+        for k, v in (getattr(self, "_cheaper", None) or {}).items():
+            if k in self.params.editors:
+                self.params.set_value(k, v)
+        self._update_cost()
+
+    # ------------------------------------------------------------- explain --
+    def why_not(self) -> str:
+        """Why Explain is unavailable right now ('' when it is available)."""
+        img, info = self.image_layer(), self.model_info
+        if img is None:
+            return "Add or choose an image layer"
+        if info is None:
+            return "Loading the model …" if self.picker.runner.running else "Choose a model that loads"
+        isd, msd = spatial_dims_of(img), info["spatial_dims"]
+        if msd == 3 and isd == 2:
+            return f"'{Path(info['name']).name}' is a 3D model but '{img.name}' is a 2D image: choose a 2D model"
+        spec = self.spec
+        if spec is not None and spec.caps.hooks and not info.get("hookable", True):
+            return f"{spec.title} needs the network's layers; this compiled model has none: pick a gradient method"
+        if not self.class_combo.currentText():
+            return "Choose the class to explain"
+        return ""
+
+    def _update_buttons(self) -> None:
+        running = self.runner.running
+        self.explain_button.setText("Cancel" if running else "Explain")
+        reason = "" if running else self.why_not()
+        self.explain_button.setEnabled(running or not reason)
+        self.explain_button.setToolTip(reason or ("stop the computation" if running else
+                                                  "explain the class inside the RoI with the chosen method"))
+        if reason and not running:
+            self.stage.setText(reason)
+        elif not running:
+            self.stage.setText("")
+        for w in (self.image_combo, self.picker, self.class_combo, self.roi_combo, self.roi_label,
+                  self.method_combo, self.params, self.seed_spin, self.batch_edit, self.new_roi_button,
+                  self.bank_combo, self.reference_combo, self.defaults_button, self.cheaper_button):
+            w.setEnabled(not running)
+
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    def _on_explain_clicked(self) -> None:
+        if self.runner.running:
+            self.cancel()
+            return
+        try:
+            req = self.build_request()
+        except Exception as exc:  # noqa: BLE001 - every input problem is a one-line notification
+            notify_error(one_line(exc))
+            self.status.setText(one_line(exc))
+            return
+        self.start(req)
+
+    def cancel(self) -> None:
+        """Stop the running explanation (no result layer is added)."""
+        self.status.setText("Cancelling …")
+        self.runner.cancel()
+
+    def build_request(self) -> ExplainRequest:
+        """Copy what the job needs out of the layers (main thread) into a request."""
+        from ..errors import InputMismatchError
+
+        reason = self.why_not()
+        if reason:
+            raise InputMismatchError(reason)
+        img, info, spec = self.image_layer(), self.model_info, self.spec
+        isd = spatial_dims_of(img)
+        li = image_from_layer(img, isd)
+        slice_index = None
+        if info["spatial_dims"] == 2 and isd == 3:   # a 2D model on a volume: the axial slice on screen
+            slice_index = current_index(self.viewer, img, axis=img.ndim - 3)
+        target = self.class_combo.currentText()
+        roi, roi_name = None, "predicted"
+        rl = self.roi_layer()
+        if rl is not None:
+            lab = int(self.roi_label.value())
+            mask = np.asarray(rl.data) == lab
+            if mask.shape != li.spatial_shape:
+                raise InputMismatchError(f"RoI layer '{rl.name}' has shape {mask.shape}, the image {li.spatial_shape}")
+            painted = mask[slice_index] if slice_index is not None else mask
+            if not painted.any():
+                where = f" on slice {slice_index}" if slice_index is not None else ""
+                raise InputMismatchError(f"Label {lab} is not painted in RoI layer '{rl.name}'{where}; "
+                                         "paint it or pick another label")
+            roi, roi_name = mask, (rl.name if lab == 1 else f"{rl.name}:{lab}")
+        params = self.params.values()
+        for p in spec.params:
+            if p.kind == "bank":
+                params[p.name] = self._bank_value(img, slice_index)
+            elif p.kind == "label_map":
+                params[p.name] = self._reference_value()
+        bs = self.batch_edit.text().strip()
+        from ..explainers.registry import COMMON
+
+        batch = COMMON[1].parse(bs or None)
+        return ExplainRequest(info["path"], self.picker.device_name, li, spec.name, target, roi, params,
+                              int(self.seed_spin.value()), batch, slice_index, img.name, roi_name)
+
+    def _bank_value(self, img, slice_index):
+        from ..errors import InputMismatchError
+
+        choice = self.bank_combo.currentText()
+        if choice == SAMPLE_BANK or not choice:
+            return None
+        if choice == ZERO_BANK:
+            return "zero"
+        if choice.startswith("folder: "):
+            return choice[len("folder: "):]
+        if choice == BANK_FOLDER:
+            raise InputMismatchError("Choose the folder of reference images for the replacement blocks")
+        names = ([ly.name for ly in self._layers_of("image")
+                  if not is_result_layer(ly, ("attribution", "evidence")) and ly.name != img.name]
+                 if choice == ALL_LAYERS else [choice[len("layer: "):]])
+        out = []
+        for n in names:
+            b = image_from_layer(self.viewer.layers[n])
+            if slice_index is not None and b.spatial_dims == 3:   # 2D model: slices of the volume
+                for z in range(0, b.data.shape[-3], max(1, b.data.shape[-3] // 16)):
+                    out.append(make_loaded(np.ascontiguousarray(b.data[..., z, :, :]), b.spacing[1:],
+                                           b.origin[1:], 2))
+            else:
+                out.append(b)
+        return out
+
+    def _reference_value(self):
+        ref = self.reference_combo.currentText()
+        if ref and ref != REF_PRED and ref in self.viewer.layers:
+            return np.array(self.viewer.layers[ref].data, copy=True)
+        return None
+
+    def start(self, req: ExplainRequest) -> None:
+        self._current_req = req
+        self.summary.setText("")
+        self.status.setText(f"Explaining '{req.target}' with {self._specs[req.method].title} …")
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.runner.start(explain_job, req, self.cache, desc=f"{self._specs[req.method].title}: {req.target}",
+                          on_message=self._on_job_message, on_result=self._on_result,
+                          on_failure=self._on_failure, on_cancelled=self._on_cancelled,
+                          on_idle=self._on_idle)
+        self._update_buttons()
+
+    def _on_idle(self) -> None:
+        self.progress.hide()
+        self._update_buttons()
+        self._schedule_cost()
+
+    def _on_job_message(self, msg) -> None:
+        from ..jobs import ProgressEvent
+
+        if isinstance(msg, ProgressEvent):
+            if msg.total:
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(1000 * msg.fraction))
+            self.stage.setText(msg.text())
+        elif isinstance(msg, tuple) and msg and msg[0] == "status":
+            self.stage.setText(str(msg[1]))
+
+    def wait_model(self, timeout_s: float = 60.0) -> bool:
+        """Block (processing Qt events) until the model is loaded; for scripts."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        t0 = time.perf_counter()
+        while self.model_info is None and time.perf_counter() - t0 < timeout_s:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        return self.model_info is not None
+
+    # ------------------------------------------------------------- results --
+    def _geometry(self, req):
+        img = self.viewer.layers[req.image_layer_name] if req.image_layer_name in self.viewer.layers else None
+        sd = req.image.spatial_dims
+        if img is not None:
+            return tuple(img.scale)[-sd:], tuple(img.translate)[-sd:], img
+        return tuple(req.image.spacing), tuple(req.image.origin), None
+
+    def _prediction_layer(self, img_name: str, model_path: str, slice_index):
+        for ly in self._layers_of("labels"):
+            md = (ly.metadata.get(META_KEY, {}) or {}) if isinstance(ly.metadata, dict) else {}
+            if (md.get("kind") == "prediction" and md.get("model") == model_path
+                    and md.get("image") == img_name and md.get("slice_index") == slice_index):
+                return ly
+        return None
+
+    def _on_result(self, disp) -> None:
+        exp, req = disp.exp, self._current_req
+        spec = exp.spec
+        scale, translate, img = self._geometry(req)
+        geo = ({GEOMETRY_KEY: img.metadata[GEOMETRY_KEY]}
+               if img is not None and isinstance(img.metadata, dict) and GEOMETRY_KEY in img.metadata else {})
+        z = f" · z={req.slice_index}" if req.slice_index is not None else ""
+        if exp.prediction is not None and self._prediction_layer(req.image_layer_name, req.model_path,
+                                                                 req.slice_index) is None:
+            md = {META_KEY: {"kind": "prediction", "model": req.model_path, "image": req.image_layer_name,
+                             "slice_index": req.slice_index, "class_names": list(self.model_info["class_names"])},
+                  **geo}
+            self.viewer.add_labels(np.asarray(exp.prediction).astype(np.int32),
+                                   name=f"prediction · {Path(disp.model_name).name}{z}", scale=scale,
+                                   translate=translate, metadata=md, opacity=0.35,
+                                   features=class_features(self.model_info["class_names"]))
+        if req.roi_name == "predicted":
+            name = f"{spec.title} · {exp.target_name}{z}"
+        elif exp.target_name in req.roi_name:      # "RoI · frontal_L": do not repeat the class
+            name = f"{spec.title} · {req.roi_name}{z}"
+        else:
+            name = f"{spec.title} · {exp.target_name} in {req.roi_name}{z}"
+        one = spec.is_one_sided(exp.params)
+        legend = _legend(spec, exp)
+        info = {"kind": "attribution", "method": exp.method, "target": exp.target_name,
+                "target_index": exp.target, "roi": req.roi_name, "image": req.image_layer_name,
+                "model": req.model_path, "device": disp.device, "params": scalar_items(exp.params),
+                "seed": req.seed, "elapsed_s": round(exp.elapsed_s, 3), "n_forward": exp.n_forward,
+                "n_backward": exp.n_backward, "limit": disp.limit, "max_abs": disp.max_abs,
+                "slice_index": req.slice_index, "extras": scalar_items(exp.extras), "unit": spec.unit,
+                "legend": legend, "legend_short": _legend_short(spec, exp)}
+        lim = float(disp.limit)
+        layer = self.viewer.add_image(
+            np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
+            metadata={META_KEY: info, **geo},
+            colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
+                                          one_sided=one),
+            contrast_limits=(0.0, lim) if one else (-lim, lim), blending="translucent", rendering="translucent",
+            opacity=1.0)
+        mx = max(float(disp.max_abs), lim)
+        layer.contrast_limits_range = (0.0, mx) if one else (-mx, mx)
+        layer.contrast_limits = (0.0, lim) if one else (-lim, lim)
+        layer.colorbar.visible = True
+        self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
+                                "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
+        outline = self._add_outline(disp.outline, req, scale, translate, geo)
+        self._dim_labels(keep=[outline])
+        self.viewer.layers.selection.active = layer
+        self._redisplay(layer)
+        self._show_legend(layer)
+        self.status.setText(f"Done: {spec.title} of '{exp.target_name}' in {exp.elapsed_s:.1f} s "
+                            f"({exp.n_forward} forward / {exp.n_backward} backward passes). "
+                            f"Colour limits ±{lim:.3g} (max |value| {disp.max_abs:.3g}) {spec.unit}.")
+        lines = [f"{w}" for w in exp.warnings]
+        report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
+        if report:
+            lines.append(str(report))
+        else:
+            fields = [(k, exp.extras.get(k)) for k in spec.summary_fields if exp.extras.get(k) is not None]
+            if fields:
+                lines.append(", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in fields))
+        self.summary.setText("\n".join(lines))
+        for w in exp.warnings:
+            notify_warning(w)
+        if report:
+            notify_info(str(report).splitlines()[0])
+
+    def _add_outline(self, outline, req, scale, translate, geo):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: OUTLINE_COLOR})
+        z = f" · z={req.slice_index}" if req.slice_index is not None else ""
+        roi = "predicted " + str(req.target) if req.roi_name == "predicted" else req.roi_name
+        return self.viewer.add_labels(np.asarray(outline, np.uint8), name=f"outline · {roi}{z}", scale=scale,
+                                      translate=translate, colormap=cmap, opacity=1.0,
+                                      metadata={META_KEY: {"kind": "roi_outline", "roi": req.roi_name,
+                                                           "image": req.image_layer_name}, **geo})
+
+    def _dim_labels(self, keep=()) -> None:
+        """Prediction and RoI label layers fade while a result is shown (their colours clash)."""
+        for ly in self._layers_of("labels"):
+            if (any(_key(ly) == _key(k) for k in keep) or is_result_layer(ly, ("roi_outline",))
+                    or _key(ly) in self._dimmed):
+                continue
+            self._dimmed[_key(ly)] = float(ly.opacity)
+            ly.opacity = min(float(ly.opacity), DIM_OPACITY)
+
+    def _on_layer_removed(self, event=None) -> None:
+        gone = getattr(event, "value", None)
+        if gone is not None and _key(gone) in self._raw:
+            self._raw.pop(_key(gone))
+            for ly in self._evidence.pop(_key(gone), []):
+                if ly in self.viewer.layers:
+                    self.viewer.layers.remove(ly)
+        if not self._raw and self._dimmed:   # the last result went: the label layers come back
+            for ly in self._layers_of("labels"):
+                if _key(ly) in self._dimmed:
+                    ly.opacity = self._dimmed[_key(ly)]
+            self._dimmed.clear()
+
+    def _on_active_changed(self, event=None) -> None:
+        ly = self.viewer.layers.selection.active
+        if ly is not None and _key(ly) in self._raw:
+            self._show_legend(ly)
+
+    def _show_legend(self, layer) -> None:
+        md = (layer.metadata.get(META_KEY) or {}) if isinstance(layer.metadata, dict) else {}
+        self.legend.setText(md.get("legend", ""))
+        ov = self.viewer.text_overlay
+        ov.text = f"{layer.name}\n{md.get('legend_short', '')}"
+        ov.visible = True
+        ov.position = "top_left"
+        ov.font_size = 9
+
+    def _active_result(self):
+        ly = self.viewer.layers.selection.active
+        if ly is not None and _key(ly) in self._raw:
+            return ly
+        results = [v["layer"] for v in self._raw.values() if v["layer"] in self.viewer.layers]
+        return results[-1] if results else None
+
+    def _redisplay(self, layer=None) -> None:
+        """Apply the display helpers (smoothing, top-k %, body mask) to the shown values."""
+        layer = layer or self._active_result()
+        if layer is None:
+            return
+        rec = self._raw[_key(layer)]
+        mask = body_mask(rec["image"], rec["pred"]) if self.body_check.isChecked() else None
+        shown = display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(), mask,
+                            spatial_dims=rec["raw"].ndim)
+        if not np.array_equal(shown, layer.data):
+            layer.data = shown
+        self._update_evidence(layer)
+
+    # ------------------------------------------------------------------ 3D --
+    def _sync_3d(self) -> None:
+        for rec in list(self._raw.values()):
+            if rec["layer"] in self.viewer.layers:
+                self._update_evidence(rec["layer"])
+
+    def _update_evidence(self, layer) -> None:
+        """In the 3D view: two surfaces (supporting / opposing evidence) replace the cloud."""
+        rec = self._raw[_key(layer)]
+        want = (int(self.viewer.dims.ndisplay) == 3 and np.ndim(layer.data) == 3
+                and self.surfaces_check.isChecked())
+        for ly in self._evidence.pop(_key(layer), []):
+            if ly in self.viewer.layers:
+                self.viewer.layers.remove(ly)
+        if not want:
+            if rec.pop("hidden", False):
+                layer.visible = True
+            return
+        spec = rec["spec"]
+        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), spec.red_is_negative, EVIDENCE_TOP)
+        parts = [(sup, t_sup, "red", "supports")]
+        if not spec.is_one_sided(rec["params"]):
+            parts.append((opp, t_opp, "blue", "opposes"))
+        made = []
+        md = {META_KEY: {"kind": "evidence", "of": layer.name}}
+        active = self.viewer.layers.selection.active
+        for arr, thr, cmap, what in parts:
+            if not np.any(arr > 0):
+                continue
+            made.append(self.viewer.add_image(
+                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=layer.scale,
+                translate=layer.translate, colormap=cmap, rendering="iso", iso_threshold=thr,
+                contrast_limits=(0.0, float(arr.max()) or 1.0), blending="translucent", metadata=md))
+        self._evidence[_key(layer)] = made
+        if layer.visible:
+            layer.visible = False
+            rec["hidden"] = True
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    # ------------------------------------------------------------ failures --
+    def _on_failure(self, failure) -> None:
+        self.status.setText(f"Failed: {failure.message}")
+        notify_error(f"Explain failed: {failure.message}")
+
+    def _on_cancelled(self) -> None:
+        self.status.setText("Cancelled.")
+
+    # ------------------------------------------------------------- helpers --
+    def set_target(self, name: str) -> None:
+        i = self.class_combo.findText(name)
+        if i < 0:
+            raise ValueError(f"unknown class {name!r}")
+        self.class_combo.setCurrentIndex(i)
+
+    def shutdown(self) -> None:
+        """Stop and join every worker (the viewer or the dock is closing)."""
+        self.runner.shutdown()
+        self.picker.shutdown()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.shutdown()
+        super().closeEvent(event)
+
+
+def _key(layer) -> str:
+    """A layer's identity that survives napari's proxy objects (the dock gets a proxied viewer)."""
+    return str(getattr(layer, "unique_id", None) or id(layer))
+
+
+def _legend(spec, exp) -> str:
+    """One line: what the colours mean for this method and class, and the unit."""
+    from ..explainers.registry import legend
+
+    return f"{legend(spec, exp.target_name, exp.params)} · values: {spec.unit}"
+
+
+def _legend_short(spec, exp) -> str:
+    """The canvas version: colours and unit in a few words."""
+    unit = spec.unit.split(" (")[0]
+    if spec.is_one_sided(exp.params):
+        return f"colour: supports {exp.target_name} · {unit}"
+    red, blue = ("supports", "opposes")
+    return f"red: {red} {exp.target_name} · blue: {blue} · {unit}"
+
+
+__all__ = ["ExplainWidget"]
