@@ -371,11 +371,13 @@ def plot_heatmap(matrix, row_names: Sequence[str] | None = None, col_names: Sequ
                    color="white" if dark else "black")
     # context mass (class a inside its own region) outlined, so the diagonal reads at a glance
     from matplotlib.patches import Rectangle
+    from matplotlib.patheffects import withStroke
 
     for i, name in enumerate(rn):
         if name in cn:
             a.add_patch(Rectangle((cn.index(name) - 0.5, i - 0.5), 1, 1, fill=False, lw=0.8,
-                                  ec=th.text, gid="context-mass", zorder=3))
+                                  ec=th.text, gid="context-mass", zorder=3,
+                                  path_effects=[withStroke(linewidth=2.0, foreground=th.background)]))
     if colorbar:
         label = cbar_label or (info["cell"] + (" (%)" if info["share"] and fmt is None else ""))
         cb = f.colorbar(im, ax=a, fraction=0.05, pad=0.02, aspect=30)

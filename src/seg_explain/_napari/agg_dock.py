@@ -910,11 +910,11 @@ class Agg2ExpWidget(QWidget):
         res = self.result
         natural = {"heat": heatmap_figsize(res.n_classes, len(res.col_names)),
                    "graph": graph_figsize(len(set(res.row_names) | set(res.col_names)))}
-        for key, fig, draw, target in (
-                ("heat", self.heat_fig, self.draw_heatmap, p),
-                ("graph", self.graph_fig, self.draw_graph, p.with_name(p.stem + "_graph" + p.suffix))):
-            # the canvas' size, or more: room for every label and cell value on paper
-            w, h = fig.get_size_inches()
+        # the visible canvas' size (a hidden tab's canvas keeps a stale size), or more: room for
+        # every label and cell value on paper
+        w, h = (self.heat_fig if self.tabs.currentIndex() == 0 else self.graph_fig).get_size_inches()
+        for key, draw, target in (("heat", self.draw_heatmap, p),
+                                  ("graph", self.draw_graph, p.with_name(p.stem + "_graph" + p.suffix))):
             f = Figure(figsize=(max(w, natural[key][0]), max(h, natural[key][1])), dpi=100,
                        layout="constrained")
             draw(f, theme)
