@@ -288,7 +288,8 @@ def test_files_view_partial_results_cell_job_and_cancel(make_napari_viewer, qtbo
     assert len(viewer.layers) == n and widget.progress.isHidden()
 
 
-def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, bundle2d):
+@pytest.mark.parametrize("how", ["shutdown", "remove the dock"])
+def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, bundle2d, how):
     viewer = make_napari_viewer()
     _image(viewer)
     widget = _dock(viewer)
@@ -299,7 +300,10 @@ def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, bundle2d):
     qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=60000)
     assert widget.runner.thread_alive
     n = len(viewer.layers)
-    widget.shutdown()
+    if how == "shutdown":
+        widget.shutdown()
+    else:   # napari's × on the dock: the widget leaves its QDockWidget, nothing closes it
+        viewer.window.remove_dock_widget(widget)
     assert not widget.runner.thread_alive and not widget.picker.runner.thread_alive
     assert len(viewer.layers) == n
     # later viewer events reach nothing that is gone

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -940,6 +940,16 @@ class Agg2ExpWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
+
+    def event(self, ev) -> bool:
+        """napari removes a dock (its × button, ``remove_dock_widget``) by taking the widget out
+        of its QDockWidget (parent None) without closing it: stop and join the workers then."""
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self.shutdown()
+        return super().event(ev)
 
 
 __all__ = ["Agg2ExpWidget", "agg_job", "cell_job"]
