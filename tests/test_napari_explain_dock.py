@@ -460,3 +460,20 @@ def test_long_names_do_not_widen_the_dock(make_napari_viewer, qtbot):
     layer_box.setCurrentText(longest)
     assert layer_box.toolTip() == longest   # the full name is one hover away
     widget.shutdown()
+
+
+def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+    """napari's dock × takes the widget out of its frame without closing it: the running
+    explanation must still be stopped and its thread joined (no signal to a deleted widget)."""
+    viewer = make_napari_viewer()
+    image, _labels, roi = add_sample2d(viewer)
+    dw, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Explain segmentation")
+    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    widget.set_method("smoothgrad")
+    widget.params.set_value("n_samples", 20000)
+    widget.batch_edit.setText("2")
+    widget.explain_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=60000)
+    viewer.window.remove_dock_widget(dw)
+    qtbot.waitUntil(lambda: not widget.runner.thread_alive, timeout=5000)
+    assert widget._closed and not widget.running

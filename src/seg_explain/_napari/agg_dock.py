@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -55,7 +55,7 @@ from .layers import (
 )
 from .model_picker import ModelPicker, settings
 from .params import ParamForm, compact_all
-from .ui import notify_error, notify_info, on_viewer_close
+from .ui import ClosingDock, notify_error, notify_info
 from .workers import JobRunner, ModelCache, ensure_imports, one_line, scalar_items
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def default_method(names: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------- widget --
-class Agg2ExpWidget(QWidget):
+class Agg2ExpWidget(ClosingDock, QWidget):
     """Dock widget: Agg2Exp heatmap + graph; click a cell to see the evidence as a layer."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -185,7 +185,7 @@ class Agg2ExpWidget(QWidget):
             self._choose_model(spatial_dims_of(img))
         self._on_method_changed()
         self.draw()
-        on_viewer_close(self.viewer, self.shutdown, self)
+        self.watch_closing(self.viewer)
 
     # ------------------------------------------------------------------ UI --
     def _build_ui(self) -> None:
@@ -923,33 +923,11 @@ class Agg2ExpWidget(QWidget):
         return out
 
     # ------------------------------------------------------------- closing --
-    def shutdown(self) -> None:
-        """Stop and join every worker and let go of the viewer (the dock or viewer is closing)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _shutdown_workers(self) -> None:
+        """Stop and join every worker (the dock or the viewer is closing; see ClosingDock)."""
         self._draw_timer.stop()
-        for emitter, cb in getattr(self, "_viewer_hooks", []):
-            try:
-                emitter.disconnect(cb)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         self.runner.shutdown()
         self.picker.shutdown()
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        self.shutdown()
-        super().closeEvent(event)
-
-    def event(self, ev) -> bool:
-        """napari removes a dock (its × button, ``remove_dock_widget``) by taking the widget out
-        of its QDockWidget (parent None) without closing it: stop and join the workers then."""
-        if ev.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif getattr(self, "_docked", False):
-                self.shutdown()
-        return super().event(ev)
 
 
 __all__ = ["Agg2ExpWidget", "agg_job", "cell_job"]

@@ -42,7 +42,7 @@ from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, body_mask, cl
                      spatial_dims_of, spatial_shape_of, sync_attribution_colormaps)
 from .model_picker import ModelPicker, settings
 from .params import ParamForm, compact, compact_all
-from .ui import notify_error, notify_info, notify_warning, on_viewer_close
+from .ui import ClosingDock, notify_error, notify_info, notify_warning
 from .workers import ExplainRequest, JobRunner, ensure_imports, explain_job, one_line, scalar_items
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ DIM_OPACITY = 0.15
 EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
 
 
-class ExplainWidget(QWidget):
+class ExplainWidget(ClosingDock, QWidget):
     """Dock widget: explain a segmentation model's prediction inside a painted RoI."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -87,7 +87,7 @@ class ExplainWidget(QWidget):
         img = self.image_layer()
         self.picker.select_for_dims(spatial_dims_of(img) if img is not None else None)
         self._on_method_changed()
-        on_viewer_close(self.viewer, self.shutdown, self)
+        self.watch_closing(self.viewer)
 
     # ------------------------------------------------------------------ UI --
     def _build_ui(self) -> None:
@@ -292,14 +292,14 @@ class ExplainWidget(QWidget):
     # -------------------------------------------------------------- viewer --
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
-        ev.inserted.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layer_removed)
-        ev.reordered.connect(self._on_layers_changed)
+        self._viewer_hooks = [(ev.inserted, self._on_layers_changed), (ev.removed, self._on_layers_changed),
+                              (ev.removed, self._on_layer_removed), (ev.reordered, self._on_layers_changed),
+                              (self.viewer.layers.selection.events.active, self._on_active_changed),
+                              (self.viewer.dims.events.ndisplay, self._on_ndisplay)]
+        for emitter, cb in self._viewer_hooks:
+            emitter.connect(cb)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
-        self.viewer.layers.selection.events.active.connect(self._on_active_changed)
-        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
     def _on_ndisplay(self, event=None) -> None:
         sync_attribution_colormaps(self.viewer)
@@ -960,14 +960,11 @@ class ExplainWidget(QWidget):
             raise ValueError(f"unknown class {name!r}")
         self.class_combo.setCurrentIndex(i)
 
-    def shutdown(self) -> None:
-        """Stop and join every worker (the viewer or the dock is closing)."""
+    def _shutdown_workers(self) -> None:
+        """Stop and join every worker (the viewer or the dock is closing; see ClosingDock)."""
+        self._cost_timer.stop()
         self.runner.shutdown()
         self.picker.shutdown()
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        self.shutdown()
-        super().closeEvent(event)
 
 
 def _key(layer) -> str:

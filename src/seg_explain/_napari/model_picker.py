@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QSettings, Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QSizePolicy, QWidget
 
 from .params import compact
 from .workers import JobRunner, ModelCache, available_devices, load_model_job
@@ -72,13 +72,15 @@ class ModelPicker(QWidget):
         self._last_good: str | None = None
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        self.combo = compact(QComboBox())
+        self.combo = compact(QComboBox(), chars=14)
         self.combo.setObjectName("model_combo")
         self.combo.setToolTip("the segmentation model: a shipped sample, a recent model, a model folder (MONAI "
                               "bundle or nnU-Net v2 trained model) or a TorchScript/.pt2 file with a JSON "
                               "sidecar; remembered between sessions")
         self.device = QComboBox()
         self.device.setObjectName("device_combo")
+        self.device.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.device.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.device.addItems(available_devices())
         self.device.setToolTip("where the network runs (auto: a GPU when there is one)")
         lay.addWidget(self.combo, 1)

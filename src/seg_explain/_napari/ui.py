@@ -53,3 +53,43 @@ def on_viewer_close(viewer, callback: Callable[[], None], owner: QObject) -> Non
         watcher = _CloseWatcher(callback, owner)
         win.installEventFilter(watcher)
         owner._close_watcher = watcher  # keep it alive with the dock
+
+
+class ClosingDock:
+    """Mixin for a dock QWidget that owns worker threads: :meth:`shutdown` (the subclass's
+    ``_shutdown_workers`` plus disconnecting viewer events) runs once when the viewer window
+    closes, when the dock is closed, and when napari removes the dock (its ×, or
+    ``remove_dock_widget``: the widget is taken out of its QDockWidget without being closed)."""
+
+    _closed = False
+    _docked = False
+
+    def watch_closing(self, viewer) -> None:
+        on_viewer_close(viewer, self.shutdown, self)
+
+    def _shutdown_workers(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for emitter, cb in getattr(self, "_viewer_hooks", []):
+            try:
+                emitter.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._shutdown_workers()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, ev) -> bool:
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shutdown()
+        return super().event(ev)
+
