@@ -55,7 +55,7 @@ def planted_case(shape, cause, suppressor=None, seed=0):
     if suppressor is not None:
         img[suppressor] = 5.0
     img[roi] = 2.0
-    net = Planted(roi, cause, suppressor, half)
+    net = Planted(roi, cause, suppressor, half).eval()   # eval: SegModel uses it as is (no copy)
     model = SegModel(net, spatial_dims=len(shape), in_channels=1, class_names=["background", "fg"],
                      divisor=1, device="cpu")
     return model, net, img, roi, half
@@ -422,3 +422,30 @@ def test_bank_identical_to_image_refused(small):
     model, img, roi = small
     with pytest.raises(InputMismatchError, match="image being explained"):
         explain(model, img, "pdcr", target=1, roi=roi, bank=[bank_for((16, 16))[0], img.copy()])
+
+
+def test_registry_entry_units_parsing_and_cost_estimate():
+    """What the CLI help and the GUI read: units in Dice points, typed parsing, a cost
+    estimate close to the passes a run makes (zero occlusion: one per block) and an upper
+    bound with bank blocks."""
+    from seg_explain.explainers.registry import cost_input, get_spec
+
+    spec = get_spec("pdcr")
+    assert spec.unit == "Dice points (0-100)" and spec.red_is_negative and spec.rank == "negative"
+    tau = spec.param("tau")
+    assert tau.unit == "Dice points" and tau.describe() == "tau=0.02 [0..100] Dice points"
+    assert tau.parse("2") == 2.0 and spec.param("adaptive").parse("0.3") == 0.3
+    assert spec.param("adaptive").parse("true") is True and spec.param("bank").parse("Zero") == "zero"
+    for name, bad in (("tau", "inf"), ("block_size", "7.9"), ("adaptive", "2")):
+        with pytest.raises(SegExplainError, match=f"pdcr: {name}"):
+            spec.param(name).parse(bad, "pdcr")
+    shape, cause = (44, 38), (slice(0, 8), slice(8, 16))
+    model, _, img, roi, _ = planted_case(shape, cause)
+    info = cost_input(model, shape, roi)
+    e = explain(model, img, "pdcr", target=1, roi=roi, bank="zero")
+    est = spec.estimate(info, {"bank": "zero"}).forward
+    assert e.n_forward - 1 == e.extras["n_perturbable"] and abs(est - (e.n_forward - 1)) <= 0.3 * e.n_forward
+    e = explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), n_draws=4)
+    c = spec.estimate(info, {"n_draws": 4})
+    assert e.n_forward - 1 == 3 * e.extras["n_perturbable"] + 4 <= c.forward_max
+    assert spec.cheaper({"adaptive": False, "block_size": 8}, 3) == {"adaptive": True, "block_size": 16}

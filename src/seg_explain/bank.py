@@ -25,7 +25,7 @@ What a bank can be built from (:func:`resolve_bank`):
   ``model_blocks`` ``(K, C, *B)`` blocks already in model space (what :meth:`Bank.save`
               writes), used as they are.
 
-``bank=None`` in ``explain(..., "pdcr")`` uses the shipped sample bank for the model's
+``bank=None`` in a PdCR explanation uses the shipped sample bank for the model's
 dimensionality when there is one, else asks for a bank.
 
 ``bank="zero"``: **zero occlusion** (the reference code's ``zero_local`` ablation): every

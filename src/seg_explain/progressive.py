@@ -12,7 +12,8 @@ Pooling / ranking (``rank``):
 
 - ``"abs"`` (default for every method but PdCR): mean |value| over the block's voxels,
   largest first (gradients, CAMs, SHAP: magnitude = importance);
-- ``"negative"`` (``"auto"`` picks it for PdCR maps): mean of −value, largest first, i.e.
+- ``"negative"`` (``"auto"`` picks the method's registered ranking: this one for PdCR
+  maps): mean of −value, largest first, i.e.
   the *most supportive* blocks first (PdCR's ATE < 0 = positive contribution);
 - ``"positive"``: mean value, largest first.
 
@@ -98,8 +99,11 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
     if target is None:
         raise MethodError("progressive perturbation needs the explained target class")
     rank = as_choice("rank", rank, RANKS, method="progressive perturbation")
-    if rank == "auto":
-        rank = "negative" if method == "pdcr" else "abs"
+    if rank == "auto":      # the method's registered ranking (PdCR: most negative ATE first)
+        from .explainers.registry import REGISTRY, methods
+
+        methods()
+        rank = REGISTRY[method].rank if method in REGISTRY else "abs"
     k_max = as_int("k_max", k_max, lo=1, method="progressive perturbation")
     n_draws = as_int("n_draws", n_draws, lo=1, method="progressive perturbation")
     ctx, _, _ = make_context(model, image, target, roi, seed=seed, batch_size=batch_size)
@@ -153,7 +157,7 @@ def progressive_perturbation(model, image, attribution, target=None, roi=None, b
 
     ``attribution``: an :class:`~seg_explain.explainers.base.Explanation` (its method,
     target and RoI are used) or an image-grid array (then give ``target`` and ``roi``,
-    and ``method="pdcr"`` or ``rank="negative"`` for a PdCR map). ``bank``: as for
+    and the method's name or ``rank="negative"`` for a PdCR map). ``bank``: as for
     PdCR (default: the shipped sample bank; ``"zero"`` for zero occlusion). Drops and score
     are in Dice as a fraction (``result.unit``). See the module docstring.
     """

@@ -112,7 +112,8 @@ import torch.nn.functional as F
 
 from ..checks import as_bool, as_float, as_int, require_finite
 from ..errors import InputMismatchError, MethodError
-from .base import Context, register
+from .base import Context
+from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 UNIT = "Dice points (0-100)"
 CONVENTION = ("ATE < 0: perturbing the block lowered the RoI Dice, so its content supported "
@@ -624,14 +625,12 @@ def _adaptive_rel(adaptive) -> float:
 
 
 # ----------------------------------------------------------------------- explainer --
-@register("pdcr", defaults={"bank": None, "block_size": 8, "n_screen": 3, "n_draws": 50,
-                            "tau": 0.02, "reference": None, "adaptive": False},
-          kind="perturbation",
-          doc="PdCR causal map: ATE (Dice points) of replacing each block by real bank blocks on the "
-              "RoI Dice (ATE < 0 = positive contribution, red); tau in Dice points")
 def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draws: int = 50,
          tau: float = 0.02, reference=None, adaptive=False):
-    """PdCR map on the model grid, in Dice points (see the module docstring)."""
+    """PdCR map on the model grid, in Dice points (see the module docstring).
+
+    The registry parses the parameters first (:data:`SPEC`); they are checked again here so
+    that a direct call is just as safe."""
     from ..bank import resolve_bank
 
     t0 = time.perf_counter()
@@ -786,3 +785,67 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
     extras["report"] = format_report(extras, ctx.model.class_names[ctx.target])
     extras["pdcr_seconds"] = time.perf_counter() - t0
     return attr, extras
+
+
+# ------------------------------------------------------------------------ registry --
+def _cost(info: CostInput, p: dict) -> Cost:
+    """Forward passes: S screening + N ATE draws per perturbable block (one per block for
+    zero occlusion), each 1 image or about 2^(D-1) RoI windows. Data-dependent: at the
+    default tau (0.02 Dice points) nearly every block the network sees passes screening, so
+    the estimate assumes all do (``forward_max``); adaptive draws take about 0.3 N."""
+    b = max(1, int(p.get("block_size") or 8))
+    g = [math.ceil(s / b) for s in info.shape]
+    n_blocks = int(np.prod(g))
+    # the RoI as a cube of its volume: the blocks it overlaps (half a block more per axis on
+    # average, for its position relative to the grid)
+    side = [max(info.roi_fraction, 0.0) ** (1 / info.spatial_dims) * s for s in info.shape]
+    n_roi = round(float(np.prod([min(n, w / b + 0.5) for n, w in zip(g, side)]))) if info.roi_fraction > 0 else 0
+    n_pert = max(n_blocks - n_roi, 0)
+    rows = 1 if info.n_windows <= 1 else min(info.n_windows, 2 ** (info.spatial_dims - 1))
+    if str(p.get("bank")).lower() == "zero":
+        return Cost(n_pert * rows, 0, note="zero occlusion: one pass per block")
+    s_, n_ = int(p.get("n_screen", 3)), int(p.get("n_draws", 50))
+    ada = p.get("adaptive") not in (None, False, 0, "false")
+    n_eff = min(n_, max(ADAPTIVE_MIN, round(0.3 * n_))) if ada and s_ > 0 else n_
+    return Cost(n_pert * (s_ + n_eff) * rows, 0, forward_max=n_pert * (s_ + n_) * rows,
+                note="data-dependent: blocks screened out at tau skip the N draws")
+
+
+def _cheaper(p: dict, spatial_dims: int) -> dict:
+    out: dict = {}
+    if p.get("adaptive") in (None, False, 0, "false"):
+        out["adaptive"] = True
+    if spatial_dims == 3 and int(p.get("block_size") or 8) < 16:
+        out["block_size"] = 16
+    return out
+
+
+SPEC = register(MethodSpec(
+    "pdcr", pdcr, title="PdCR (causal blocks)", source="PdCR, arXiv 2602.20511",
+    question="which image blocks cause the RoI's segmentation: the average change of the RoI's Dice when a "
+             "block outside it is replaced by real blocks from other images (coarse-to-fine screening)",
+    params=(
+        Param("bank", "bank", None, "replacement blocks: none = the shipped sample bank; 'zero' = zero "
+              "occlusion (0 in the model's preprocessed input); or a folder / .npz / list of images"),
+        Param("block_size", "int", 8, "block edge (cubes in 3D)", lo=1, hi=1024, unit="voxels",
+              gui_default_3d=16),
+        Param("n_screen", "int", 3, "screening draws per block (S)", lo=0, hi=10_000),
+        Param("n_draws", "int", 50, "draws per relevant block for its ATE (N)", lo=1, hi=100_000),
+        Param("tau", "float", 0.02, "relevance threshold: a block whose screening |ITE|s or whose |ATE| stay "
+              "below tau counts as irrelevant (0.02 points = the reference code)", lo=0.0, hi=100.0,
+              unit="Dice points"),
+        Param("reference", "label_map", None, "reference segmentation (e.g. ground truth) for the RoI Dice; "
+              "none = the model's own prediction (then M0 = 100 points and negative contributions are not "
+              "measurable)"),
+        Param("adaptive", "bool_or_fraction", False, "fix each block's number of draws from its screening "
+              "draws (true: CI half-width 0.1 x the map's range; or that fraction), unbiased, ~0.3x the passes",
+              gui_default_3d=True)),
+    caps=Capabilities(dims=(2, 3), gradients=False, hooks=False, multiclass=False, map_kind="block"),
+    unit=UNIT,
+    positive="blocks whose replacement raised {cls}'s RoI Dice (negative contribution; only measurable "
+             "against a reference segmentation)",
+    negative="blocks whose content supports {cls}'s RoI (replacing them lowers its Dice)",
+    red_is_negative=True,
+    summary_fields=("m0_points", "tau_points", "share_positive", "share_negative", "share_irrelevant",
+                    "n_relevant", "ate_min_points", "ate_max_points", "passes_saved"),
+    rank="negative", cost=_cost, cheaper=_cheaper, cost_class="expensive"))
