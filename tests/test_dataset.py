@@ -224,6 +224,26 @@ def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_p
     assert all(after[w] - loads[w] <= 1 for w in after) and sum(after.values()) > sum(loads.values())
 
 
+def test_evaluate_on_a_cluster_and_resumed(data, external, tmp_path, capsys):
+    address, _client = external
+    args = ["evaluate", *data["images"][:2], "--model", data["model"], "--method", "gradient",
+            "--method", "smoothgrad:n_samples=2", "--n-faithfulness", "8", "--n-sensitivity", "1",
+            "--classes", "0,1", "--threads", "1", "--quiet"]
+    ser, ext = tmp_path / "ser", tmp_path / "ext"
+    assert main([*args, "--out", str(ser)]) == 0
+    assert main([*args, "--out", str(ext), "--scheduler", address]) == 0
+
+    def rows(out):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in read(out / "metrics.csv")]
+
+    assert rows(ser) == rows(ext) and len(rows(ser)) == 2 * 2 * 2
+    table = (ser / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--out", str(ser)]) == 0                   # resumed: nothing recomputed
+    assert "skipping 2 images already done" in capsys.readouterr().err
+    assert (ser / "metrics.csv").read_bytes() == table
+
+
 def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
     from seg_explain import load_model
     from seg_explain.aggregate import agg2exp
@@ -261,6 +281,45 @@ def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
         agg2exp(data["model"], [imgs[0], data["bad"]], method="gradient", client=client)
     res = agg2exp(data["model"], [imgs[0], data["bad"]], method="gradient", client=client, on_error="skip")
     assert res.image_names == ["case00"] and [n for n, _ in res.skipped] == ["broken"]
+
+
+def test_events_for_a_gui_partial_result_cancel_and_resume(data, tmp_path):
+    """What the napari dock uses: events from a worker thread, the partial result, a
+    CancelToken that stops the run with the finished images kept, then a resumed run."""
+    import threading
+
+    from seg_explain import load_model
+    from seg_explain.aggregate import agg2exp
+    from seg_explain.dataset import ImageProgress, prepare_run
+    from seg_explain.errors import Cancelled
+    from seg_explain.jobs import CancelToken
+
+    imgs, out = data["images"], tmp_path / "o"
+    token, seen, events, box = CancelToken(), [], [], {}
+
+    def worker():               # as a GUI worker thread would
+        with prepare_run("agg2exp", data["model"], imgs, method="gradient", out=out) as run:
+            try:
+                for ev in run.events(token, on_image=lambda name, exps, labels: seen.append((name, labels.shape))):
+                    events.append(ev)
+                    if ev.state == "done" and ev.n_done == 2:
+                        box["partial"] = run.result()
+                        token.cancel()
+            except Cancelled:
+                box["cancelled"] = True
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    assert box.get("cancelled") and box["partial"].image_names == ["case00", "case01"]
+    assert seen == [("case00", (32, 32)), ("case01", (32, 32))]
+    assert all(isinstance(e, ImageProgress) for e in events) and events[-1].n_total == 6
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].total == 6000
+    with prepare_run("agg2exp", data["model"], imgs, method="gradient", out=out) as run:
+        assert run.resumed == ["case00", "case01"] and len(run.todo) == 4
+        res = run.run()
+    ref = agg2exp(load_model(data["model"], device="cpu"), imgs, method="gradient")
+    np.testing.assert_array_equal(res.local, ref.local)
 
 
 # -------------------------------------------------------- interrupted / killed runs --

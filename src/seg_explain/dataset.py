@@ -726,6 +726,11 @@ class DaskExecutor:
                                            memory_limit=memory_limit, silence_logs=40)
         try:
             client = distributed.Client(cluster)
+            # Ctrl-C reaches every process of the terminal's group: the workers leave it to this
+            # process, which cancels the tasks and closes the cluster (also for restarted workers)
+            from ._dask_plugins import IgnoreSigint
+
+            client.register_plugin(IgnoreSigint())
         except BaseException:
             cluster.close()
             raise
@@ -1026,6 +1031,19 @@ class DatasetRun:
         fails = [(r.name, self.failures[r.name]) for r in self.records if r.name in self.failures]
         return self.job.assemble(rows, fails)
 
+    owns_executor = True
+
+    def close(self) -> None:
+        """Close the executor (a local cluster it started), unless it was passed in to be reused."""
+        if self.owns_executor:
+            self.executor.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def write_failures(self, out: str | os.PathLike) -> Path | None:
         """``failures.csv`` (image, error) when images failed; a stale one is removed."""
         from .aggregate import _write_csv
@@ -1058,17 +1076,20 @@ def _model_identity(model) -> tuple[str, str, str]:
     return "", device, h.hexdigest()
 
 
-def run_python(kind: str, model, images, *, progress: Callable | None = None, client=None,
-               out: str | os.PathLike | None = None, overwrite: bool = False,
-               token: CancelToken | None = None, threads: int | None = None, **kw):
-    """``agg2exp(..., client=..., out=...)`` / ``evaluate(...)`` as a data-set run.
+def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike | None = None,
+                overwrite: bool = False, threads: int | None = None, **kw) -> DatasetRun:
+    """A :class:`DatasetRun` of ``kind`` (``"agg2exp"`` or ``"evaluate"``) from Python inputs.
 
     ``model``: a path (loaded here on the CPU for its class names; each worker loads it once
     with ``device``, default ``"auto"``) or a SegModel loaded from a file (its path is sent to
     the workers; a model built in Python can only run in this process). ``images``: what
-    :func:`seg_explain.agg2exp` takes, or :class:`ImageRecord` objects. ``on_error="raise"``
-    (the default) stops at the first failing image (what finished is kept in ``out``);
-    ``"skip"`` lists failures in the result."""
+    :func:`seg_explain.agg2exp` takes, or :class:`ImageRecord` objects. ``client``: None (this
+    process), a ``distributed.Client``, a scheduler address, a number of local worker
+    processes, or an executor. ``**kw``: :func:`seg_explain.agg2exp`'s keywords (``method``,
+    ``extra_rois``, ``names``, ``ground_truth``, ``classes``, ``seed``, ``batch_size``, the
+    method's parameters) or :func:`seg_explain.metrics.evaluate`'s. Everything is checked here,
+    before any image. Close the run (``with run:`` or ``run.close()``) to close a cluster it
+    started."""
     from .checks import as_int
 
     device = kw.pop("device", None)
@@ -1079,12 +1100,9 @@ def run_python(kind: str, model, images, *, progress: Callable | None = None, cl
     else:
         loaded = model
         dev = device or dev
-    if client is not None and not path:
+    if client is not None and not isinstance(client, InProcess) and not path:
         raise InputMismatchError("a Dask run needs the model as a file: pass its path (or a model from "
                                  "load_model); each worker loads it once")
-    on_error = kw.pop("on_error", "raise")
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
     names = kw.pop("names", None)
     if kind == "agg2exp":
         from .explainers.registry import resolve_params
@@ -1095,8 +1113,6 @@ def run_python(kind: str, model, images, *, progress: Callable | None = None, cl
         classes = kw.pop("classes", None)
         seed = as_int("seed", kw.pop("seed", 0), 0, 2 ** 31 - 1)
         batch_size = kw.pop("batch_size", None)
-        if kw.pop("on_image", None) is not None and client is not None:
-            raise InputMismatchError("on_image sees voxel maps, which stay on the workers; run in-process")
         resolve_params(method, kw)
         records, roi_names = records_from(images, names, ground_truth, extra_rois)
         if classes is not None:
@@ -1113,11 +1129,35 @@ def run_python(kind: str, model, images, *, progress: Callable | None = None, cl
         records, _ = records_from(images, names)
         job = EvaluateJob(model=path, device=dev, threads=threads, plan=plan, model_digest=digest)
     else:
-        raise ValueError(kind)
+        raise ValueError(f"kind must be 'agg2exp' or 'evaluate', got {kind!r}")
     executor = make_executor(client=client, threads=threads, model=loaded)
+    owned = not isinstance(client, (InProcess, DaskExecutor))     # an executor passed in stays open
     try:
         run = DatasetRun(job, records, executor=executor, out=out, overwrite=overwrite, model=loaded)
-        gen = run.events(token)
+    except BaseException:
+        if owned:
+            executor.close()
+        raise
+    run.owns_executor = owned
+    return run
+
+
+def run_python(kind: str, model, images, *, progress: Callable | None = None, client=None,
+               out: str | os.PathLike | None = None, overwrite: bool = False,
+               token: CancelToken | None = None, threads: int | None = None, **kw):
+    """``agg2exp(..., client=..., out=...)`` / ``evaluate(...)`` as a data-set run
+    (:func:`prepare_run`), driven to its end. ``on_error="raise"`` (the default) stops at the
+    first failing image (what finished is kept in ``out``); ``"skip"`` lists failures in the
+    result. ``on_image`` (Agg2Exp in this process only) sees each image's maps."""
+    on_error = kw.pop("on_error", "raise")
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    on_image = kw.pop("on_image", None)
+    if on_image is not None and client is not None:
+        raise InputMismatchError("on_image sees voxel maps, which stay on the workers; run in this process")
+    with prepare_run(kind, model, images, client=client, out=out, overwrite=overwrite, threads=threads,
+                     **kw) as run:
+        gen = run.events(token, on_image=on_image)
         try:
             for ev in gen:
                 if ev.state == "failed" and on_error == "raise":
@@ -1128,11 +1168,8 @@ def run_python(kind: str, model, images, *, progress: Callable | None = None, cl
             gen.close()
         if out is not None:
             run.write_failures(out)
-    finally:
-        executor.close()
     res = run.result()
-    n_ok = res.n_images if kind == "agg2exp" else len({r["image"] for r in res.rows})
-    if n_ok == 0 and run.failures:
+    if not run.rows and run.failures:
         raise InputMismatchError(f"No image could be {'explained' if kind == 'agg2exp' else 'evaluated'}: "
                                  + "; ".join(f"{n}: {m}" for n, m in run.failures.items()))
     return res
@@ -1263,5 +1300,5 @@ def run_command(run: DatasetRun, desc: str, quiet: bool, out: Path, what: str = 
 
 __all__ = ["ImageRecord", "collect_images", "records_from", "read_manifest", "image_seed", "file_key",
            "Agg2ExpJob", "EvaluateJob", "run_image", "worker_model", "InProcess", "DaskExecutor",
-           "make_executor", "ResultStore", "DatasetRun", "ImageProgress", "TerminalProgress",
+           "make_executor", "ResultStore", "DatasetRun", "ImageProgress", "TerminalProgress", "prepare_run",
            "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_SOME_FAILED", "ClusterError"]
