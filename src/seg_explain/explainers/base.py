@@ -3,11 +3,11 @@
 Every explainer is a generator function registered in :mod:`.registry` with a
 :class:`~.registry.MethodSpec`::
 
-    def gradient(ctx: Context, **params):
+    def my_method(ctx: Context, **params):
         ...                       # work; `yield (done, total)` between steps
         return attr               # model-grid array (C, *S) or (*S), or (attr, extras)
 
-    register(MethodSpec("gradient", gradient, title=..., params=(...), caps=..., ...))
+    register(MethodSpec("my_method", my_method, title=..., params=(...), caps=..., ...))
 
 It receives a :class:`Context` (model, prepared image in model space, target class, RoI on
 the model grid, counters, seed) and returns the attribution on the **model grid**.

@@ -286,22 +286,8 @@ COMMON = (Param("seed", "int", 0, "random seed (noise, draws, coalitions)", lo=0
           Param("batch_size", "auto_int", None, "images per network pass (auto: from free memory)", lo=1))
 
 
-def register(spec: MethodSpec | str = None, **legacy) -> MethodSpec:
+def register(spec: MethodSpec) -> MethodSpec:
     """Add (or replace) an explainer; returns the spec."""
-    if isinstance(spec, str):   # transitional decorator form: register(name, defaults=..., kind=...)
-        name = spec
-
-        def deco(fn):
-            kinds = {"cam": "heatmap", "perturbation": "block", "shapley": "block"}
-            ps = tuple(Param(k, "bank" if k == "bank" else "label_map" if k == "reference" else
-                             "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else
-                             "float" if isinstance(v, float) else "layer", v, k)
-                       for k, v in (legacy.get("defaults") or {}).items())
-            register(MethodSpec(name, fn, title=name, question=legacy.get("doc", ""), source="", params=ps,
-                                caps=Capabilities(map_kind=kinds.get(legacy.get("kind"), "voxel")),
-                                red_is_negative=name == "pdcr", rank="negative" if name == "pdcr" else "abs"))
-            return fn
-        return deco
     if spec.caps.map_kind not in MAP_KINDS:
         raise ValueError(f"map_kind must be one of {MAP_KINDS}")
     names = [p.name for p in spec.params]
