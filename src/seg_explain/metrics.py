@@ -413,8 +413,8 @@ def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
     """Faithfulness, sensitivity, complexity and efficiency of ``methods`` on ``images``.
 
     ``methods``: names (``"smoothgrad"``), ``"name:k=v:k=v"`` strings, ``(label, name,
-    params)`` tuples or dicts — e.g. ``("KernelSHAP (semantic)", "kernel_shap",
-    {"features": "semantic"})``. ``classes``: explain these classes where predicted
+    params)`` tuples or dicts — e.g. a label "KernelSHAP (semantic)", the method's registry
+    name (``seg-explain methods``) and ``{"features": "semantic"}``. ``classes``: explain these classes where predicted
     (default: every predicted class, background included). ``method_params``:
     ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
     to every method that has them. Metric settings: ``n_faithfulness`` (100), ``subset``
