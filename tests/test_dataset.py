@@ -411,3 +411,17 @@ def test_bad_dataset_arguments(data, tmp_path, capsys):
     # a record is a plain dataclass that travels to workers
     r = ImageRecord("x", "/a.npy")
     assert r.key.startswith("x-") and r.paths() == ["/a.npy"]
+
+
+def test_without_dask_or_tqdm(data, tmp_path, capsys, monkeypatch):
+    """The in-process path needs neither Dask nor tqdm (plain progress lines); --workers says
+    what to install."""
+    monkeypatch.setitem(sys.modules, "distributed", None)      # import distributed -> ImportError
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    out = tmp_path / "o"
+    assert main(cli_args(data, out, quiet=False)) == 3
+    err = capsys.readouterr().err
+    assert "[agg2exp] 7/7 images, 1 failed" in err and "in this process" in err
+    assert main(cli_args(data, tmp_path / "p", "--workers", "2")) == 2
+    assert "pip install 'napari-seg-explain[dask]'" in capsys.readouterr().err
+

@@ -465,7 +465,7 @@ class Agg2ExpJob(_Job):
             ground_truth=rec.ground_truth, on_image=on_image, labels_fn=labels_fn))
 
     def fingerprint(self) -> dict:
-        return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model),
+        return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",
                 "model_files": self.model_digest, "method": self.method, "params": _jsonable(self.params),
                 "classes": self.classes, "seed": self.seed, "batch_size": self.batch_size,
                 "rows": list(self.row_names), "columns": self.col_names}
@@ -521,7 +521,7 @@ class EvaluateJob(_Job):
         return (yield from evaluate_image_iter(model, rec.image, rec.name, self.plan, on_error="skip"))
 
     def fingerprint(self) -> dict:
-        return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model),
+        return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",
                 "model_files": self.model_digest, "plan": _jsonable(self.plan.describe())}
 
     def write(self, path: Path, row: dict, meta: dict) -> None:
