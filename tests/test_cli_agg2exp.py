@@ -48,13 +48,18 @@ def test_agg2exp_writes_everything_and_skips_a_bad_file(bundle3d, images, tmp_pa
     assert list(rows[0]) == ["image", "explained_class", "region", "mass", "mass_pos", "mass_neg"]
     assert {r["image"] for r in rows} == {f"case{i}" for i in range(5)}
     assert {r["region"] for r in rows} == {"background", "a", "b", "c", "lesion"}
-    # rows sum to 1 over the class regions
+    # rows sum to 1 over the class regions for every class the model predicts in the image,
+    # and are empty (NaN) for the classes it does not
+    from seg_explain import load_image, load_model
+
+    model = load_model(bundle3d)
     for im in ("case0", "case3"):
+        present = {model.class_names[int(k)] for k in np.unique(model.predict(load_image(tmp_path / f"{im}.nii.gz")))}
+        assert present
         for cls in ("background", "a", "b", "c"):
             v = [float(r["mass"]) for r in rows if r["image"] == im and r["explained_class"] == cls
                  and r["region"] != "lesion" and r["mass"] != ""]
-            if v:
-                assert sum(v) == pytest.approx(1.0, abs=1e-6)
+            assert (sum(v) == pytest.approx(1.0, abs=1e-6)) if cls in present else v == [], (im, cls, v)
     g = list(csv.DictReader(open(out / "global_importance.csv")))
     assert len(g) == 4 * 5 and "mass_sd" in g[0]
     o = list(csv.DictReader(open(out / "outliers.csv")))

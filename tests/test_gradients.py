@@ -127,10 +127,12 @@ def test_integrated_gradients_array_and_number_baseline(unet2d, rng):
     e1 = explain(unet2d, x, "integrated_gradients", target=c, baseline=b, steps=5)
     e2 = explain(unet2d, x, "integrated_gradients", target=c, baseline=b[None], steps=5)
     close(e1.attribution, e2.attribution)
-    # completeness is exact for a linear path integral of a linear function: check it is
-    # reported consistently (gap = ig_sum - (f_x - f_baseline))
-    ex = e1.extras
-    assert ex["completeness_gap"] == pytest.approx(ex["ig_sum"] - (ex["f_x"] - ex["f_baseline"]))
+    # the reported gap is the map's sum minus f̂(x) − f̂(b), with f̂ computed here from the network
+    f = f_hat_fn(unet2d.network, c, roi)
+    with torch.no_grad():
+        fx, fb = float(f(torch.as_tensor(x)[None, None])), float(f(torch.as_tensor(b)[None, None]))
+    want = float(e1.attribution.astype(np.float64).sum()) - (fx - fb)
+    assert e1.extras["completeness_gap"] == pytest.approx(want, rel=1e-3, abs=1e-3 * max(1.0, abs(fx - fb)))
     e3 = explain(unet2d, x, "integrated_gradients", target=c, baseline=0.0, steps=5)
     e4 = explain(unet2d, x, "integrated_gradients", target=c, baseline="zero", steps=5)
     close(e3.attribution, e4.attribution)
@@ -250,14 +252,15 @@ def test_multiclass_equals_per_class_with_fewer_forwards(unet2d, rng, method, pa
 
 def test_multiclass_fallback_for_methods_without_a_shared_form(unet2d, rng):
     """A method with no multi-class form runs per class on the shared prepared image."""
-    from seg_explain.explainers.base import REGISTRY, register
+    from seg_explain.explainers.registry import REGISTRY, MethodSpec, Param, register
 
-    @register("_test_roi_logits", defaults={"scale": 1.0})
     def roi_logits(ctx, scale=1.0):
         yield (0, 1)
         logits = ctx.forward(ctx.x[None])[0]
         return scale * logits[ctx.target] * ctx.roi
 
+    register(MethodSpec("_test_roi_logits", roi_logits, title="test", question="test", source="test",
+                        params=(Param("scale", "float", 1.0, "a factor"),), unit="logits"))
     try:
         x = image(2, rng)
         exps = explain_classes(unet2d, x, "_test_roi_logits", scale=2.0)

@@ -147,9 +147,11 @@ def test_seeded_and_baselines(unet2d, rng):
     for base in ("zero", "mean", 0.5, np.zeros((32, 32), np.float32)):
         e = explain(unet2d, img, "kernel_shap", target=0, n_samples=10, baseline=base)
         assert np.isfinite(e.attribution).all()
-    with pytest.raises(MethodError):
+    with pytest.raises(MethodError, match="kernel_shap: features must be one of cubes, semantic, got 'slic'"):
         explain(unet2d, img, "kernel_shap", target=0, features="slic")
-    with pytest.raises(MethodError):
+    from seg_explain import InputMismatchError
+
+    with pytest.raises(InputMismatchError, match=r"baseline array of shape \(3, 3\) does not match"):
         explain(unet2d, img, "kernel_shap", target=0, baseline=np.zeros((3, 3)))
 
 
@@ -182,10 +184,15 @@ def test_several_classes_share_coalitions_and_passes(unet2d, rng):
     img = rng.standard_normal((32, 32)).astype(np.float32)
     exps = explain_classes(unet2d, img, "kernel_shap", n_samples=20, grid=3)
     assert len(exps) == len(np.unique(unet2d.predict(img))) > 1
+    pred = unet2d.predict(img)
     for e in exps:
         single = explain(unet2d, img, "kernel_shap", target=e.target, n_samples=20, grid=3)
         np.testing.assert_allclose(e.attribution, single.attribution, rtol=1e-4, atol=1e-5)
-        assert e.extras["efficiency_gap"] == pytest.approx(0.0, abs=1e-6)
+        # efficiency against f̂ computed here from the network (baseline "min")
+        roi = pred == e.target
+        delta = f_hat_direct(unet2d, img, e.target, roi) - f_hat_direct(unet2d, np.full_like(img, img.min()),
+                                                                       e.target, roi)
+        assert sum(e.extras["phi"]) == pytest.approx(delta, rel=1e-4, abs=1e-3)
     assert exps[0].extras["shared_passes"]["n_forward"] == 1 + 2 + 20   # not × classes
 
 

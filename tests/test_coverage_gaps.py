@@ -1,0 +1,156 @@
+"""Behaviour that had no test: sigmoid (one-channel) models end to end, the shared target and
+RoI resolution, roi_label, MHA/NRRD writing, multi-channel PdCR / KernelSHAP, a PdCR bank
+built from layers (LoadedImage copies)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_unet, wrap
+from seg_explain import InputMismatchError, explain, load_image, save_image
+from seg_explain.targets import class_logit, resolve_roi, roi_sum
+
+
+# ---------------------------------------------------------------------- sigmoid --
+@pytest.fixture
+def sigmoid2d():
+    """A one-channel MONAI UNet: foreground where its logit > 0."""
+    from seg_explain.models import SegModel
+
+    net = make_unet(2, out_channels=1, seed=4)
+    return SegModel(net, spatial_dims=2, in_channels=1, class_names=["background", "lesion"], divisor=4,
+                    device="cpu", meta={"sigmoid": True})
+
+
+def test_sigmoid_model_prediction_and_gradient_against_autograd(sigmoid2d):
+    x = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    logits = sigmoid2d.logits(x)
+    assert logits.shape == (1, 32, 32)
+    pred = sigmoid2d.predict(x)
+    np.testing.assert_array_equal(pred, (logits[0] > 0).astype(pred.dtype))
+    roi = np.zeros((32, 32), bool)
+    roi[8:20, 8:20] = True
+    for target, sign in ((1, 1.0), (0, -1.0)):      # class 0 of a sigmoid model = the negated logit
+        e = explain(sigmoid2d, x, "gradient", target=target, roi=roi)
+        xt = torch.as_tensor(x)[None, None].requires_grad_(True)
+        out = sigmoid2d.network(xt)[0, 0]
+        (g,) = torch.autograd.grad(sign * out[torch.as_tensor(roi)].sum(), xt)
+        np.testing.assert_allclose(e.attribution, g[0, 0].numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, params", [("smoothgrad", {"n_samples": 2}), ("integrated_gradients", {"steps": 3}),
+                                            ("seg_grad_cam", {}), ("kernel_shap", {"n_samples": 10, "grid": 2}),
+                                            ("pdcr", {"bank": "zero", "block_size": 8})])
+def test_sigmoid_model_every_method(sigmoid2d, method, params):
+    x = np.random.default_rng(1).standard_normal((32, 32)).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[10:18, 10:18] = True
+    e = explain(sigmoid2d, x, method, target="lesion", roi=roi, **params)
+    assert e.target == 1 and e.attribution.shape == (32, 32) and np.isfinite(e.attribution).all()
+
+
+# ---------------------------------------------------------------------- targets --
+def test_class_logit_and_roi_sum_by_hand():
+    lg = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    roi = torch.zeros(3, 4, dtype=torch.bool)
+    roi[1, 2] = roi[2, 0] = True
+    assert float(roi_sum(lg, 1, roi)) == float(lg[0, 1, 1, 2] + lg[0, 1, 2, 0])
+    one = lg[:, :1]
+    np.testing.assert_array_equal(class_logit(one, 0, True), -one[:, 0])
+    np.testing.assert_array_equal(class_logit(one, 1, True), one[:, 0])
+
+
+def test_resolve_roi_modes_and_labels():
+    pred = np.zeros((6, 6), int)
+    pred[1:4, 1:4] = 2
+    np.testing.assert_array_equal(resolve_roi(None, pred, 2), pred == 2)
+    mask = np.zeros((6, 6), int)
+    mask[0:2, 0:6] = 1
+    mask[3:6, 3:6] = 2
+    np.testing.assert_array_equal(resolve_roi(mask, pred, 2), mask != 0)
+    np.testing.assert_array_equal(resolve_roi(mask, pred, 2, label=2), mask == 2)
+    np.testing.assert_array_equal(resolve_roi(mask, pred, 2, mode="intersection"), (mask != 0) & (pred == 2))
+    with pytest.raises(InputMismatchError, match="no voxel with label 7"):
+        resolve_roi(mask, pred, 2, label=7)
+    with pytest.raises(InputMismatchError, match="predicts no voxel of class 5"):
+        resolve_roi(None, pred, 5)
+    with pytest.raises(InputMismatchError, match="roi_mode must be one of"):
+        resolve_roi(mask, pred, 2, mode="union")
+
+
+def test_roi_label_picks_one_label_of_a_label_map(unet2d):
+    x = np.random.default_rng(2).standard_normal((32, 32)).astype(np.float32)
+    labels = np.zeros((32, 32), np.uint8)
+    labels[2:10, 2:10] = 1
+    labels[20:30, 20:30] = 3
+    a = explain(unet2d, x, "gradient", target=1, roi=labels, roi_label=3)
+    b = explain(unet2d, x, "gradient", target=1, roi=labels == 3)
+    np.testing.assert_array_equal(a.roi, labels == 3)
+    np.testing.assert_allclose(a.attribution, b.attribution)
+
+
+# ------------------------------------------------------------------------ files --
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_mha_nrrd_written_with_the_images_geometry(tmp_path, ext):
+    arr = np.random.default_rng(3).random((6, 7, 9)).astype(np.float32)   # (k, j, i)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 1.2, 2.5))
+    img.SetOrigin((-4.0, 10.0, 3.0))
+    sitk.WriteImage(img, str(tmp_path / f"in{ext}"))
+    li = load_image(tmp_path / f"in{ext}")
+    out = save_image(tmp_path / f"out{ext}", li.data * 3.0, like=li)
+    back = sitk.ReadImage(str(out))
+    assert back.GetSpacing() == pytest.approx((0.8, 1.2, 2.5))
+    assert back.GetOrigin() == pytest.approx((-4.0, 10.0, 3.0))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), arr * 3.0, rtol=1e-6)
+    again = load_image(out)
+    np.testing.assert_allclose(again.affine, li.affine)
+    np.testing.assert_allclose(again.data, li.data * 3, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- multi-channel --
+@pytest.fixture
+def two_channel():
+    return wrap(make_unet(2, in_channels=2, seed=5), 2, in_channels=2)
+
+
+def test_multichannel_pdcr_and_kernel_shap_keep_channels(two_channel):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[12:20, 12:20] = True
+    bank = [rng.standard_normal((2, 40, 40)).astype(np.float32) for _ in range(2)]
+    e = explain(two_channel, x, "pdcr", target=1, roi=roi, bank=bank, block_size=8, n_screen=1, n_draws=2)
+    assert e.attribution.shape == (32, 32)
+    ks = explain(two_channel, x, "kernel_shap", target=1, roi=roi, grid=2, n_samples=14)
+    assert ks.attribution.shape == (32, 32) and ks.per_channel is None   # one feature spans both channels
+    # removing a supervoxel removes both of its channels: Σφ = f̂(x) − f̂(both channels at their minimum)
+    with torch.no_grad():
+        def fh(a):
+            return float(two_channel.network(torch.as_tensor(a)[None])[0, 1][torch.as_tensor(roi)].sum())
+        base = np.stack([np.full((32, 32), x[0].min()), np.full((32, 32), x[1].min())]).astype(np.float32)
+        assert sum(ks.extras["phi"]) == pytest.approx(fh(x) - fh(base), rel=1e-4, abs=1e-3)
+    with pytest.raises(InputMismatchError, match="bank"):
+        explain(two_channel, x, "pdcr", target=1, roi=roi, bank=[rng.standard_normal((40, 40)).astype(np.float32)])
+
+
+def test_bank_from_layer_copies_is_built_in_model_space(unet2d):
+    """The dock builds banks from layers as LoadedImage copies: they are prepared like the
+    explained image (spacing, preprocessing) before blocks are cut; the explained image
+    itself is refused."""
+    from seg_explain.bank import resolve_bank
+    from seg_explain.io import LoadedImage
+
+    rng = np.random.default_rng(6)
+    imgs = [LoadedImage(rng.random((40, 40)).astype(np.float32), (1.0, 1.0), np.eye(4), None, 2, {"format": "array"})
+            for _ in range(2)]
+    bank = resolve_bank(imgs, unet2d, block_size=8, seed=0)
+    assert len(bank) == 200 and bank.block_shape == (8, 8)
+    for b in bank.blocks[:20]:
+        assert any(torch.equal(b[0], im_t[0][y:y + 8, x:x + 8]) for im_t in bank.images
+                   for y in range(33) for x in range(33) if float(im_t[0][y, x]) == float(b[0, 0, 0]))
+    x = unet2d.prepare(imgs[0].data).x
+    with pytest.raises(InputMismatchError, match="is the image being explained"):
+        resolve_bank(imgs, unet2d, block_size=8, exclude=x)
