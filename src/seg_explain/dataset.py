@@ -678,6 +678,20 @@ class InProcess:
         self.close()
 
 
+def _allocator_env() -> dict[str, str]:
+    """glibc malloc settings of :mod:`seg_explain.allocator` as environment variables, for
+    worker processes (read by glibc when the process starts, so every thread, the task
+    threads included, shares the main arena and reuses freed tensor buffers). Empty when
+    opted out (``SEG_EXPLAIN_MALLOC_TUNING=0``) or not on Linux."""
+    from .allocator import MMAP_THRESHOLD, OPT_OUT, TRIM_THRESHOLD
+
+    if os.environ.get(OPT_OUT, "").strip().lower() in ("0", "off", "no", "false") or \
+            not sys.platform.startswith("linux"):
+        return {}
+    return {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+            "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
 def _dask():
     try:
         import distributed
@@ -721,16 +735,21 @@ class DaskExecutor:
         if n < 1:
             raise InputMismatchError(f"--workers must be >= 1, got {n}")
         th = int(threads) if threads else max(1, cores() // n)
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                           memory_limit=memory_limit, silence_logs=40)
+        import dask
+
+        env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_allocator_env()}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                               memory_limit=memory_limit, silence_logs=40)
         try:
             client = distributed.Client(cluster)
             # Ctrl-C reaches every process of the terminal's group: the workers leave it to this
             # process, which cancels the tasks and closes the cluster (also for restarted workers)
-            from ._dask_plugins import IgnoreSigint
+            from ._dask_plugins import IgnoreSigint, TuneAllocator
 
             client.register_plugin(IgnoreSigint())
+            client.register_plugin(TuneAllocator())
         except BaseException:
             cluster.close()
             raise
@@ -751,6 +770,13 @@ class DaskExecutor:
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {address}: {_one_line(exc)}") from None
         n = len(client.scheduler_info().get("workers", {}))
+        try:
+            from ._dask_plugins import TuneAllocator
+
+            client.register_plugin(TuneAllocator())
+        except Exception as exc:  # noqa: BLE001 - workers that cannot import seg_explain fail per image
+            client.close()
+            raise ClusterError(f"the Dask workers at {address} cannot run seg_explain: {_one_line(exc)}") from None
         return cls(client, None, threads,
                    f"on the Dask cluster at {client.scheduler.address} ({n} worker(s) now"
                    + ("; waiting for workers" if n == 0 else "") + ")")
