@@ -199,7 +199,7 @@ def main(argv=None):
     if not args.skip_cost:
         bare, bare_cpu = bare_forward(model, x)
         best_b = min(bare, key=bare.get)
-        t_best, t_one, c_best = bare[best_b], bare[1], min(bare_cpu.values())
+        t_best, c_best = bare[best_b], min(bare_cpu.values())
         print("bare forward ms/image by batch: " + ", ".join(f"{b}: {v * 1e3:.2f}" for b, v in bare.items()))
         print("bare forward CPU ms/image by batch: " + ", ".join(f"{b}: {v * 1e3:.2f}" for b, v in bare_cpu.items()))
         rows = []
