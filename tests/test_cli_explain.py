@@ -83,7 +83,8 @@ def test_methods_lists_all(capsys):
     out = capsys.readouterr().out
     for name in ALL + ["pdcr", "kernel_shap"]:
         assert name in out
-    assert "n_samples=20" in out and "steps=20" in out and "layer=None" in out
+    assert "--param n_samples=20" in out and "--param steps=20" in out and "--param layer=auto" in out
+    assert "--param tau=0.02 [0..100] Dice points" in out
     assert main(["methods", "--json"]) == 0
     import json
 
@@ -120,3 +121,30 @@ def test_bad_roi_and_output(bundle3d, bundle2d, nifti, tmp_path, rng, capsys):
                "--target", "0", "--out", str(tmp_path / "o.nii.gz")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and ".tif or .npy" in err
+
+
+def test_per_region_table_and_report_on_stderr(tmp_path, capsys):
+    """--table writes the method's per-region table (PdCR's blocks, ATE in Dice points); the
+    multi-line report goes to stderr, not into the one-line summary."""
+    import csv
+
+    net = make_unet(2)
+    b = write_bundle(tmp_path / "b2", {**UNET_DEF, "spatial_dims": 2}, net, ["bg", "a", "b", "c"], (32, 32))
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    roi = np.zeros((32, 32), np.uint8)
+    roi[12:20, 12:20] = 1
+    np.save(tmp_path / "roi.npy", roi)
+    rc = main(["explain", str(img), "--model", str(b), "--method", "pdcr", "--target", "0",
+               "--roi", str(tmp_path / "roi.npy"), "--param", "bank=zero", "--param", "block_size=8",
+               "--table", str(tmp_path / "blocks.csv"), "--out", str(tmp_path / "pdcr.npy"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "blocks.csv")))
+    assert len(rows) == 16 and "ate_points" in rows[0]
+    assert sum(r["status"] == "roi" for r in rows) == 4
+    summary = next(line for line in err.splitlines() if line.startswith("[explain] pdcr"))
+    assert "Histogram" not in summary and "Histogram" in err     # the report has its own lines
+    rc = main(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "0",
+               "--table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "g.npy")])
+    assert rc == 2 and "makes no per-region table" in capsys.readouterr().err

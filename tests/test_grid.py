@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_unet, wrap
 
 from seg_explain import explain
-from seg_explain.explainers.base import REGISTRY, register
+from seg_explain.explainers.registry import REGISTRY, Capabilities, MethodSpec, register
 from seg_explain.grid import GridMap, orientation_transform
 from seg_explain.io import LoadedImage
 
@@ -111,7 +111,7 @@ def test_integrated_gradients_completeness_on_the_image_grid(rng):
     assert e.extras["f_x"] == pytest.approx(fx, rel=1e-4) and e.extras["f_baseline"] == pytest.approx(fb, rel=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["perturbation", "shapley", "cam"])
+@pytest.mark.parametrize("kind", ["block", "heatmap"])
 def test_block_maps_nearest_heat_maps_linear(kind):
     """A 4×5 block map on the model grid (one block is the RoI block, value 0) shown on a
     2× finer image: block maps keep their values and edges, CAMs are interpolated."""
@@ -119,11 +119,12 @@ def test_block_maps_nearest_heat_maps_linear(kind):
     blocks[1, 2] = 0.0                                           # the RoI block
     block_map = blocks.repeat_interleave(4, 0).repeat_interleave(4, 1)   # model grid 16×20, 4×4 blocks
 
-    @register("_test_block_map", defaults={}, kind=kind)
     def block_fn(ctx):
         yield (0, 1)
         return block_map.clone()
 
+    register(MethodSpec("_test_block_map", block_fn, title="test", question="test", source="test",
+                        caps=Capabilities(map_kind=kind), unit="a.u."))
     try:
         model = wrap(make_unet(2), 2, spacing=(2.0, 2.0))
         img = LoadedImage(np.zeros((32, 40), np.float32), (1.0, 1.0), np.eye(4), spatial_dims=2)
@@ -133,7 +134,7 @@ def test_block_maps_nearest_heat_maps_linear(kind):
     finally:
         REGISTRY.pop("_test_block_map", None)
     expect = blocks.repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()   # 8×8 image blocks
-    if kind == "cam":
+    if kind == "heatmap":
         ref = F.interpolate(block_map[None, None], size=(32, 40), mode="bilinear", align_corners=False)[0, 0]
         close(a, ref.numpy(), 1e-6)
         assert not np.array_equal(a, expect)

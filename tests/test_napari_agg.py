@@ -214,7 +214,7 @@ def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, 
     assert all(_corner_rgb(p) == (255, 255, 255) for p in files)
     files = widget.export_figures(str(tmp_path / "fig.svg"), light=True)
     for p in files:
-        svg = p.read_text()
+        svg = p.read_text(encoding="utf-8")
         assert re.search(r'id="patch_1">\s*<path[^>]*style="fill: #ffffff"', svg)
         assert "fill: #f0f1f2" not in svg.split('id="axes_1"')[1], "no dark-theme text in a light figure"
     widget.light_export.setChecked(True)

@@ -209,7 +209,7 @@ def test_themes_and_formats(tmp_path):
         assert {"png": head[:4] == b"\x89PNG", "svg": b"<?xml" == head, "pdf": head == b"%PDF-"}[fmt]
     img = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
     assert (img[2, 2] == 255).all() and (img[-3, -3] == 255).all()
-    assert re.search(r'id="patch_1">\s*<path[^>]*style="fill: #ffffff"', (tmp_path / "g.svg").read_text())
+    assert re.search(r'id="patch_1">\s*<path[^>]*style="fill: #ffffff"', (tmp_path / "g.svg").read_text(encoding="utf-8"))
     fig = plot_heatmap(m, BRAIN, BRAIN, theme=DARK)
     p = save_figure(fig, tmp_path / "h.png")
     img = np.asarray(Image.open(p).convert("RGB"))
@@ -241,6 +241,6 @@ def test_no_method_name_in_the_agg2exp_sources():
 
     src = Path(__file__).resolve().parents[1] / "src" / "seg_explain"
     for f in (src / "_napari" / "agg_dock.py", src / "plots.py"):
-        text = f.read_text()
+        text = f.read_text(encoding="utf-8")
         for name in methods():
             assert not re.search(rf"""["']{re.escape(name)}["']""", text), (f.name, name)

@@ -82,7 +82,7 @@ def test_one_parser_for_api_cli_and_gui_text():
 
 
 def test_readme_method_table_is_the_registry():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- methods-table:start -->\n(.*?)\n<!-- methods-table:end -->", text, re.S)
     assert block, "README has no generated method table"
     assert block.group(1).strip() == (methods_markdown() + "\n\n" + params_markdown()).strip()
@@ -92,7 +92,7 @@ def test_architecture_worked_example_adds_a_method(tmp_path):
     """The example in docs/ARCHITECTURE.md, run as written: one module, one registration."""
     from seg_explain.explainers import registry
 
-    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     code = re.search(r"```python\n(# src/seg_explain/explainers/grad_x_input.py\n.*?)```", doc, re.S).group(1)
     code = code.replace("from .base", "from seg_explain.explainers.base") \
                .replace("from .gradients", "from seg_explain.explainers.gradients") \
@@ -120,7 +120,7 @@ def test_no_method_name_is_compared_outside_its_module():
     for f in src.rglob("*.py"):
         if f.name == "registry.py":
             continue
-        text = f.read_text()
+        text = f.read_text(encoding="utf-8")
         for s in specs():
             if f.name == OWNERS.get(s.name, f"{s.name}.py") or s.name == "smoothgrad":
                 continue   # (smoothgrad is the documented default of agg2exp, a value, never compared)

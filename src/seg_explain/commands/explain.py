@@ -30,6 +30,9 @@ def add_parser(sub):
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
     p.add_argument("--out", required=True, help="output file (.nii.gz, .tif, .npy, .mha, .nrrd)")
     p.add_argument("--per-channel", action="store_true", help="write the (C, ...) per-channel map")
+    p.add_argument("--table", default=None, metavar="CSV",
+                   help="also write the method's per-region table when it makes one (e.g. PdCR's blocks: "
+                        "status, ATE in Dice points, CI, draws)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -81,6 +84,8 @@ def run(args) -> int:
     inputs = [args.image, args.model, args.roi, args.reference,
               *(v for v in params.values() if isinstance(v, str))]
     check_output(out, [i for i in inputs if i])     # before any computation
+    if args.table:
+        check_output(args.table, [i for i in inputs if i] + [out])
     _check_out(out, img.spatial_dims)
     roi = load_mask(args.roi, img, "RoI") if args.roi else None
     if args.reference:
@@ -100,13 +105,29 @@ def run(args) -> int:
     exp = drive(gen, progress)
     data = exp.per_channel if (args.per_channel and exp.per_channel is not None) else exp.attribution
     path = save_image(out, data, like=img)
-    info = exp.summary()
-    info.pop("method", None)
+    if args.table:
+        _write_table(exp, Path(args.table))
+    info = {k: v for k, v in exp.summary().items()
+            if k not in ("method", "target") and not (isinstance(v, str) and ("\n" in v or len(v) > 200))}
     print(f"[explain] {exp.method} of {exp.target_name!r} ({exp.roi.sum()} RoI voxels) -> {path}; "
-          + json.dumps({k: v for k, v in info.items() if k != "target"}), file=sys.stderr)
+          + json.dumps(info), file=sys.stderr)
     report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
-    if report and not args.quiet:
+    if report:   # the result, not progress: printed with --quiet too
         print(str(report).rstrip(), file=sys.stderr)
     for w in (exp.extras.get("warnings") or []) if isinstance(exp.extras, dict) else []:
         print(f"seg-explain: warning: {w}", file=sys.stderr)
     return 0
+
+
+def _write_table(exp, path: Path) -> None:
+    """The explanation's per-region table (``extras["blocks"]``: one dict per region), as CSV."""
+    from ..aggregate import _write_csv
+    from ..errors import MethodError
+
+    rows = exp.extras.get("blocks") if isinstance(exp.extras, dict) else None
+    if not rows:
+        raise MethodError(f"{exp.method} makes no per-region table; drop --table")
+    cols = list(rows[0])
+    _write_csv(path, [{k: (";".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in r.items()}
+                      for r in rows], cols)
+    print(f"[explain] wrote the per-region table ({len(rows)} rows) to {path}", file=sys.stderr)

@@ -591,21 +591,12 @@ def write_blocks_csv(explanation, path):
 
     ``explanation``: a PdCR Explanation or its ``extras``. Index/origin/size are
     ``;``-joined model-grid voxel coordinates. Returns the path written."""
-    import csv
-    from pathlib import Path
+    from ..aggregate import _write_csv
 
     ex = explanation if isinstance(explanation, dict) else explanation.extras
-    p = Path(path)
-    with p.open("w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(CSV_COLUMNS)
-        for b in ex["blocks"]:
-            row = []
-            for c in CSV_COLUMNS:
-                v = b.get(c)
-                row.append(";".join(str(i) for i in v) if isinstance(v, list) else "" if v is None else v)
-            wr.writerow(row)
-    return p
+    rows = [{c: (";".join(str(i) for i in b.get(c)) if isinstance(b.get(c), list) else b.get(c))
+             for c in CSV_COLUMNS} for b in ex["blocks"]]
+    return _write_csv(path, rows, CSV_COLUMNS)   # atomic; None -> empty cell
 
 
 def _adaptive_rel(adaptive) -> float:
