@@ -661,12 +661,14 @@ class InProcess:
                         raise
                     except Exception as exc:  # noqa: BLE001 - recorded with the image, the others go on
                         yield ("result", rec, {"name": rec.name, "status": "failed", "error": _one_line(exc),
-                                               "seconds": time.perf_counter() - t0, "pid": os.getpid()})
+                                               "seconds": time.perf_counter() - t0, "pid": os.getpid(),
+                                               "host": _host()})
                         continue
                     finally:
                         gen.close()
                     yield ("result", rec, {"name": rec.name, "status": "done", "row": row, "pid": os.getpid(),
-                                           "seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()})
+                                           "host": _host(), "seconds": time.perf_counter() - t0,
+                                           "peak_rss": _peak_rss()})
 
     def close(self) -> None:
         pass
@@ -933,6 +935,7 @@ class ResultStore:
 
         meta = {"format": FORMAT, "run": self.run_id, "inputs": inputs_digest(rec), "name": rec.name,
                 "seconds": outcome.get("seconds"), "host": outcome.get("host"), "pid": outcome.get("pid"),
+                "peak_rss": outcome.get("peak_rss"),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if outcome["status"] == "done":
             with atomic_write(self.path(rec)) as tmp:
