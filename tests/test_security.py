@@ -299,9 +299,11 @@ def test_bad_sidecar_numbers_one_line(tmp_path):
 def test_huge_patch_loads_without_a_huge_pass(tmp_path):
     """A 4096² patch in the metadata must not cost a 4096² forward pass at load time."""
     b = _edit(_bundle2d(tmp_path), lambda c: c["inferer"].update(roi_size=[4096, 4096]))
-    code = ("import resource, sys; from seg_explain import load_model; "
+    # VmHWM is this process's own peak (ru_maxrss would include the forking parent's size)
+    code = ("import re; from seg_explain import load_model; "
             f"m = load_model({str(b)!r}); "
-            "print(m.patch_size, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print(m.patch_size, hwm // 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     patch, peak_mb = out.stdout.split(")")
     assert patch.strip() == "(4096, 4096"
