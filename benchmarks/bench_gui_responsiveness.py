@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from seg_explain._napari.sample_data import sample_brain3d
-    from seg_explain._napari.widget import ExplainWidget
+    from seg_explain._napari.explain_dock import ExplainWidget
     from seg_explain.paths import sample_path
 
     viewer = napari.Viewer(show=True)

@@ -396,7 +396,7 @@ def test_gui_lists_and_loads_the_folder(make_napari_viewer, qtbot, monkeypatch):
         pytest.skip("napari needs OpenGL: no DISPLAY and no Xvfb installed")
     from qtpy.QtWidgets import QFileDialog
 
-    from seg_explain._napari import widget as W
+    from seg_explain._napari import model_picker as W
 
     viewer = make_napari_viewer()
     _dw, widget = viewer.window.add_plugin_dock_widget("napari-seg-explain", "Explain segmentation")

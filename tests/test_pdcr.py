@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_unet, wrap
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
-from seg_explain.explainers.pdcr import make_grid
+from seg_explain.explainers.pdcr import make_blocks
 from seg_explain.models import SegModel
 from seg_explain.paths import sample_path
 
@@ -86,7 +86,7 @@ def test_planted_cause_2d_and_roi_untouched():
     assert blocks[(0, 1)]["status"] == "relevant" and blocks[(0, 1)]["n_draws"] == 12
     assert blocks[(0, 1)]["contribution"] == "positive"
     # RoI-overlapping blocks: status roi, never perturbed in any forward pass
-    grid = make_grid(shape, 8)
+    grid = make_blocks(shape, 8)
     roi_blocks = np.zeros(shape, bool)
     for idx in grid.indices():
         if roi[grid.slices(idx)].any():
@@ -325,7 +325,7 @@ def test_sliding_windows_exact_on_roi_when_image_exceeds_patch():
     roi = np.zeros((64, 56), bool)
     roi[4:10, 26:34] = True
     ctx, _, _ = make_context(model, img, 1, roi)
-    grid = make_grid(ctx.shape, 8)
+    grid = make_blocks(ctx.shape, 8)
     bank = resolve_bank([rng.random((32, 32)).astype(np.float32) for _ in range(2)], model, 8)
     eng = RoIDiceEngine(ctx, grid, bank.blocks, reference_positive(ctx, None), batch_size=5)
     # windows start at 0/24/32 (rows) and 0/24 (cols); the RoI lies in 2 of them

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seg_explain import InputMismatchError, MethodError, explain
-from seg_explain.explainers.pdcr import make_grid
+from seg_explain.explainers.pdcr import make_blocks
 from seg_explain.models import SegModel
 from seg_explain.progressive import progressive_iter, progressive_perturbation
 
@@ -122,7 +122,7 @@ def test_roi_blocks_never_perturbed_and_generator(case):
             res = s.value
             break
     assert len(steps) > 2 and steps[-1][0] == steps[-1][1]
-    grid = make_grid(SHAPE, 8)
+    grid = make_blocks(SHAPE, 8)
     for k in res.order:
         assert not roi[grid.slices(grid.indices()[k])].any()
     import json

@@ -10,7 +10,7 @@ from conftest import make_unet, wrap
 from seg_explain import explain
 from seg_explain.explainers.engine import WindowAccumulator, WindowWeights
 from seg_explain.explainers.multiclass import explain_classes
-from seg_explain.windows import iter_windows, model_tiling, model_windows, tile, windows_touching
+from seg_explain.windows import window_slices, model_tiling, model_windows, tile, windows_touching
 
 
 def close(a, b, rtol=1e-4):
@@ -73,20 +73,20 @@ def test_tiling_is_what_monai_sliding_window_runs(shape, patch):
     for b, w in zip(seen, t.windows):
         assert torch.equal(b, t.crop(img[0], w))
     assert all(tuple(s.stop - s.start for s in w) == tuple(patch) for w in t.windows)
-    assert iter_windows(shape, patch) == list(t.windows)
+    assert window_slices(shape, patch) == list(t.windows)
 
 
 def test_single_window_when_it_fits_and_touching():
     model = wrap(make_unet(2), 2, patch=(16, 16))
     assert model_windows(model, (10, 12)) == [(slice(0, 10), slice(0, 12))]   # not windowed: no padding
     assert model_tiling(model, (10, 12)).padded is False
-    assert iter_windows((10, 12), None) == [(slice(0, 10), slice(0, 12))]
-    wins = iter_windows((40, 40), (16, 16), 0.25)
+    assert window_slices((10, 12), None) == [(slice(0, 10), slice(0, 12))]
+    wins = window_slices((40, 40), (16, 16), 0.25)
     m = np.zeros((40, 40), bool)
     m[0, 0] = True
     assert windows_touching(wins, m) == [0]
     with pytest.raises(ValueError):
-        iter_windows((40, 40), (16, 16), 1.0)
+        window_slices((40, 40), (16, 16), 1.0)
 
 
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])

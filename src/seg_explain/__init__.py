@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
-    "load_model": ".models.loader", "SegModel": ".models.base",
+    "load_model": ".models.loader", "SegModel": ".models.segmodel",
     "load_image": ".io", "save_image": ".io", "LoadedImage": ".io",
     "explain": ".explainers.base", "explain_iter": ".explainers.base", "methods": ".explainers.base",
     "Explanation": ".explainers.base",
@@ -25,7 +25,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .explainers.base import Explanation, explain, explain_iter, methods
     from .io import LoadedImage, load_image, save_image
-    from .models.base import SegModel
+    from .models.segmodel import SegModel
     from .models.loader import load_model
 
 

@@ -26,5 +26,5 @@ class MethodError(SegExplainError, ValueError):
     """An explainer was asked for something it cannot do (unknown method, bad parameter)."""
 
 
-class Cancelled(SegExplainError):
-    """A running explanation was stopped by the user."""
+class Cancelled(Exception):
+    """A running computation was stopped by the user (not bad input, so not a SegExplainError)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ImageLoadError
 from .files import atomic_write, regular_file
-from .grid import invert_ornt
+from .model_grid import invert_ornt
 
 NIFTI_EXT = (".nii", ".nii.gz")
 ITK_EXT = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")

@@ -315,7 +315,7 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     from .explainers.base import Context, get_spec
     from .explainers.engine import f_hat_batch
     from .jobs import drive
-    from .models.base import Prepared
+    from .models.segmodel import Prepared
 
     prep = model.prepare(_load(image))
     clean = model.logits_tensor(prep.x)

@@ -88,7 +88,7 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
     """Generator form of :func:`progressive_perturbation` (yields ``(done, total)``)."""
     from .bank import resolve_bank
     from .explainers.base import Explanation, make_context
-    from .explainers.pdcr import RoIDiceEngine, make_grid, reference_positive
+    from .explainers.pdcr import RoIDiceEngine, make_blocks, reference_positive
 
     t0 = time.perf_counter()
     if isinstance(attribution, Explanation):
@@ -113,7 +113,7 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
             f"attribution of shape {a.shape} does not match the image's spatial shape {tuple(ctx.prep.image_shape)}")
     require_finite(a, "The attribution map")
     a_model = torch.from_numpy(np.ascontiguousarray(ctx.prep.grid.to_model(a, order=1), dtype=np.float32))
-    grid = make_grid(ctx.shape, block_size)
+    grid = make_blocks(ctx.shape, block_size)
     bk = resolve_bank(bank, model, grid.block_size, seed=seed, exclude=ctx.x)
     blocks = bk.for_block_size(grid.block_size, seed)
     if bk.deterministic:        # zero occlusion: every draw is the same block

@@ -20,9 +20,9 @@ is not windowed at all (one window: the whole image, no padding), as in ``logits
 Helpers:
 
 - :func:`tile` ``(shape, patch, overlap) -> Tiling`` MONAI's geometry
-- :func:`model_tiling` the tiling a :class:`~seg_explain.models.base.SegModel` uses for a
+- :func:`model_tiling` the tiling a :class:`~seg_explain.models.segmodel.SegModel` uses for a
   prepared image of a given shape
-- :func:`iter_windows`, :func:`model_windows` the window slices alone
+- :func:`window_slices`, :func:`model_windows` the window slices alone
 - :func:`windows_touching` the windows that hold any voxel of a mask
 
 Blending weights and the accumulator that uses them live in
@@ -166,7 +166,7 @@ def model_tiling(model, shape: Sequence[int]) -> Tiling:
     return tile(shape, model.patch_size, getattr(model, "overlap", 0.25))
 
 
-def iter_windows(shape: Sequence[int], patch: Sequence[int] | None, overlap: float = 0.25) -> list[Window]:
+def window_slices(shape: Sequence[int], patch: Sequence[int] | None, overlap: float = 0.25) -> list[Window]:
     """MONAI's sliding windows for ``shape`` (slices in the padded grid, see :func:`tile`)."""
     return list(tile(shape, patch, overlap).windows)
 

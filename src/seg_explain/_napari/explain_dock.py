@@ -527,7 +527,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self._cost_timer.start()
 
     def _model_grid_shape(self, img) -> tuple[int, ...] | None:
-        from ..grid import model_shape_for, orientation_transform
+        from ..model_grid import model_shape_for, orientation_transform
 
         info = self.model_info
         if info is None or img is None:
@@ -568,11 +568,11 @@ class ExplainWidget(ClosingDock, QWidget):
         roi = None
         rl = self.roi_layer()
         if rl is not None and tuple(np.shape(rl.data)) == spatial_shape_of(img) and len(mshape) == np.ndim(rl.data):
-            from ..grid import GridMap
+            from ..model_grid import ModelGrid
 
             try:
                 r = np.asarray(rl.data) == int(self.roi_label.value())
-                roi = GridMap(r.shape, mshape).to_model(r.astype(np.uint8), order=0).astype(bool)
+                roi = ModelGrid(r.shape, mshape).to_model(r.astype(np.uint8), order=0).astype(bool)
             except Exception:  # noqa: BLE001 - the estimate then assumes one window
                 roi = None
         est = estimate(model, spec.name, params, mshape, roi)

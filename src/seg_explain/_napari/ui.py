@@ -1,4 +1,5 @@
-"""Small things both docks need: notifications and a clean shutdown when the viewer closes."""
+"""Small things both docks need: notifications and a clean shutdown when the viewer closes
+(without napari's private window attributes)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -42,19 +43,6 @@ class _CloseWatcher(QObject):
         return False
 
 
-def on_viewer_close(viewer, callback: Callable[[], None], owner: QObject) -> None:
-    """Run ``callback`` when ``viewer``'s window closes (before its widgets are deleted), so a
-    dock can stop and join its worker threads; also when ``owner`` is destroyed."""
-    try:
-        win = viewer.window._qt_window  # noqa: SLF001 - napari has no public close hook
-    except AttributeError:  # pragma: no cover - headless viewer
-        win = None
-    if win is not None:
-        watcher = _CloseWatcher(callback, owner)
-        win.installEventFilter(watcher)
-        owner._close_watcher = watcher  # keep it alive with the dock
-
-
 class ClosingDock:
     """Mixin for a dock QWidget that owns worker threads: :meth:`shutdown` (the subclass's
     ``_shutdown_workers`` plus disconnecting viewer events) runs once when the viewer window
@@ -65,7 +53,8 @@ class ClosingDock:
     _docked = False
 
     def watch_closing(self, viewer) -> None:
-        on_viewer_close(viewer, self.shutdown, self)
+        """Arm the rule (the main window is watched once the dock is in it)."""
+        self._watched_window = None
 
     def _shutdown_workers(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -85,11 +74,29 @@ class ClosingDock:
         self.shutdown()
         super().closeEvent(event)
 
+    def _watch_main_window(self) -> None:
+        """Watch the QMainWindow the dock lives in (found by walking up the parents; a dock
+        being added may not be in it yet, so this runs again on the next parent change/show)."""
+        from qtpy.QtWidgets import QMainWindow
+
+        w = self.parent()
+        while w is not None and not isinstance(w, QMainWindow):
+            w = w.parent()
+        if w is not None and w is not getattr(self, "_watched_window", None):
+            self._watched_window = w
+            watcher = _CloseWatcher(self.shutdown, self)
+            w.installEventFilter(watcher)
+            self._close_watcher = watcher
+
     def event(self, ev) -> bool:
-        if ev.type() == QEvent.Type.ParentChange:
+        t = ev.type()
+        if t == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._docked = True
+                self._watch_main_window()
             elif self._docked:
                 self.shutdown()
+        elif t in (QEvent.Type.Show, QEvent.Type.Polish) and not self._closed:
+            self._watch_main_window()
         return super().event(ev)
 

@@ -28,7 +28,7 @@ import torch
 
 from ..checks import as_int
 from ..errors import InputMismatchError
-from ..models.base import Prepared, SegModel
+from ..models.segmodel import Prepared, SegModel
 from ..targets import resolve_roi, roi_sum
 from .registry import REGISTRY, get_spec, methods, register, resolve_params  # noqa: F401 (re-exported)
 
@@ -311,7 +311,7 @@ def to_image_grid(ctx: Context, arr: np.ndarray, map_kind: str) -> np.ndarray:
 
     - ``"voxel"`` (gradient, SmoothGrad, IG: additive attributions of f̂ with respect to
       the input): the adjoint of the image -> model resampling
-      (:meth:`~seg_explain.grid.GridMap.adjoint_to_image`), i.e. the gradient with respect
+      (:meth:`~seg_explain.model_grid.ModelGrid.adjoint_to_image`), i.e. the gradient with respect
       to the image the user gave; sums are preserved, so IG completeness
       (Σ map = f̂(x) − f̂(x′)) holds on the image grid;
     - ``"block"`` (PdCR, KernelSHAP): nearest neighbour, so a block's value is never

@@ -132,7 +132,7 @@ Z95 = 1.96
 
 # ------------------------------------------------------------------------------ grid --
 @dataclass
-class BlockGrid:
+class BlockPartition:
     """A regular grid of blocks over a model-grid shape (partial blocks at the far edges)."""
 
     shape: tuple[int, ...]
@@ -187,13 +187,13 @@ class BlockGrid:
                 "origin_of_block": "index * block_size (model-grid voxels); edge blocks are partial"}
 
 
-def make_grid(shape: Sequence[int], block_size: int) -> BlockGrid:
+def make_blocks(shape: Sequence[int], block_size: int) -> BlockPartition:
     b = as_int("block_size", block_size, lo=1)
     if any(b > s for s in shape):
         raise InputMismatchError(
             f"block_size {b} is larger than the image on the model grid {tuple(shape)}; "
             "choose a smaller block_size")
-    return BlockGrid(tuple(int(s) for s in shape), b)
+    return BlockPartition(tuple(int(s) for s in shape), b)
 
 
 # ------------------------------------------------------------------------- engine --
@@ -230,7 +230,7 @@ class RoIDiceEngine:
       without any pass (``outside_window``). ``n_forward`` counts window passes.
     """
 
-    def __init__(self, ctx: Context, grid: BlockGrid, bank_blocks: torch.Tensor,
+    def __init__(self, ctx: Context, grid: BlockPartition, bank_blocks: torch.Tensor,
                  ref_pos: torch.Tensor, batch_size: int | None = None):
         self.ctx, self.grid = ctx, grid
         model = ctx.model
@@ -631,7 +631,7 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
     block_size = as_int("block_size", block_size, lo=1, method="pdcr")
     rel = _adaptive_rel(adaptive)
 
-    grid = make_grid(ctx.shape, block_size)
+    grid = make_blocks(ctx.shape, block_size)
     bk = resolve_bank(bank, ctx.model, grid.block_size, seed=ctx.seed, exclude=ctx.x)
     blocks = bk.for_block_size(grid.block_size, ctx.seed)
     deterministic = bk.deterministic

@@ -1,5 +1,5 @@
 """Model loading: every format becomes one :class:`SegModel`."""
-from .base import Prepared, SegModel, resolve_device
+from .segmodel import Prepared, SegModel, resolve_device
 from .loader import load_model
 
 __all__ = ["SegModel", "Prepared", "load_model", "resolve_device"]

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
-from .base import SegModel, resolve_device
+from .segmodel import SegModel, resolve_device
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
 from .safe_config import instantiate
 

@@ -80,9 +80,9 @@ import torch
 
 from ..errors import InputMismatchError, ModelLoadError, UnsafeConfigError
 from ..files import read_json, regular_file
-from ..grid import GridMap, orientation_transform
+from ..model_grid import ModelGrid, orientation_transform
 from ..io import LoadedImage
-from .base import Prepared, SegModel, resolve_device
+from .segmodel import Prepared, SegModel, resolve_device
 
 ANISO_THRESHOLD = 3          # nnunetv2.configuration.ANISO_THRESHOLD
 TWO_D_THICKNESS = 999.0      # slice thickness nnU-Net's 2D readers give a 2D image
@@ -722,7 +722,7 @@ def crop_to_nonzero(data: np.ndarray) -> tuple[tuple[tuple[int, int], ...], np.n
 
 # ---------------------------------------------------------------------- grid --
 @dataclass
-class NnUNetGrid(GridMap):
+class NnUNetGrid(ModelGrid):
     """Image grid <-> nnU-Net's model grid: reorientation to the array nnU-Net reads,
     ``transpose_forward``, crop to the nonzero box, nnU-Net's resampling.
 
@@ -788,7 +788,7 @@ class NnUNetGrid(GridMap):
         out = getattr(rs, fn)(flat)
         return out.reshape(lead + out.shape[-3:])
 
-    # -- GridMap interface
+    # -- ModelGrid interface
     def to_model(self, arr: np.ndarray, order: int = 1) -> np.ndarray:
         """Image-grid array (leading axes allowed) -> model grid; ``order`` 0 for masks,
         1 for maps, 3 for image data (nnU-Net's data resampling)."""
@@ -982,12 +982,12 @@ class NnUNetModel(SegModel):
                 return tuple(reversed(tuple(so.upper())))
         return None
 
-    def _slicing(self, image: LoadedImage) -> tuple[GridMap, tuple[int, ...], list[float]]:
+    def _slicing(self, image: LoadedImage) -> tuple[ModelGrid, tuple[int, ...], list[float]]:
         if not isinstance(image, LoadedImage) or image.spatial_dims != 3:
             raise InputMismatchError("a 2D nnU-Net configuration slices a 3D image from load_image")
         codes = self._sitk_codes(image)
         ornt = orientation_transform(codes) if codes else None
-        grid = GridMap(image.spatial_shape, image.spatial_shape, ornt)
+        grid = ModelGrid(image.spatial_shape, image.spatial_shape, ornt)
         order = np.argsort(ornt[:, 0]) if ornt is not None else range(3)
         sp_q = [float(image.spacing[int(i)]) for i in order]
         return grid, self.transpose_forward, sp_q
@@ -1038,7 +1038,7 @@ class NnUNetModel(SegModel):
         if self.spatial_dims == 3:
             codes = self._sitk_codes(image)
             ornt = orientation_transform(codes) if codes else None
-            grid0 = GridMap(image_shape, image_shape, ornt)
+            grid0 = ModelGrid(image_shape, image_shape, ornt)
             q = grid0._reorient(arr, inverse=False)
             if spacing is None:
                 sp_q = list(self.spacing)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checks import require_finite
 from ..errors import InputMismatchError, MethodError
-from ..grid import GridMap, model_shape_for, orientation_transform
+from ..model_grid import ModelGrid, model_shape_for, orientation_transform
 from ..io import LoadedImage
 
 
@@ -45,7 +45,7 @@ class Prepared:
     """An image made ready for the network (model space) and the way back."""
 
     x: torch.Tensor                    # (C, *S) preprocessed, model grid, on CPU
-    grid: GridMap
+    grid: ModelGrid
     image_shape: tuple[int, ...]       # spatial shape of the image passed in
 
     @property
@@ -188,7 +188,7 @@ class SegModel:
         arr, spacing = self._as_channels_first(image)
         ornt = orientation_transform(self.axcodes) if self.spatial_dims == 3 else None
         mshape = model_shape_for(arr.shape[1:], spacing, self.spacing, ornt)
-        grid = GridMap(tuple(arr.shape[1:]), mshape, ornt)
+        grid = ModelGrid(tuple(arr.shape[1:]), mshape, ornt)
         x = grid.to_model(arr.astype(np.float32), order=1)
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         for tf in self.preprocess:

@@ -11,7 +11,7 @@ from conftest import make_unet, wrap
 
 from seg_explain import explain
 from seg_explain.explainers.registry import REGISTRY, Capabilities, MethodSpec, register
-from seg_explain.grid import GridMap, orientation_transform
+from seg_explain.model_grid import ModelGrid, orientation_transform
 from seg_explain.io import LoadedImage
 
 
@@ -31,7 +31,7 @@ RAS = orientation_transform(("R", "A", "S"))
     ids=["2d", "2d-identity", "3d", "3d-ras", "3d-ras-same-size"])
 def test_adjoint_is_the_transpose_of_to_model(image_shape, model_shape, ornt, rng):
     """<A x, y> = <x, Aᵀ y> for random x (image grid) and y (model grid), with a channel axis."""
-    g = GridMap(image_shape, model_shape, ornt)
+    g = ModelGrid(image_shape, model_shape, ornt)
     x = rng.normal(size=(2,) + image_shape)
     y = rng.normal(size=(2,) + model_shape)
     ax = g.to_model(x.astype(np.float32), order=1).astype(np.float64)

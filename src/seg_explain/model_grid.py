@@ -1,4 +1,5 @@
-"""Mapping arrays between an image's grid and a model's grid (orientation + spacing).
+"""The model's grid for an image: mapping arrays between an image's grid and a model's grid
+(orientation + spacing; :class:`ModelGrid`).
 
 Written once and used by inference, every explainer (attributions go back to the image
 grid) and RoI masks (which come from the image grid).
@@ -8,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+# torch is imported inside the methods: io (and napari's reader) import this module for
+# invert_ornt and must stay cheap
 
 PROJECT_AXCODES = ("S", "P", "L")  # what load_image returns for 3D, axes (Z, Y, X)
 
 
 @dataclass
-class GridMap:
+class ModelGrid:
     """Image grid -> model grid: an orientation change (3D) then a resampling.
 
     ``image_shape`` / ``model_shape`` are spatial shapes. ``ornt`` is a nibabel orientation
@@ -52,6 +54,8 @@ class GridMap:
     @staticmethod
     def _resize(arr, shape: tuple[int, ...], order: int):
         """Resize the trailing spatial axes of ``arr`` (numpy or torch) to ``shape``."""
+        import torch
+        import torch.nn.functional as F
         sd = len(shape)
         if tuple(arr.shape[-sd:]) == tuple(shape):
             return arr
@@ -90,6 +94,8 @@ class GridMap:
         weights sum to 1 for every model voxel, so sums are preserved exactly:
         ``Σ Aᵀ y = ⟨A 1, y⟩ = Σ y``. Identity grids return the array unchanged.
         """
+        import torch
+        import torch.nn.functional as F
         a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
         if self.identity:
             return a.astype(np.float32, copy=False)
