@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from seg_explain._napari.sample_data import sample_brain3d
     from seg_explain._napari.explain_dock import ExplainWidget
+    from seg_explain._napari.sample_data import sample_brain3d
     from seg_explain.paths import sample_path
 
     viewer = napari.Viewer(show=True)
@@ -106,9 +106,11 @@ def main(argv=None) -> int:
     viewer.window.add_dock_widget(widget, name="Explain")
     t_ui = time.perf_counter()
     record("open dock (UI, GUI thread)", t0, t_ui)
-    widget.device_combo.setCurrentText(args.device)
+    if widget.device_combo.findText(args.device) >= 0:
+        widget.device_combo.setCurrentText(args.device)
     widget.select_model(str(sample_path("models", "brain3d")))
-    pump_until(lambda: widget.model_info is not None and not widget.loader.running, timeout=600)
+    pump_until(lambda: widget.model_info is not None and widget.model_info["path"].endswith("brain3d")
+               and not widget.picker.runner.running, timeout=600)
     record("load + warm up model (worker)", t_ui, time.perf_counter(), "lazy imports hold the GIL")
 
     # split each run into "computing in the worker" and "adding the result layer + its first draw"
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
         # choosing the method rebuilds the parameter form (a relayout of the dock); a user
         # clicks Explain some time later, so that is its own phase
         t_m = time.perf_counter()
-        widget.method_combo.setCurrentText(method)
+        widget.set_method(method)
         if method == "smoothgrad":
             widget.params.set_value("n_samples", args.smoothgrad_samples)
         pump_until(lambda: False, timeout=0.3)
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
                f"{'3D volume' if args.ndisplay == 3 else '2D slice'} rendering of the new layer")
 
     # cancel latency
-    widget.method_combo.setCurrentText("smoothgrad")
+    widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 50)
     n = len(viewer.layers)
     t0 = time.perf_counter()

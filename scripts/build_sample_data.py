@@ -24,9 +24,7 @@ the 2D files: axial slices, rows = posterior, columns = patient left (LPS (Y, X)
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import shutil
 from pathlib import Path
 

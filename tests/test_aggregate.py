@@ -108,7 +108,7 @@ def test_row_matches_explain_and_predict(unet3d, rng):
         np.testing.assert_allclose(res.local_neg[0, c, :L], [neg[pred == b].sum() / neg.sum() for b in range(L)],
                                    rtol=1e-4, atol=1e-7)
         dens = [ab[pred == b].mean() / ab.mean() if (pred == b).any() else np.nan for b in range(L)]
-        np.testing.assert_allclose(res.local_mean[0, c, :L], dens, rtol=1e-4)
+        np.testing.assert_allclose(res.local_per_voxel[0, c, :L], dens, rtol=1e-4)
 
 
 def test_planted_cause_puts_class2_mass_on_region4():
@@ -217,7 +217,7 @@ def test_region_masses_and_dice_helpers():
     assert np.isnan(m["mass"][4])
     np.testing.assert_allclose(m["mass_pos"][:3], [1 / 3, 2 / 3, 0])
     np.testing.assert_allclose(m["mass_neg"][:3], [1, 0, 0])
-    np.testing.assert_allclose(m["mass_mean"][:3], [0.5 * 4 / 2, 0.5 * 4 / 1, 0.0])
+    np.testing.assert_allclose(m["mass_per_voxel"][:3], [0.5 * 4 / 2, 0.5 * 4 / 1, 0.0])
     np.testing.assert_allclose(dice_per_class([0, 1, 1, 2], [0, 1, 2, 2], 4), [1, 2 / 3, 2 / 3, 1])
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import make_unet, wrap
+
 from seg_explain import InputMismatchError, explain, load_image, save_image
 from seg_explain.targets import class_logit, resolve_roi, roi_sum
 

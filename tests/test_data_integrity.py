@@ -3,7 +3,6 @@ a silent answer for bad voxels or values (one line on stderr, exit 2)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import UNET_DEF, make_unet, write_bundle
-from seg_explain import InputMismatchError, explain, load_image, load_model
+
+from seg_explain import InputMismatchError, explain, load_model
 from seg_explain.cli import main
 from seg_explain.files import atomic_write
 

@@ -266,7 +266,7 @@ def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
     finally:
         torch.set_num_threads(n)
     assert dist.image_names == ser.image_names
-    for k in ("local", "local_pos", "local_neg", "local_mean", "volumes", "present"):
+    for k in ("local", "local_pos", "local_neg", "local_per_voxel", "volumes", "present"):
         np.testing.assert_array_equal(getattr(dist, k), getattr(ser, k))
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ev_ser.rows]
     assert json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in ev_dist.rows]) == json.dumps(strip)

@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_unet, wrap
 from seg_explain import MethodError, explain, explain_iter
-from seg_explain.explainers.kernel_shap import (coalitions, cube_features, semantic_features,
-                                                shapley_kernel_weight, solve_shap)
+from seg_explain.explainers.kernel_shap import (
+    coalitions,
+    cube_features,
+    semantic_features,
+    shapley_kernel_weight,
+    solve_shap,
+)
 from seg_explain.models import SegModel
 
 

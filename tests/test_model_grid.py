@@ -11,8 +11,8 @@ from conftest import make_unet, wrap
 
 from seg_explain import explain
 from seg_explain.explainers.registry import REGISTRY, Capabilities, MethodSpec, register
-from seg_explain.model_grid import ModelGrid, orientation_transform
 from seg_explain.io import LoadedImage
+from seg_explain.model_grid import ModelGrid, orientation_transform
 
 
 def close(a, b, rtol=1e-4):

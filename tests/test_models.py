@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import UNET_DEF, make_unet, write_bundle
+
 from seg_explain import InputMismatchError, ModelLoadError, UnsafeConfigError, load_image, load_model
 from seg_explain.models import resolve_device
 

@@ -477,3 +477,18 @@ def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, bundle2d,
     viewer.window.remove_dock_widget(dw)
     qtbot.waitUntil(lambda: not widget.runner.thread_alive, timeout=5000)
     assert widget._closed and not widget.running
+
+
+def test_closing_the_viewer_joins_a_running_explanation(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+    viewer = make_napari_viewer()      # a hidden window: the dock must find it anyway
+    image, _labels, roi = add_sample2d(viewer)
+    widget = open_dock(viewer, qtbot)
+    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    widget.set_method("smoothgrad")
+    widget.params.set_value("n_samples", 20000)
+    widget.batch_edit.setText("2")
+    widget.explain_button.click()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=60000)
+    runner = widget.runner
+    viewer.close()
+    assert widget._closed and not runner.thread_alive

@@ -231,8 +231,8 @@ def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
     import torch
     from conftest import make_unet, wrap
 
-    from seg_explain.errors import Cancelled
     from seg_explain._napari.workers import CancelToken, cancel_hooks
+    from seg_explain.errors import Cancelled
 
     model = wrap(make_unet(3, channels=(8, 16, 32)), 3)
     x = torch.rand(4, 1, 48, 48, 48, requires_grad=True)
@@ -242,7 +242,6 @@ def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
             if phase == "backward":
                 out = model.forward(x).sum()
             threading.Timer(0.05, token.cancel).start()
-            t0 = time.perf_counter()
             with pytest.raises(Cancelled):
                 for _ in range(1000):  # far longer than the test without the hooks
                     if phase == "forward":

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no
 
 
 def test_launch_opens_sample_docks_and_roi_slice(make_napari_viewer, qtbot):
-    from seg_explain._napari.launch import open_viewer
     from seg_explain._napari.explain_dock import ExplainWidget
+    from seg_explain._napari.launch import open_viewer
 
     viewer, widget = open_viewer("brain3d", viewer=make_napari_viewer())
     assert isinstance(widget, ExplainWidget)

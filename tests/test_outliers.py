@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from conftest import make_unet, wrap
 from seg_explain import agg2exp
 from seg_explain.outliers import OutlierDetector, detect_outliers, dice_correlation
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_unet, wrap
+
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
 from seg_explain.explainers.pdcr import make_blocks
 from seg_explain.models import SegModel

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_unet, wrap
 from scipy import ndimage as ndi
 
-from conftest import make_unet, wrap
 from seg_explain import explain
 from seg_explain.explainers.pdcr import block_histogram, draw_indices, histogram_bins
 

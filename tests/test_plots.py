@@ -84,7 +84,7 @@ def test_heatmap_labels_values_and_colorbar(tmp_path):
     assert cbar.get_ylabel() == KIND_TEXT["mass"]["cell"] + " (%)"
     assert "share of class a's |attribution| in region b" in cbar.get_ylabel()
     # every kind says what its values are
-    fig = plot_heatmap(res.global_mean, ROWS, COLS, kind="mass_mean")
+    fig = plot_heatmap(res.global_per_voxel, ROWS, COLS, kind="mass_per_voxel")
     assert "image mean" in fig.axes[1].get_ylabel()
     p = save_figure(fig, tmp_path / "h.png")
     assert p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG"
@@ -209,7 +209,8 @@ def test_themes_and_formats(tmp_path):
         assert {"png": head[:4] == b"\x89PNG", "svg": b"<?xml" == head, "pdf": head == b"%PDF-"}[fmt]
     img = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
     assert (img[2, 2] == 255).all() and (img[-3, -3] == 255).all()
-    assert re.search(r'id="patch_1">\s*<path[^>]*style="fill: #ffffff"', (tmp_path / "g.svg").read_text(encoding="utf-8"))
+    svg = (tmp_path / "g.svg").read_text(encoding="utf-8")
+    assert re.search(r'id="patch_1">\s*<path[^>]*style="fill: #ffffff"', svg)
     fig = plot_heatmap(m, BRAIN, BRAIN, theme=DARK)
     p = save_figure(fig, tmp_path / "h.png")
     img = np.asarray(Image.open(p).convert("RGB"))

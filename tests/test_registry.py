@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_unet, wrap
+
 from seg_explain import MethodError, explain
-from seg_explain.explainers.registry import (COMMON, Cost, cost_input, get_spec, methods_markdown,
-                                             params_markdown, specs)
+from seg_explain.explainers.registry import COMMON, Cost, cost_input, get_spec, methods_markdown, params_markdown, specs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"smoothgrad": {"n_samples": 2}, "integrated_gradients": {"steps": 3},

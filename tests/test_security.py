@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import UNET_DEF, make_unet, write_bundle
+
 from seg_explain import ModelLoadError, UnsafeConfigError, load_model
 from seg_explain.cli import main
 
@@ -315,7 +315,8 @@ def test_tiny_image_says_too_small():
     from seg_explain.paths import sample_path
 
     m = load_model(sample_path("models", "brain2d"))
-    with pytest.raises(InputMismatchError, match=r"too small for this model: \(1, 1\) voxels.*at least 16 along each axis"):
+    msg = r"too small for this model: \(1, 1\) voxels.*at least 16 along each axis"
+    with pytest.raises(InputMismatchError, match=msg):
         m.predict(np.ones((1, 1), np.float32))
 
 

@@ -10,7 +10,7 @@ from conftest import make_unet, wrap
 from seg_explain import explain
 from seg_explain.explainers.engine import WindowAccumulator, WindowWeights
 from seg_explain.explainers.multiclass import explain_classes
-from seg_explain.windows import window_slices, model_tiling, model_windows, tile, windows_touching
+from seg_explain.windows import model_tiling, model_windows, tile, window_slices, windows_touching
 
 
 def close(a, b, rtol=1e-4):

@@ -9,8 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import (Cancelled, ImageLoadError, InputMismatchError, MethodError, ModelLoadError,
-                     SegExplainError, UnsafeConfigError)
+from .errors import (
+    Cancelled,
+    ImageLoadError,
+    InputMismatchError,
+    MethodError,
+    ModelLoadError,
+    SegExplainError,
+    UnsafeConfigError,
+)
 
 __version__ = "0.2.0"
 
@@ -25,8 +32,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .explainers.base import Explanation, explain, explain_iter, methods
     from .io import LoadedImage, load_image, save_image
-    from .models.segmodel import SegModel
     from .models.loader import load_model
+    from .models.segmodel import SegModel
 
 
 def __getattr__(name: str):

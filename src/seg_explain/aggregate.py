@@ -7,7 +7,7 @@ voxels, the shared target f̂_a) with one attribution method; the attribution ``
     local[a, b]      = Σ_{v∈b} |e_a(v)|     / Σ_v |e_a(v)|     ("mass accuracy", eq. 7)
     local_pos[a, b]  = Σ_{v∈b} max(e_a, 0)  / Σ_v max(e_a, 0)
     local_neg[a, b]  = Σ_{v∈b} max(−e_a, 0) / Σ_v max(−e_a, 0)
-    local_mean[a, b] = local[a, b] · p / |b|   (per-voxel mean variant: the mean |e_a| in b
+    local_per_voxel[a, b] = local[a, b] · p / |b|   (per-voxel mean variant: the mean |e_a| in b
                        relative to the mean over the whole image; 1 = as dense as average)
 
 ``e_a`` is the attribution on the grid of the image passed in (``Explanation.attribution``;
@@ -74,7 +74,7 @@ def region_masses(attribution: np.ndarray, labels: np.ndarray, n_classes: int,
     """One row of every matrix: the mass of ``attribution`` in each region.
 
     ``labels`` is the predicted label map (image grid), ``extra_masks`` boolean masks (or
-    None: NaN). Returns ``mass``, ``mass_pos``, ``mass_neg``, ``mass_mean`` of length
+    None: NaN). Returns ``mass``, ``mass_pos``, ``mass_neg``, ``mass_per_voxel`` of length
     ``n_classes + len(extra_masks)`` (already normalised) and ``volume`` (voxels per region).
     """
     e = np.asarray(attribution, dtype=np.float64).ravel()
@@ -111,7 +111,7 @@ def region_masses(attribution: np.ndarray, labels: np.ndarray, n_classes: int,
     with np.errstate(invalid="ignore", divide="ignore"):
         dens = out["mass"] * lab.size / vol
     dens[~(vol > 0)] = np.nan
-    out["mass_mean"] = dens
+    out["mass_per_voxel"] = dens
     return out
 
 
@@ -144,7 +144,7 @@ class Agg2ExpResult:
     local: np.ndarray
     local_pos: np.ndarray
     local_neg: np.ndarray
-    local_mean: np.ndarray
+    local_per_voxel: np.ndarray
     row_names: list[str]
     col_names: list[str]
     image_names: list[str]
@@ -192,8 +192,8 @@ class Agg2ExpResult:
         return self._nanmean(self.local_neg)
 
     @property
-    def global_mean(self) -> np.ndarray:
-        return self._nanmean(self.local_mean)
+    def global_per_voxel(self) -> np.ndarray:
+        return self._nanmean(self.local_per_voxel)
 
     @property
     def global_std(self) -> np.ndarray:
@@ -219,9 +219,9 @@ class Agg2ExpResult:
     def matrix(self, image: int | str | None = None, kind: str = "mass") -> np.ndarray:
         """The ``(L, R)`` matrix of one image (index or name), or the global one (None).
 
-        ``kind``: ``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_mean``."""
+        ``kind``: ``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_per_voxel``."""
         arr = {"mass": self.local, "mass_pos": self.local_pos, "mass_neg": self.local_neg,
-               "mass_mean": self.local_mean}[kind]
+               "mass_per_voxel": self.local_per_voxel}[kind]
         if image is None:
             return self._nanmean(arr)
         i = self.image_names.index(image) if isinstance(image, str) else int(image)
@@ -245,7 +245,7 @@ class Agg2ExpResult:
     def global_records(self) -> list[dict[str, Any]]:
         """Long table of the global matrices (mean over images, sd, and how many images)."""
         g, gp, gn, gm, sd, n = (self.global_importance, self.global_pos, self.global_neg,
-                                self.global_mean, self.global_std, self.n_present)
+                                self.global_per_voxel, self.global_std, self.n_present)
         return [{"explained_class": an, "region": bn, "mass": float(g[a, b]),
                  "mass_pos": float(gp[a, b]), "mass_neg": float(gn[a, b]),
                  "mass_per_voxel": float(gm[a, b]), "mass_sd": float(sd[a, b]), "n_images": int(n[a, b])}
@@ -412,7 +412,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
     ``ground_truth``: a label map (array, LoadedImage or path) for Dice, or None;
     ``on_image(name, explanations, labels)`` is called with the image's maps (the only
     place voxel maps exist; they are not returned). Returns ``name``, the ``(L, R)`` rows
-    ``mass``/``mass_pos``/``mass_neg``/``mass_mean``, ``present`` (L,), ``volume`` (R,),
+    ``mass``/``mass_pos``/``mass_neg``/``mass_per_voxel``, ``present`` (L,), ``volume`` (R,),
     ``dice`` ((L,) or None), ``elapsed``, ``n_forward``, ``n_backward``.
     """
     from .explainers.multiclass import explain_classes_iter
@@ -444,7 +444,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
         names = list(extra_names) if extra_names is not None else [f"roi_{j}" for j in range(len(extra))]
         masks = extra_masks(list(extra), names, shape, image)
     R = L + len(masks)
-    rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_mean")}
+    rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel")}
     present = np.zeros(L, bool)
     vol = region_masses(np.zeros(shape), labels, L, masks)["volume"]
     for e in exps:
@@ -486,7 +486,7 @@ def assemble_result(rows: Sequence[dict], row_names: Sequence[str], col_names: S
         dice = np.stack([r["dice"] if r.get("dice") is not None else np.full(L, np.nan) for r in rows])
     return Agg2ExpResult(
         local=stack("mass", (L, R)), local_pos=stack("mass_pos", (L, R)),
-        local_neg=stack("mass_neg", (L, R)), local_mean=stack("mass_mean", (L, R)),
+        local_neg=stack("mass_neg", (L, R)), local_per_voxel=stack("mass_per_voxel", (L, R)),
         row_names=list(row_names), col_names=list(col_names),
         image_names=[r["name"] for r in rows],
         volumes=stack("volume", (R,)), present=stack("present", (L,), False).astype(bool),

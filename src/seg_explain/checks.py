@@ -12,7 +12,8 @@ Integers accept ``7`` and ``7.0`` (and ``"7"`` from text fields) but never ``7.9
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

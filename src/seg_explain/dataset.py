@@ -472,7 +472,8 @@ class Agg2ExpJob(_Job):
 
     # results: one .npz per image (matrices + a JSON "meta" string; no pickles)
     def write(self, path: Path, row: dict, meta: dict) -> None:
-        arrays = {k: np.asarray(row[k]) for k in ("mass", "mass_pos", "mass_neg", "mass_mean", "present", "volume")}
+        arrays = {k: np.asarray(row[k])
+                  for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")}
         if row.get("dice") is not None:
             arrays["dice"] = np.asarray(row["dice"], dtype=float)
         meta = {**meta, "elapsed": float(row["elapsed"]), "n_forward": int(row["n_forward"]),
@@ -483,10 +484,10 @@ class Agg2ExpJob(_Job):
     def read(self, path: Path) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            row = {k: np.array(z[k]) for k in ("mass", "mass_pos", "mass_neg", "mass_mean", "present", "volume")}
+            row = {k: np.array(z[k]) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")}
             row["dice"] = np.array(z["dice"]) if "dice" in z.files else None
         L, R = len(self.row_names), len(self.col_names)
-        for k in ("mass", "mass_pos", "mass_neg", "mass_mean"):
+        for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel"):
             if row[k].shape != (L, R) or row[k].dtype.kind != "f":
                 raise ValueError(f"{k} has shape {row[k].shape}")
         if row["present"].shape != (L,) or row["volume"].shape != (R,) or (

@@ -25,8 +25,8 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import ImageLoadError, InputMismatchError, SegExplainError
 

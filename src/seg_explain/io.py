@@ -76,7 +76,7 @@ class LoadedImage:
         dirs = a / np.linalg.norm(a, axis=0, keepdims=True)
         return tuple(float(v) for v in dirs.T @ t)
 
-    def with_data(self, data: np.ndarray) -> "LoadedImage":
+    def with_data(self, data: np.ndarray) -> LoadedImage:
         """The same geometry with other voxel values (e.g. an attribution on this grid)."""
         return LoadedImage(np.asarray(data), self.spacing, self.affine, self.path,
                            self.spatial_dims, dict(self.meta))

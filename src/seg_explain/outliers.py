@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import InputMismatchError
 
-KINDS = {"mass": "local", "mass_pos": "local_pos", "mass_neg": "local_neg", "mass_mean": "local_mean"}
+KINDS = {"mass": "local", "mass_pos": "local_pos", "mass_neg": "local_neg", "mass_per_voxel": "local_per_voxel"}
 
 
 def _matrix(result, kind: str) -> np.ndarray:
@@ -133,7 +133,7 @@ class OutlierDetector:
         self.n_regions: int | None = None
         self.class_names: list[str] | None = None
 
-    def fit(self, result) -> "OutlierDetector":
+    def fit(self, result) -> OutlierDetector:
         from sklearn.ensemble import IsolationForest
 
         X = _matrix(result, self.kind)

@@ -43,7 +43,7 @@ KIND_TEXT: dict[str, dict[str, Any]] = {
     "mass_neg": {"short": "negative part", "share": True,
                  "cell": "share of class a's negative attribution in region b",
                  "diag": "context mass: a's negative share inside a"},
-    "mass_mean": {"short": "density (1 = mean)", "share": False,
+    "mass_per_voxel": {"short": "density (1 = mean)", "share": False,
                   "cell": "mean |attribution| of class a in region b ÷ image mean",
                   "diag": "density inside a (largest = full ring)"},
 }
@@ -318,7 +318,7 @@ def plot_heatmap(matrix, row_names: Sequence[str] | None = None, col_names: Sequ
                  theme=None, max_label: int | None = 12, fit: bool = True) -> Figure:
     """Heatmap of an ``(L, R)`` importance matrix (rows: explained classes a, columns: regions b).
 
-    ``kind`` (``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_mean``) sets the colorbar's
+    ``kind`` (``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_per_voxel``) sets the colorbar's
     label and the value format (shares in %; densities with one decimal). Labels longer
     than ``max_label`` characters are shortened (:func:`short_names`; None keeps them).
     ``annotate``: None = cell values when they fit (:func:`fit_heatmap_labels`), True /
@@ -595,7 +595,7 @@ def plot_boxplots(result, explained_class, ax=None, fig=None, kind: str = "mass"
                   sort: bool = True, theme=None) -> Figure:
     """Boxplots over images of ``local[:, a, :]`` for one explained class (name or index)."""
     arr = {"mass": result.local, "mass_pos": result.local_pos, "mass_neg": result.local_neg,
-           "mass_mean": result.local_mean}[kind]
+           "mass_per_voxel": result.local_per_voxel}[kind]
     a_idx = (result.row_names.index(explained_class) if isinstance(explained_class, str)
              else int(explained_class))
     data = arr[:, a_idx, :]

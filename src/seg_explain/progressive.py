@@ -30,8 +30,9 @@ is then the same, so one draw per k is taken whatever ``n_draws`` says.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch

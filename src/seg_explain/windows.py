@@ -30,22 +30,13 @@ Blending weights and the accumulator that uses them live in
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 Window = tuple  # tuple[slice, ...] over the spatial axes (padded grid)
-
-
-def clip_patch(shape: Sequence[int], patch: Sequence[int] | None) -> tuple[int, ...]:
-    """``patch`` clipped to ``shape`` (whole axis where the patch is larger or unset)."""
-    if patch is None:
-        return tuple(int(s) for s in shape)
-    if len(patch) != len(shape):
-        raise ValueError(f"patch {tuple(patch)} and shape {tuple(shape)} differ in dimensions")
-    return tuple(int(min(s, p)) if p and p > 0 else int(s) for s, p in zip(shape, patch))
 
 
 def scan_interval(shape: Sequence[int], patch: Sequence[int], overlap: float = 0.25) -> tuple[int, ...]:
@@ -180,11 +171,3 @@ def windows_touching(windows: Sequence[Window], mask) -> list[int]:
     """Indices of the windows that contain at least one True voxel of ``mask`` (same grid)."""
     m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     return [i for i, w in enumerate(windows) if bool(m[w].any())]
-
-
-def overlap_count(shape: Sequence[int], windows: Sequence[Window]) -> torch.Tensor:
-    """Per-voxel number of windows covering it (float32 tensor of ``shape``, padded grid)."""
-    cnt = torch.zeros(tuple(shape), dtype=torch.float32)
-    for w in windows:
-        cnt[w] += 1
-    return cnt

@@ -32,14 +32,42 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox,
-                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..allocator import tune_allocator
-from .layers import (GEOMETRY_KEY, META_KEY, attribution_colormap, body_mask, class_features, current_index,
-                     display_map, evidence_volumes, image_from_layer, is_result_layer, make_loaded,
-                     spatial_dims_of, spatial_shape_of, sync_attribution_colormaps)
+from .layers import (
+    GEOMETRY_KEY,
+    META_KEY,
+    attribution_colormap,
+    body_mask,
+    class_features,
+    current_index,
+    display_map,
+    evidence_volumes,
+    image_from_layer,
+    is_result_layer,
+    make_loaded,
+    spatial_dims_of,
+    spatial_shape_of,
+    sync_attribution_colormaps,
+)
 from .model_picker import ModelPicker, settings
 from .params import ParamForm, compact, compact_all
 from .ui import ClosingDock, notify_error, notify_info, notify_warning

@@ -14,7 +14,8 @@ Layer metadata written by this plugin:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,8 @@ def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.0
     The middle (value 0 when the contrast limits are symmetric) is fully transparent;
     alpha ramps with |value| (0 inside ``dead_zone`` of the half-range, then
     ``((|v| - dead_zone) / (full_at - dead_zone)) ** power``, ``max_alpha`` from ``full_at``
-    on), so weak evidence stays see-through and the anatomy shows under it. Positive = red -> yellow, negative = blue -> cyan (``reverse`` swaps
+    on), so weak evidence stays see-through and the anatomy shows under it. Positive = red -> yellow,
+    negative = blue -> cyan (``reverse`` swaps
     them, for maps whose negative values are the supporting evidence, e.g. PdCR's ATE).
     """
     n = n if n % 2 else n + 1

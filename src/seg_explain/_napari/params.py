@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit,
-                            QSpinBox, QWidget)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox, QWidget
 
 INT_MAX = 2 ** 31 - 1
 

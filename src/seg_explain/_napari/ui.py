@@ -2,7 +2,7 @@
 (without napari's private window attributes)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QObject
 
@@ -43,6 +43,19 @@ class _CloseWatcher(QObject):
         return False
 
 
+class _ParentWatcher(QObject):
+    """Calls ``callback`` when the watched widget gets a new parent."""
+
+    def __init__(self, callback: Callable[[], None], parent=None):
+        super().__init__(parent)
+        self.callback = callback
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ParentChange:
+            self.callback()
+        return False
+
+
 class ClosingDock:
     """Mixin for a dock QWidget that owns worker threads: :meth:`shutdown` (the subclass's
     ``_shutdown_workers`` plus disconnecting viewer events) runs once when the viewer window
@@ -79,10 +92,18 @@ class ClosingDock:
         being added may not be in it yet, so this runs again on the next parent change/show)."""
         from qtpy.QtWidgets import QMainWindow
 
-        w = self.parent()
+        w, top = self.parent(), self
         while w is not None and not isinstance(w, QMainWindow):
-            w = w.parent()
-        if w is not None and w is not getattr(self, "_watched_window", None):
+            top, w = w, w.parent()
+        if w is None:
+            # not in the main window yet (napari wraps the widget in a QDockWidget first and
+            # adds that later): look again when the topmost wrapper gets a parent
+            if top is not self and top is not getattr(self, "_pending_top", None):
+                self._pending_top = top
+                self._parent_watcher = _ParentWatcher(self._watch_main_window, self)
+                top.installEventFilter(self._parent_watcher)
+            return
+        if w is not getattr(self, "_watched_window", None):
             self._watched_window = w
             watcher = _CloseWatcher(self.shutdown, self)
             w.installEventFilter(watcher)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -43,13 +44,12 @@ def ensure_imports() -> None:
     if _IMPORTED.is_set():
         return
     import matplotlib
-    import torch  # noqa: F401
-    import torch.fx.experimental.symbolic_shapes  # noqa: F401 - imported lazily by the first autograd.grad
-
     import matplotlib.figure  # noqa: F401
     import monai.inferers  # noqa: F401
     import monai.networks.nets  # noqa: F401
     import monai.transforms  # noqa: F401
+    import torch  # noqa: F401
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401 - imported lazily by the first autograd.grad
     from matplotlib.backends import backend_qtagg  # noqa: F401
 
     from ..explainers.registry import methods

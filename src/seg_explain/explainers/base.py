@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,11 +164,6 @@ def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None 
         raise InputMismatchError("Empty RoI on the model grid: the painted region is smaller than one model voxel")
     ctx.roi = torch.from_numpy(roi_m)
     return ctx, roi_img, pred_img
-
-
-def with_defaults(method: str, params: dict[str, Any]):
-    """``(spec, params with defaults, parsed and checked)`` (see :func:`.registry.resolve_params`)."""
-    return resolve_params(method, params)
 
 
 def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,

@@ -34,7 +34,7 @@ raises a :class:`MethodError`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

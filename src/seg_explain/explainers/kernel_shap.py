@@ -37,7 +37,7 @@ mass is not inflated by its size. The raw values are in the extras: ``phi``,
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -21,7 +21,8 @@ totals (what the computation really cost) are in ``extras["shared_passes"]``
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -21,9 +21,9 @@ Adding a method = one module with a generator function and one ``register(Method
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..checks import as_bool, as_choice, as_float, as_int
 from ..errors import MethodError
@@ -386,12 +386,6 @@ def legend(spec: MethodSpec, class_name: str, params: dict | None = None) -> str
     return f"red = {red.format(cls=class_name)}; blue = {blue.format(cls=class_name)}; transparent = 0"
 
 
-def with_params(spec: MethodSpec, **changes) -> MethodSpec:
-    """A copy of ``spec`` with other defaults (e.g. for a benchmark)."""
-    ps = tuple(replace(p, default=changes[p.name]) if p.name in changes else p for p in spec.params)
-    return replace(spec, params=ps)
-
-
 def cost_input(model, shape: Sequence[int], roi=None, n_classes: int = 1) -> CostInput:
     """A :class:`CostInput` for ``model`` on a model-grid ``shape`` (``roi``: model-grid mask,
     or None: assume it lies in one window)."""
@@ -426,7 +420,3 @@ def human_seconds(s: float) -> str:
     if s < 3600:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
-
-
-def path_like(v) -> bool:
-    return isinstance(v, (str, os.PathLike))

@@ -19,9 +19,9 @@ import torch
 
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
-from .segmodel import SegModel, resolve_device
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
 from .safe_config import instantiate
+from .segmodel import SegModel, resolve_device
 
 # TorchScript / exported-graph operators that read or write files
 FILE_OPS = {"aten::from_file", "aten::save", "debugprims::load_tensor", "prim::PythonOp"}
@@ -275,7 +275,8 @@ def export_constraints(prog, sd: int) -> dict:
     node = next((n for n in ph if n.name in user), None)
     val = node.meta.get("val") if node is not None else None
     if val is None or len(val.shape) != sd + 2:
-        raise ModelLoadError(f"the exported program's input is not a (batch, channels, {'Y, X' if sd == 2 else 'Z, Y, X'}) tensor")
+        axes = "Y, X" if sd == 2 else "Z, Y, X"
+        raise ModelLoadError(f"the exported program's input is not a (batch, channels, {axes}) tensor")
     out: dict = {}
 
     def rng(sym):

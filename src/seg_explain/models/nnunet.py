@@ -80,8 +80,8 @@ import torch
 
 from ..errors import InputMismatchError, ModelLoadError, UnsafeConfigError
 from ..files import read_json, regular_file
-from ..model_grid import ModelGrid, orientation_transform
 from ..io import LoadedImage
+from ..model_grid import ModelGrid, orientation_transform
 from .segmodel import Prepared, SegModel, resolve_device
 
 ANISO_THRESHOLD = 3          # nnunetv2.configuration.ANISO_THRESHOLD

@@ -15,8 +15,9 @@ model's grid):
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 
 from ..checks import require_finite
 from ..errors import InputMismatchError, MethodError
-from ..model_grid import ModelGrid, model_shape_for, orientation_transform
 from ..io import LoadedImage
+from ..model_grid import ModelGrid, model_shape_for, orientation_transform
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -290,7 +291,8 @@ class SegModel:
 
     def predict(self, image) -> np.ndarray:
         """Label map (int) with the spatial shape of ``image``."""
-        return self.labels_from_logits(self.logits(image)).astype(np.int16 if len(self.class_names) < 32000 else np.int32)
+        dtype = np.int16 if len(self.class_names) < 32000 else np.int32
+        return self.labels_from_logits(self.logits(image)).astype(dtype)
 
     def check_hookable(self, method: str) -> None:
         if not self.hookable:
