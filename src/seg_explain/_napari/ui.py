@@ -67,7 +67,7 @@ class ClosingDock:
 
     def watch_closing(self, viewer) -> None:
         """Arm the rule (the main window is watched once the dock is in it)."""
-        self._watched_window = None
+        self._watched_window = None   # id() of the watched main window
 
     def _shutdown_workers(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -97,17 +97,15 @@ class ClosingDock:
             top, w = w, w.parent()
         if w is None:
             # not in the main window yet (napari wraps the widget in a QDockWidget first and
-            # adds that later): look again when the topmost wrapper gets a parent
-            if top is not self and top is not getattr(self, "_pending_top", None):
-                self._pending_top = top
-                self._parent_watcher = _ParentWatcher(self._watch_main_window, self)
-                top.installEventFilter(self._parent_watcher)
+            # adds that later): look again when the topmost wrapper gets a parent. Only ids
+            # are kept, never the wrappers (a reference would keep napari's viewer alive).
+            if top is not self and id(top) != getattr(self, "_pending_top", None):
+                self._pending_top = id(top)
+                top.installEventFilter(_ParentWatcher(self._watch_main_window, self))
             return
-        if w is not getattr(self, "_watched_window", None):
-            self._watched_window = w
-            watcher = _CloseWatcher(self.shutdown, self)
-            w.installEventFilter(watcher)
-            self._close_watcher = watcher
+        if id(w) != getattr(self, "_watched_window", None):
+            self._watched_window = id(w)
+            w.installEventFilter(_CloseWatcher(self.shutdown, self))   # owned by the dock (Qt parent)
 
     def event(self, ev) -> bool:
         t = ev.type()
