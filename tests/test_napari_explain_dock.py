@@ -129,6 +129,9 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, bundle2d, mon
     assert "red = evidence for frontal_L" in legend and "blue = evidence against frontal_L" in legend
     assert "∂ logit sum / ∂ intensity" in legend
     assert viewer.text_overlay.visible and "red: supports frontal_L" in viewer.text_overlay.text
+    assert f"full colour at ±{attr.contrast_limits[1]:.3g}" in viewer.text_overlay.text
+    attr.contrast_limits = (-0.5, 0.5)                   # the user narrows the range: the legend follows
+    assert "full colour at ±0.5" in viewer.text_overlay.text
     md = attr.metadata["seg_explain"]
     assert md["kind"] == "attribution" and md["method"] == "gradient" and md["target"] == "frontal_L"
     assert md["unit"] == "∂ logit sum / ∂ intensity" and md["legend"] == legend
@@ -154,6 +157,9 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, bundle2d, mon
     assert cam.name.startswith("Seg-Grad-CAM · ") and cam.colormap.name == "attribution +"
     assert cam.contrast_limits[0] == 0.0 and cam.colormap.map(np.array([0.0]))[0, 3] == 0.0
     assert "colour = where the layer's features support frontal_L" in widget.legend.text()
+    # the same RoI explained again keeps one outline (visible, on top)
+    outlines = [ly for ly in viewer.layers if kind_of(ly) == "roi_outline"]
+    assert len(outlines) == 1 and outlines[0].visible and viewer.layers[-1] is outlines[0]
 
     viewer.window.show()
     shot = viewer.screenshot(canvas_only=True)
@@ -264,10 +270,13 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, bun
     assert kind_of(attr) == "attribution" and attr.name.startswith("PdCR")
     text = widget.summary.text()
     assert "Dice points" in text and "not measurable" in text and "Histogram" in text
-    assert "red = " in widget.legend.text() and "Dice points" in widget.legend.text()
-    # PdCR: ATE < 0 = supporting evidence -> red at the low end
-    rgba = attr.colormap.map(np.array([0.0, 0.5]))
-    assert rgba[0, 0] > rgba[0, 2] and rgba[1, 3] == 0.0
+    # without a reference M0 = 100 points, so ATE <= 0: a one-sided map, strongest at the low end
+    assert widget.legend.text().startswith("colour = blocks whose content supports frontal_L")
+    assert "Dice points" in widget.legend.text() and "blue" not in widget.legend.text()
+    assert attr.colormap.name == "attribution −" and attr.contrast_limits[1] == 0.0 > attr.contrast_limits[0]
+    assert attr.data.max() <= 0.0
+    rgba = attr.colormap.map(np.array([0.0, 1.0]))
+    assert rgba[0, 0] > rgba[0, 2] and rgba[0, 3] > 0.8 and rgba[1, 3] == 0.0
     assert any(kind_of(ly) == "roi_outline" for ly in viewer.layers)
 
 
@@ -407,13 +416,17 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
     assert len(ev) == 2 and {"supports", "opposes"} <= {w for ly in ev for w in ly.name.split()}
     assert all(str(ly.rendering) in ("iso", "ImageRendering.ISO") for ly in ev)
     sup = next(ly for ly in ev if "supports" in ly.name)
-    frac = np.count_nonzero(sup.data >= sup.iso_threshold) / max(np.count_nonzero(sup.data), 1)
-    assert 0.03 <= frac <= 0.07                                 # the strongest 5 % of the positive part
+    # as many voxels as the strongest 5 % of the positive part, inside the (smoothed) surface
+    frac = np.count_nonzero(sup.data >= sup.iso_threshold) / max(np.count_nonzero(attr.data > 0), 1)
+    assert 0.04 <= frac <= 0.06
+    assert sup.contrast_limits[1] == pytest.approx(sup.iso_threshold)   # full colour at the surface
     assert not attr.visible and attr.colormap.name.endswith("3D")
+    assert "surfaces enclose the strongest 5 %" in viewer.text_overlay.text
     shot = viewer.screenshot(canvas_only=True)
     assert shot[..., :3].std() > 0
     viewer.dims.ndisplay = 2
     assert attr.visible and not [ly for ly in viewer.layers if kind_of(ly) == "evidence"]
+    assert "full colour at ±" in viewer.text_overlay.text
     assert not attr.colormap.name.endswith("3D") and attr.contrast_limits == pytest.approx([lo3, hi3])
 
 
@@ -459,6 +472,15 @@ def test_long_names_do_not_widen_the_dock(make_napari_viewer, qtbot):
     assert widget.sizeHint().width() <= narrow + 10
     layer_box.setCurrentText(longest)
     assert layer_box.toolTip() == longest   # the full name is one hover away
+    # nothing is cut at the right edge: no horizontal scrolling, and the dock asks for what it needs
+    from qtpy.QtCore import Qt
+
+    scroll = widget._scroll
+    assert scroll.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    assert widget.minimumWidth() >= scroll.widget().minimumSizeHint().width()
+    widget.resize(widget.minimumWidth(), 700)
+    qtbot.wait(50)
+    assert scroll.widget().width() <= scroll.viewport().width()
     widget.shutdown()
 
 

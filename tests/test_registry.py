@@ -137,3 +137,19 @@ def test_methods_command_prints_the_registry(capsys):
             assert f"--param {p.name}=" in out
     assert main(["methods", "--markdown"]) == 0
     assert methods_markdown() in capsys.readouterr().out
+
+
+def test_legend_says_what_each_colour_means_and_one_sided_maps_have_one_colour():
+    from seg_explain.explainers.registry import legend
+
+    pdcr = get_spec("pdcr")
+    # PdCR against the model's own prediction: M0 = 100 points, ATE <= 0, one colour (supporting blocks)
+    assert pdcr.is_one_sided({"reference": None})
+    assert legend(pdcr, "frontal_L", {"reference": None}).startswith(
+        "colour = blocks whose content supports frontal_L")
+    # against a reference both signs are measurable: red (ATE < 0) supports, blue raised the Dice
+    two = legend(pdcr, "frontal_L", {"reference": "<ndarray>"})
+    assert two.startswith("red = blocks whose content supports frontal_L") and "blue = blocks whose replacement" in two
+    assert legend(get_spec("gradient"), "a").startswith("red = ") and not get_spec("gradient").is_one_sided({})
+    assert get_spec("seg_grad_cam").is_one_sided({"relu": True}) and not get_spec("seg_grad_cam").is_one_sided(
+        {"relu": False})

@@ -48,6 +48,7 @@ from .layers import (
     GEOMETRY_KEY,
     META_KEY,
     attribution_colormap,
+    attribution_limits,
     display_limits,
     image_from_layer,
     is_result_layer,
@@ -845,7 +846,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
                          "source": "agg2exp"}}
         if isinstance(img.metadata, dict) and GEOMETRY_KEY in img.metadata:
             md[GEOMETRY_KEY] = img.metadata[GEOMETRY_KEY]
-        clim = (0.0, lim) if one else (-lim, lim)
+        clim = attribution_limits(lim, one, spec.red_is_negative)
         layer = self.viewer.add_image(
             masked, name=f"{spec.title} · {res.row_names[a]} in {res.col_names[b]}",
             scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:], metadata=md,
@@ -853,7 +854,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
                                           one_sided=one),
             contrast_limits=clim, blending="translucent", rendering="translucent")
         mx = max(float(mx), float(lim))
-        layer.contrast_limits_range = (0.0, mx) if one else (-mx, mx)
+        layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
         layer.contrast_limits = clim
         layer.colorbar.visible = True
         where = "global mean" if scope is None else self.scope_combo.currentText()

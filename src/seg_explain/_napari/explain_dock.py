@@ -56,6 +56,7 @@ from .layers import (
     GEOMETRY_KEY,
     META_KEY,
     attribution_colormap,
+    attribution_limits,
     body_mask,
     class_features,
     current_index,
@@ -69,7 +70,7 @@ from .layers import (
     sync_attribution_colormaps,
 )
 from .model_picker import ModelPicker, settings
-from .params import ParamForm, compact, compact_all
+from .params import ParamForm, compact, compact_all, fit_to_dock
 from .ui import ClosingDock, notify_error, notify_info, notify_warning
 from .workers import ExplainRequest, JobRunner, ensure_imports, explain_job, one_line, scalar_items
 
@@ -85,6 +86,7 @@ ROI_COLOR = (0.1, 0.9, 0.3, 1.0)       # the sample RoI's colour, also for "New 
 OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
 DIM_OPACITY = 0.15
 EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
+EVIDENCE_SMOOTH = 1.5                   # σ (voxels) that turns speckled voxel maps into regions in 3D
 
 
 class ExplainWidget(ClosingDock, QWidget):
@@ -104,12 +106,14 @@ class ExplainWidget(ClosingDock, QWidget):
         self._raw: dict[str, dict[str, Any]] = {}      # result layer key -> raw map + spec + roi
         self._dimmed: dict[str, float] = {}            # label layer key -> its opacity before dimming
         self._evidence: dict[str, list] = {}           # result layer key -> its 3D surface layers
+        self._legend_for: str | None = None            # result layer key the canvas legend describes
         self.settings = settings()
         from ..explainers.registry import specs
 
         self._specs = {s.name: s for s in specs()}
         self._build_ui()
         compact_all(self)
+        fit_to_dock(self, self._scroll)
         self._connect_viewer()
         self._refresh_layers()
         img = self.image_layer()
@@ -121,7 +125,7 @@ class ExplainWidget(ClosingDock, QWidget):
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
+        scroll = self._scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         inner = QWidget()
@@ -280,11 +284,12 @@ class ExplainWidget(ClosingDock, QWidget):
         self.body_check.setToolTip("hide evidence outside the body (the predicted foreground, else the image "
                                    "above Otsu's threshold)")
         df.addRow(self.body_check)
-        self.surfaces_check = QCheckBox("3D view: surfaces of the strongest evidence")
+        self.surfaces_check = QCheckBox("3D view: evidence surfaces")
         self.surfaces_check.setObjectName("surfaces_check")
         self.surfaces_check.setChecked(True)
         self.surfaces_check.setToolTip(f"in the 3D view, the strongest {EVIDENCE_TOP:g} % supporting (red) and "
-                                       "opposing (blue) evidence as two surfaces instead of a signed cloud")
+                                       "opposing (blue) evidence as two surfaces instead of a signed cloud (voxel maps "
+                                       f"smoothed with σ = {EVIDENCE_SMOOTH:g} voxels first)")
         df.addRow(self.surfaces_check)
         rf.addLayout(df)
         lay.addWidget(rbox)
@@ -532,6 +537,8 @@ class ExplainWidget(ClosingDock, QWidget):
             for sig in ("valueChanged", "currentTextChanged", "textChanged", "toggled"):
                 if hasattr(w, sig):
                     getattr(w, sig).connect(self._schedule_cost)
+        if hasattr(self, "_scroll"):
+            fit_to_dock(self, self._scroll)      # the new method's editors shrink like the rest
         self._update_buttons()
         self._schedule_cost()
 
@@ -836,12 +843,13 @@ class ExplainWidget(ClosingDock, QWidget):
             metadata={META_KEY: info, **geo},
             colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
                                           one_sided=one),
-            contrast_limits=(0.0, lim) if one else (-lim, lim), blending="translucent", rendering="translucent",
-            opacity=1.0)
+            contrast_limits=attribution_limits(lim, one, spec.red_is_negative), blending="translucent",
+            rendering="translucent", opacity=1.0)
         mx = max(float(disp.max_abs), lim)
-        layer.contrast_limits_range = (0.0, mx) if one else (-mx, mx)
-        layer.contrast_limits = (0.0, lim) if one else (-lim, lim)
+        layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
+        layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
         layer.colorbar.visible = True
+        layer.events.contrast_limits.connect(self._on_limits_changed)   # (a bound method: held weakly)
         self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
                                 "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
         outline = self._add_outline(disp.outline, req, scale, translate, geo)
@@ -851,7 +859,8 @@ class ExplainWidget(ClosingDock, QWidget):
         self._show_legend(layer)
         self.status.setText(f"Done: {spec.title} of '{exp.target_name}' in {exp.elapsed_s:.1f} s "
                             f"({exp.n_forward} forward / {exp.n_backward} backward passes). "
-                            f"Colour limits ±{lim:.3g} (max |value| {disp.max_abs:.3g}) {spec.unit}.")
+                            f"Colour limits {_range_text(layer.contrast_limits)} (max |value| {disp.max_abs:.3g}) "
+                            f"{spec.unit}.")
         lines = [f"{w}" for w in exp.warnings]
         report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
         if report:
@@ -872,6 +881,14 @@ class ExplainWidget(ClosingDock, QWidget):
         cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: OUTLINE_COLOR})
         z = f" · z={req.slice_index}" if req.slice_index is not None else ""
         roi = "predicted " + str(req.target) if req.roi_name == "predicted" else req.roi_name
+        outline = np.asarray(outline, np.uint8)
+        for ly in self._layers_of("labels"):      # the same RoI explained again: one outline, on top
+            md = ly.metadata.get(META_KEY) if isinstance(ly.metadata, dict) else None
+            if (md or {}).get("kind") == "roi_outline" and ly.name == f"outline · {roi}{z}" \
+                    and ly.data.shape == outline.shape and np.array_equal(ly.data, outline):
+                ly.visible = True
+                self.viewer.layers.move(self.viewer.layers.index(ly), len(self.viewer.layers))
+                return ly
         return self.viewer.add_labels(np.asarray(outline, np.uint8), name=f"outline · {roi}{z}", scale=scale,
                                       translate=translate, colormap=cmap, opacity=1.0,
                                       metadata={META_KEY: {"kind": "roi_outline", "roi": req.roi_name,
@@ -904,11 +921,21 @@ class ExplainWidget(ClosingDock, QWidget):
         if ly is not None and _key(ly) in self._raw:
             self._show_legend(ly)
 
+    def _on_limits_changed(self, event=None) -> None:
+        self._on_active_changed()
+
     def _show_legend(self, layer) -> None:
+        self._legend_for = _key(layer)      # the result the canvas legend describes
         md = (layer.metadata.get(META_KEY) or {}) if isinstance(layer.metadata, dict) else {}
         self.legend.setText(md.get("legend", ""))
         ov = self.viewer.text_overlay
-        ov.text = f"{layer.name}\n{md.get('legend_short', '')}"
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        # the colour bar's own ticks can be as sparse as a lone "0": say where full colour is
+        full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
+        shown = f"full colour at {full}"
+        if self._evidence.get(_key(layer)):
+            shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
+        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}"
         ov.visible = True
         ov.position = "top_left"
         ov.font_size = 9
@@ -950,9 +977,13 @@ class ExplainWidget(ClosingDock, QWidget):
         if not want:
             if rec.pop("hidden", False):
                 layer.visible = True
+            if self._legend_for == _key(layer):
+                self._show_legend(layer)
             return
         spec = rec["spec"]
-        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), spec.red_is_negative, EVIDENCE_TOP)
+        sigma = EVIDENCE_SMOOTH if spec.caps.map_kind == "voxel" else 0.0
+        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), spec.red_is_negative, EVIDENCE_TOP,
+                                                  smooth=sigma)
         parts = [(sup, t_sup, "red", "supports")]
         if not spec.is_one_sided(rec["params"]):
             parts.append((opp, t_opp, "blue", "opposes"))
@@ -965,8 +996,11 @@ class ExplainWidget(ClosingDock, QWidget):
             made.append(self.viewer.add_image(
                 arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=layer.scale,
                 translate=layer.translate, colormap=cmap, rendering="iso", iso_threshold=thr,
-                contrast_limits=(0.0, float(arr.max()) or 1.0), blending="translucent", metadata=md))
+                # the surface sits at the threshold: map it to the colormap's full colour
+                contrast_limits=(0.0, thr), blending="translucent", metadata=md))
         self._evidence[_key(layer)] = made
+        if self._legend_for == _key(layer):
+            self._show_legend(layer)
         if layer.visible:
             layer.visible = False
             rec["hidden"] = True
@@ -993,6 +1027,11 @@ class ExplainWidget(ClosingDock, QWidget):
         self._cost_timer.stop()
         self.runner.shutdown()
         self.picker.shutdown()
+
+
+def _range_text(limits) -> str:
+    lo, hi = (float(v) for v in limits)
+    return f"±{hi:.3g}" if lo == -hi else f"{lo:.3g} to {hi:.3g}"
 
 
 def _key(layer) -> str:

@@ -145,14 +145,17 @@ def diverging_colors(n: int = 129, reverse: bool = False, dead_zone: float = 0.0
 
 
 def one_sided_colors(n: int = 129, dead_zone: float = 0.06, full_at: float = 0.9, max_alpha: float = 0.95,
-                     power: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+                     power: float = 1.2, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """RGBA control points for a one-sided map (e.g. a CAM after ReLU) over ``[0, 1]``:
-    transparent at 0, dark red -> yellow with rising opacity."""
+    transparent at 0, dark red -> yellow with rising opacity; ``reverse=True`` for maps whose
+    evidence is negative (PdCR without a reference: transparent at 1, strongest at 0)."""
     t = np.linspace(0.0, 1.0, n)
     alpha = np.clip((t - dead_zone) / max(full_at - dead_zone, 1e-6), 0, 1) ** power * max_alpha
     rgb = _ramp(t, (0.85, 0.05, 0.05), (1.0, 0.92, 0.25))
     rgba = np.concatenate([rgb, alpha[:, None]], 1)
     rgba[0] = (0.0, 0.0, 0.0, 0.0)
+    if reverse:
+        rgba = rgba[::-1].copy()
     return rgba.astype(np.float32), t
 
 
@@ -160,8 +163,8 @@ def one_sided_colors(n: int = 129, dead_zone: float = 0.06, full_at: float = 0.9
 # in a 2D slice adds up to a fog in 3D: the 3D variant hides the weak third of the range.
 VOLUME_ALPHA = {"dead_zone": 0.3, "full_at": 1.0, "power": 1.6, "max_alpha": 0.9}
 CMAP_PREFIX = "attribution"
-CMAP_NAMES = {("signed", False): "attribution ±", ("signed", True): "attribution ± (red = −)",
-              ("one", False): "attribution +"}
+CMAP_NAMES = {("signed", False): "attribution ±", ("signed", True): "attribution ∓",
+              ("one", False): "attribution +", ("one", True): "attribution −"}
 
 
 def attribution_colormap(reverse: bool = False, volume: bool = False, one_sided: bool = False):
@@ -173,13 +176,21 @@ def attribution_colormap(reverse: bool = False, volume: bool = False, one_sided:
 
     kw = VOLUME_ALPHA if volume else {}
     if one_sided:
-        colors, controls = one_sided_colors(**kw)
-        name = CMAP_NAMES[("one", False)]
+        colors, controls = one_sided_colors(reverse=reverse, **kw)
+        name = CMAP_NAMES[("one", bool(reverse))]
     else:
         colors, controls = diverging_colors(reverse=reverse, **kw)
         name = CMAP_NAMES[("signed", bool(reverse))]
     return Colormap(colors=colors, controls=controls, name=name + (" 3D" if volume else ""),
                     interpolation="linear")
+
+
+def attribution_limits(lim: float, one_sided: bool, red_is_negative: bool) -> tuple[float, float]:
+    """Contrast limits that go with :func:`attribution_colormap`: symmetric for signed maps,
+    from 0 towards the evidence's sign for one-sided ones."""
+    if not one_sided:
+        return (-lim, lim)
+    return (-lim, 0.0) if red_is_negative else (0.0, lim)
 
 
 def sync_attribution_colormaps(viewer, layers=None) -> None:
@@ -193,8 +204,8 @@ def sync_attribution_colormaps(viewer, layers=None) -> None:
         if not name.startswith(CMAP_PREFIX) or name.endswith(" 3D") == volume:
             continue
         lim = tuple(ly.contrast_limits)
-        ly.colormap = attribution_colormap(reverse="(red = −)" in name, volume=volume,
-                                           one_sided=name.startswith(CMAP_NAMES[("one", False)]))
+        kind = next(k for k, v in CMAP_NAMES.items() if name.startswith(v))
+        ly.colormap = attribution_colormap(reverse=kind[1], volume=volume, one_sided=kind[0] == "one")
         ly.contrast_limits = lim
 
 
@@ -267,21 +278,33 @@ def body_mask(image: np.ndarray, prediction: np.ndarray | None = None) -> np.nda
     return ndimage.binary_fill_holes(m)
 
 
-def evidence_volumes(attr: np.ndarray, red_is_negative: bool = False, top_percent: float = 5.0
-                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
+def evidence_volumes(attr: np.ndarray, red_is_negative: bool = False, top_percent: float = 5.0,
+                     smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float]:
     """For the 3D view: the supporting and the opposing evidence as two non-negative volumes
-    and the iso thresholds that keep the strongest ``top_percent`` of each, so that two
-    surfaces (red: supports the RoI, blue: speaks against it) read where a signed cloud of
-    interleaved voxels does not."""
+    and the iso thresholds that enclose the strongest ``top_percent`` of each (as many voxels
+    as ``top_percent`` of the voxels of that sign), so that two surfaces (red: supports the
+    RoI, blue: speaks against it) read where a signed cloud of interleaved voxels does not.
+    ``smooth`` (σ in voxels, isotropic) first turns speckled voxel maps (gradients) into
+    regions; each sign is smoothed on its own, so opposite evidence never cancels."""
+    from scipy import ndimage
+
     a = np.asarray(attr, np.float32)
     sup, opp = (np.clip(-a, 0, None), np.clip(a, 0, None)) if red_is_negative else \
         (np.clip(a, 0, None), np.clip(-a, 0, None))
+    counts = [int(np.count_nonzero(sup)), int(np.count_nonzero(opp))]
+    if smooth and smooth > 0:
+        sup, opp = (ndimage.gaussian_filter(v, float(smooth), mode="constant").astype(np.float32)
+                    for v in (sup, opp))
 
-    def thr(v):
-        nz = v[v > 0]
-        return float(np.percentile(nz, 100.0 - top_percent)) if nz.size else 1.0
+    def thr(v, n):
+        k = int(np.ceil(n * top_percent / 100.0))
+        if k <= 0 or not np.any(v > 0):
+            return 1.0
+        flat = v.ravel()
+        t = float(np.partition(flat, flat.size - k)[flat.size - k])
+        return t if t > 0 else float(flat[flat > 0].min())
 
-    return sup, opp, thr(sup), thr(opp)
+    return sup, opp, thr(sup, counts[0]), thr(opp, counts[1])
 
 
 # ----------------------------------------------------------------------- outlines --

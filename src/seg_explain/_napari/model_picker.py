@@ -74,11 +74,13 @@ class ModelPicker(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         self.combo = compact(QComboBox(), chars=14)
         self.combo.setObjectName("model_combo")
+        self.combo.setProperty("min_px", 150)          # the model's name stays readable in a narrow dock
         self.combo.setToolTip("the segmentation model: a shipped sample, a recent model, a model folder (MONAI "
                               "bundle or nnU-Net v2 trained model) or a TorchScript/.pt2 file with a JSON "
                               "sidecar; remembered between sessions")
         self.device = QComboBox()
         self.device.setObjectName("device_combo")
+        self.device.setProperty("compact_chars", 4)
         self.device.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.device.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.device.addItems(available_devices())

@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QScrollArea,
+    QSpinBox,
+    QWidget,
+)
 
 INT_MAX = 2 ** 31 - 1
 
@@ -32,9 +44,28 @@ def compact(combo: QComboBox, chars: int = 8) -> QComboBox:
 
 
 def compact_all(widget: QWidget) -> None:
-    """:func:`compact` every combo box inside ``widget``."""
+    """:func:`compact` every combo box inside ``widget`` (to its ``compact_chars`` property
+    when it has one, e.g. the short device box)."""
     for combo in widget.findChildren(QComboBox):
-        compact(combo)
+        compact(combo, int(combo.property("compact_chars") or 8))
+
+
+FIELD_MIN_PX = {"combo": 90, "spin": 64}
+
+
+def fit_to_dock(dock: QWidget, scroll: QScrollArea) -> None:
+    """No horizontal scrolling inside a dock: the form fields may shrink below their size
+    hints (a spin box sized for 2^31, a combo sized for 8 characters), the scroll area
+    scrolls vertically only, and the dock asks napari for the width its content needs, so
+    nothing is cut at the right edge."""
+    inner = scroll.widget()
+    for w in inner.findChildren(QComboBox):   # a ``min_px`` property keeps a key box readable
+        w.setMinimumWidth(int(w.property("min_px") or min(w.minimumSizeHint().width(), FIELD_MIN_PX["combo"])))
+    for w in inner.findChildren(QAbstractSpinBox):
+        w.setMinimumWidth(min(w.minimumSizeHint().width(), FIELD_MIN_PX["spin"]))
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    need = inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+    dock.setMinimumWidth(need)
 
 
 def tooltip(p) -> str:

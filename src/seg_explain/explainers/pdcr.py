@@ -837,6 +837,8 @@ SPEC = register(MethodSpec(
              "against a reference segmentation)",
     negative="blocks whose content supports {cls}'s RoI (replacing them lowers its Dice)",
     red_is_negative=True,
+    # against the model's own prediction M0 = 100 points: no replacement can raise the Dice, ATE <= 0
+    one_sided=lambda p: p.get("reference") is None,
     summary_fields=("m0_points", "tau_points", "share_positive", "share_negative", "share_irrelevant",
                     "n_relevant", "ate_min_points", "ate_max_points", "passes_saved"),
     rank="negative", cost=_cost, cheaper=_cheaper, cost_class="expensive"))

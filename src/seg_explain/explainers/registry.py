@@ -381,7 +381,8 @@ def params_markdown() -> str:
 def legend(spec: MethodSpec, class_name: str, params: dict | None = None) -> str:
     """One line for the dock: what the colours mean for this method and class."""
     if spec.is_one_sided(params or {}):
-        return f"colour = {spec.positive.format(cls=class_name)}; transparent = none"
+        shown = spec.negative if spec.red_is_negative else spec.positive
+        return f"colour = {shown.format(cls=class_name)}; transparent = none"
     red, blue = (spec.negative, spec.positive) if spec.red_is_negative else (spec.positive, spec.negative)
     return f"red = {red.format(cls=class_name)}; blue = {blue.format(cls=class_name)}; transparent = 0"
 
