@@ -50,6 +50,7 @@ def child(workload: str, threads: int) -> None:
     from seg_explain.paths import sample_path
 
     torch.set_num_threads(threads)
+    tuned = tune_allocator()     # what the CLI and the docks do first; a no-op with SEG_EXPLAIN_MALLOC_TUNING=0
     if workload.startswith("smoothgrad3d"):
         model = load_model(sample_path("models", "brain3d"))
         img = load_image(sample_path("brain3d", "colin27_t1_2mm.nii.gz"))
@@ -81,7 +82,7 @@ def child(workload: str, threads: int) -> None:
         t.join()
     else:
         run()
-    out.update(peak_mb=_status_mb("VmHWM"), tuned=tune_allocator())
+    out.update(peak_mb=_status_mb("VmHWM"), tuned=tuned)
     print(json.dumps(out))
 
 
