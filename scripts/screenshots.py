@@ -4,11 +4,12 @@
         libxcb-render-util0 libxkbcommon-x11-0 libgl1 libegl1
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshots.py [--out docs]
 
-Writes ``screenshot_2d.png`` (2D sample slice, SmoothGrad of frontal_L in the painted RoI),
-``screenshot_3d.png`` (3D sample, SmoothGrad of temporal_R, 3D view),
-``screenshot_pdcr_2d.png`` (PdCR with the RoI outline and its summary) and
-``screenshot_agg2exp.png`` (the Agg2Exp dock on the 2D sample). Everything runs offline on
-the shipped sample data and models; the explanations go through the Explain button.
+Writes ``screenshot_2d.png`` (2D sample slice, SmoothGrad of frontal_L in the painted RoI:
+colour bar, legend, RoI outline, the cost line), ``screenshot_3d.png`` (3D sample, SmoothGrad
+of temporal_R in the 3D view: surfaces of the strongest supporting / opposing evidence),
+``screenshot_3d_slice.png`` (the same volume, slice view), ``screenshot_pdcr_2d.png`` (PdCR with
+its report) and ``screenshot_agg2exp.png`` (the Agg2Exp dock on the 2D sample). Everything runs
+offline on the shipped sample data and models; the explanations go through the Explain button.
 """
 from __future__ import annotations
 
@@ -51,9 +52,10 @@ def explain_dock(viewer):
 
 
 def run(w, method: str, **params) -> None:
-    w.method_combo.setCurrentText(method)
+    w.set_method(method)
     for k, v in params.items():
         w.params.set_value(k, v)
+    pump(0.5)   # the cost line updates
     w.explain_button.click()
     wait(lambda: not w.running)
     if not w.status.text().startswith("Done"):
@@ -67,6 +69,11 @@ def close_toasts(viewer) -> None:
 
     for w in viewer.window._qt_window.findChildren(NapariQtNotification):  # noqa: SLF001
         w.close()
+
+
+def result_layer(viewer):
+    return next(ly for ly in reversed(list(viewer.layers))
+                if (ly.metadata.get("seg_explain") or {}).get("kind") == "attribution" and ly.visible)
 
 
 def shot(viewer, path: Path) -> None:
@@ -121,27 +128,26 @@ def main(argv=None) -> int:
         w.roi_combo.setCurrentText(roi.name)
         w.class_combo.setCurrentText("frontal_L")
         run(w, "smoothgrad", n_samples=20)
-        v.layers.move(v.layers.index(roi), len(v.layers))  # RoI contour on top
-        v.layers.selection.active = v.layers[f"smoothgrad · frontal_L · {roi.name}:1"]
+        sg = result_layer(v)
+        v.layers.selection.active = sg
+        w.params.set_value("n_samples", 20)   # the cost line of the next run stays on screen
+        pump(0.5)
         v.reset_view()
         shot(v, out / "screenshot_2d.png")
         if "pdcr" in args.only:
-            for ly in list(v.layers):
-                if ly.name.startswith("smoothgrad"):
-                    ly.visible = False
-            roi.visible = False
-            w.method_combo.setCurrentText("pdcr")
+            sg.visible = False
+            w.set_method("pdcr")
             w.bank_combo.setCurrentText("sample bank (MNI152)")
-            run(w, "pdcr", n_draws=20)
+            run(w, "pdcr", adaptive=True)
             v.reset_view()
             pump(1.0)
-            v.layers.selection.active = v.layers[f"pdcr · frontal_L · {roi.name}:1"]
+            v.layers.selection.active = result_layer(v)
             shot(v, out / "screenshot_pdcr_2d.png")
         if "agg" in args.only:
             v.window.remove_dock_widget(v.window._dock_widgets["Explain segmentation (napari-seg-explain)"])  # noqa: SLF001
             _dw, agg = v.window.add_plugin_dock_widget("napari-seg-explain", "Agg2Exp class importance")
             agg.select_model(str(sample_path("models", "brain2d")))
-            agg.method_combo.setCurrentText("smoothgrad")
+            agg.set_method("smoothgrad")
             agg.params.set_value("n_samples", 10)
             agg.run_button.click()
             wait(lambda: not agg.running)
@@ -151,7 +157,8 @@ def main(argv=None) -> int:
             b = agg.result.row_names.index("frontal_R")
             agg.show_cell(a, b)
             for ly in v.layers:
-                if ly.name.startswith(("pdcr", "RoI outline", "smoothgrad")):
+                if (ly.metadata.get("seg_explain") or {}).get("kind") in ("attribution", "roi_outline") \
+                        and "Agg2Exp" not in ly.name and " in " not in ly.name:
                     ly.visible = False
             roi.visible = True
             v.reset_view()
@@ -169,7 +176,7 @@ def main(argv=None) -> int:
         w.roi_combo.setCurrentText(roi.name)
         w.class_combo.setCurrentText("temporal_R")
         run(w, "smoothgrad", n_samples=8)
-        attr = v.layers[f"smoothgrad · temporal_R · {roi.name}:1"]
+        attr = result_layer(v)
         roi.visible = False
         # 3D: the brain (the model's prediction > 0) as a faint volume under the evidence
         image.visible = False
@@ -178,7 +185,8 @@ def main(argv=None) -> int:
                             rendering="attenuated_mip", attenuation=0.15, opacity=0.45,
                             contrast_limits=(0, float(np.percentile(image.data[pred.data > 0], 99))))
         v.layers.move(v.layers.index(brain), 0)
-        v.dims.ndisplay = 3
+        v.dims.ndisplay = 3          # the dock adds the two evidence surfaces
+        pump(1.0)
         v.layers.selection.active = attr
         # camera at the patient's right, in front and above, superior up (axes: S, P, L)
         v.camera.set_view_direction(tuple(float(a) for a in args.view.split(",")), up_direction=(1, 0, 0))
@@ -192,8 +200,7 @@ def main(argv=None) -> int:
         v.dims.ndisplay = 2
         z = int(round(float(v.layers[roi.name].data.nonzero()[0].mean())))
         v.dims.set_current_step(0, z)
-        roi.visible = True
-        roi.contour = 1
+        v.layers.selection.active = attr
         v.reset_view()
         shot(v, out / "screenshot_3d_slice.png")
         v.close()
