@@ -251,8 +251,8 @@ def test_pt2_with_pickled_weight_is_refused(tmp_path, capsys):
 
 
 def test_pt2_sample_inputs_payload_never_unpickled(tmp_path, capsys):
-    """torch.export.load retries a failed weights_only load of its sample inputs with
-    weights_only=False; our loader forbids that retry."""
+    """torch.export.load retries a failed restricted load of its sample inputs with the full
+    unpickler; our loader refuses such an archive before torch.export.load sees it."""
     marker = tmp_path / "PWNED"
     p = _export2d(tmp_path)
     with zipfile.ZipFile(p) as z:
@@ -338,3 +338,15 @@ def test_fifo_and_devices_are_refused_without_hanging(tmp_path):
             f"'--out', {str(tmp_path / 'o.npy')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "named pipe" in r.stderr
+
+
+def test_pt2_with_compiled_native_code_is_refused(tmp_path, capsys):
+    """An AOTInductor package inside a .pt2 is a shared library: refused before torch sees it."""
+    p = _export2d(tmp_path)
+    with zipfile.ZipFile(p) as z:
+        root = z.namelist()[0].split("/", 1)[0]
+    with zipfile.ZipFile(p, "a") as z:
+        z.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF not really")
+    with pytest.raises(UnsafeConfigError, match="AOTInductor"):
+        load_model(p)
+    _cli_refuses(tmp_path, p, capsys)

@@ -3,16 +3,15 @@
 Everything read here is untrusted (see ``docs/SECURITY.md``): configs are validated against
 allow-lists before anything is built (:mod:`.safe_config`), weights are loaded with
 ``torch.load(weights_only=True)``, TorchScript graphs are scanned for operators that touch
-files, and ``.pt2`` archives are checked for pickled payloads before ``torch.export.load``
-runs (which would otherwise unpickle them) and loaded with unpickling disabled.
+files, and ``.pt2`` archives are read once and refused when anything in them would need more
+than torch's restricted unpickler (or is native code) before ``torch.export.load`` sees the
+same bytes.
 """
 from __future__ import annotations
 
 import math
 import os
-import threading
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -204,67 +203,65 @@ def _jit_load(path: Path):
 
 
 # ------------------------------------------------------------------------ torch.export --
-_LOAD_LOCK = threading.Lock()
-
-
-def check_pt2_archive(path: Path) -> None:
-    """Refuse a .pt2 archive holding pickled payloads (which torch.export.load would
-    unpickle with ``weights_only=False``): legacy weight/constant files, ``use_pickle``
-    tensors, custom or opaque objects."""
+def check_pt2_archive(data: bytes, name: str) -> None:
+    """Refuse a .pt2 archive (given as its bytes, the very bytes that are then loaded) that
+    torch.export.load would load with a full unpickler or as native code: legacy pickled
+    weight/constant files, payloads marked ``use_pickle``, custom or opaque objects, compiled
+    AOTInductor packages, and sample inputs that torch's restricted (``weights_only=True``)
+    unpickler refuses (torch.export.load retries those with the full unpickler). What passes
+    holds nothing that torch.export.load unpickles beyond the restricted unpickler."""
+    import io
     import json
 
     try:
-        z = zipfile.ZipFile(path)
+        z = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
-        raise ModelLoadError(f"{path.name} is not a torch.export archive (not a zip file)") from None
+        raise ModelLoadError(f"{name} is not a torch.export archive (not a zip file)") from None
     with z:
         for info in z.infolist():
-            name = info.filename
-            parts = name.split("/")
-            if len(parts) >= 3 and parts[-3] == "data" and parts[-2] in ("weights", "constants") \
-                    and name.endswith(".pt"):
-                raise UnsafeConfigError(f"{path.name}: {name} is a pickled legacy payload; re-save the "
+            member = info.filename
+            parts = member.split("/")
+            folder = parts[-2] if len(parts) >= 2 else ""
+            if "aotinductor" in parts[:-1]:
+                raise UnsafeConfigError(f"{name}: {member} is a compiled AOTInductor package (native code); "
+                                        "only torch.export programs are loaded")
+            if folder in ("weights", "constants") and member.endswith(".pt"):
+                raise UnsafeConfigError(f"{name}: {member} is a pickled legacy payload; re-save the "
                                         "program with a current torch.export.save")
-            if name.endswith("_config.json") and "/data/" in f"/{name}":
+            if folder == "sample_inputs":
+                try:
+                    torch.load(io.BytesIO(z.read(info)), weights_only=True, map_location="cpu")
+                except Exception:
+                    raise UnsafeConfigError(f"{name}: {member} holds pickled objects beyond tensors; such a "
+                                            "program is never loaded") from None
+            if member.endswith("_config.json") and "/data/" in f"/{member}":
                 if info.file_size > 64 * 1024 * 1024:
-                    raise UnsafeConfigError(f"{path.name}: {name} is implausibly large")
+                    raise UnsafeConfigError(f"{name}: {member} is implausibly large")
                 try:
                     cfg = json.loads(z.read(info).decode("utf-8")).get("config", {})
                 except (ValueError, AttributeError):
-                    raise ModelLoadError(f"{path.name}: {name} is not valid JSON") from None
+                    raise ModelLoadError(f"{name}: {member} is not valid JSON") from None
                 for fqn, meta in (cfg.items() if isinstance(cfg, dict) else []):
                     pn = str((meta or {}).get("path_name", ""))
                     if (meta or {}).get("use_pickle") or pn.startswith(("custom_obj", "opaque_obj")):
-                        raise UnsafeConfigError(f"{path.name}: {fqn} is stored as a pickled object; "
+                        raise UnsafeConfigError(f"{name}: {fqn} is stored as a pickled object; "
                                                 "such a program is never loaded")
 
 
-@contextmanager
-def _no_unpickling():
-    """Inside: ``torch.load`` always uses ``weights_only=True`` and ``pickle.loads`` /
-    TorchScript object unpickling raise (defence in depth for torch.export.load)."""
-    import pickle
+def _load_export(p: Path):
+    """torch.export.load on bytes read once and checked by :func:`check_pt2_archive` (no
+    window between the check and the load in which the file could change)."""
+    import io
 
-    real_load, real_loads = torch.load, pickle.loads
-    real_obj = getattr(torch._C, "_pickle_load_obj", None)
-
-    def safe_load(*a, **kw):
-        kw["weights_only"] = True
-        return real_load(*a, **kw)
-
-    def refuse(*_a, **_k):
-        raise UnsafeConfigError("the program holds a pickled object; such a program is never loaded")
-
-    with _LOAD_LOCK:
-        torch.load, pickle.loads = safe_load, refuse
-        if real_obj is not None:
-            torch._C._pickle_load_obj = refuse
-        try:
-            yield
-        finally:
-            torch.load, pickle.loads = real_load, real_loads
-            if real_obj is not None:
-                torch._C._pickle_load_obj = real_obj
+    with open(regular_file(p, "model file", error=ModelLoadError), "rb") as fh:
+        data = fh.read()
+    check_pt2_archive(data, p.name)
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except SegExplainError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{p.name} is not a torch.export program: {str(exc).splitlines()[0][:200]}") from exc
 
 
 def export_constraints(prog, sd: int) -> dict:
@@ -316,14 +313,7 @@ def _load_compiled(p: Path, device, exported: bool) -> SegModel:
     meta = read_json(side, "Model sidecar")
     s = _settings(meta, meta, f"sidecar {side.name}")
     if exported:
-        check_pt2_archive(p)
-        try:
-            with _no_unpickling():
-                prog = torch.export.load(str(p))
-        except SegExplainError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"{p.name} is not a torch.export program: {str(exc).splitlines()[0][:200]}") from exc
+        prog = _load_export(p)
         kinds = {str(n.target) for n in prog.graph.nodes if n.op == "call_function"}
         bad = sorted(k for k in kinds if any(f.split("::")[1] in k for f in FILE_OPS if "::" in f))
         if bad:
