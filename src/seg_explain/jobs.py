@@ -101,22 +101,19 @@ def events(gen: Iterator, stage: str, token: CancelToken | None = None) -> Itera
 def drive(gen: Iterator, callback: Callable[[int, int], Any] | None = None,
           token: CancelToken | None = None):
     """Run a generator to completion, calling ``callback(done, total)`` for each step
-    (``(done, total)`` tuples and :class:`ProgressEvent` alike); return its value."""
+    (``(done, total)`` tuples and :class:`ProgressEvent` alike); return its value. The same
+    loop as :func:`events` (token checked between steps, generator closed whatever happens)."""
+    it = events(gen, "", token)
     try:
         while True:
-            if token is not None:
-                token.check()
             try:
-                p = next(gen)
+                ev = next(it)
             except StopIteration as stop:
                 return stop.value
             if callback is not None:
-                if isinstance(p, ProgressEvent):
-                    callback(p.done, p.total)
-                else:
-                    callback(*p)
+                callback(ev.done, ev.total)
     finally:
-        gen.close()
+        it.close()      # closes gen too, even when the callback raises
 
 
 def relay(gen: Iterator, offset: int, span: int, total: int) -> Iterator[tuple[int, int]]:

@@ -43,7 +43,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..allocator import tune_allocator
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -54,10 +53,10 @@ from .layers import (
     is_result_layer,
     spatial_dims_of,
 )
-from .model_picker import ModelPicker, settings
+from .model_picker import settings
 from .params import ParamForm, compact_all
 from .ui import ClosingDock, notify_error, notify_info
-from .workers import JobRunner, ModelCache, ensure_imports, one_line, scalar_items
+from .workers import ModelCache, one_line, scalar_items
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +153,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        tune_allocator()      # on the GUI thread, before any worker thread has its own malloc arena
-        ensure_imports()      # heavy imports on the main thread, never racing a worker
-        self.viewer = napari_viewer
-        self.runner = JobRunner()
-        self.picker = ModelPicker()
-        self.cache = self.picker.cache
+        self.start_jobs(napari_viewer)   # viewer, runner, picker, cache (see ClosingDock)
         self.settings = settings()
         self.result = None                     # the result shown (partial while a run goes on)
         self._previous = None                  # the result before the running job (cancel = back)
@@ -927,8 +921,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
     def _shutdown_workers(self) -> None:
         """Stop and join every worker (the dock or the viewer is closing; see ClosingDock)."""
         self._draw_timer.stop()
-        self.runner.shutdown()
-        self.picker.shutdown()
+        super()._shutdown_workers()
 
 
 __all__ = ["Agg2ExpWidget", "agg_job", "cell_job"]

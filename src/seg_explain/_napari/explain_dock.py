@@ -51,7 +51,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..allocator import tune_allocator
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -69,10 +68,10 @@ from .layers import (
     spatial_shape_of,
     sync_attribution_colormaps,
 )
-from .model_picker import ModelPicker, settings
+from .model_picker import settings
 from .params import ParamForm, compact, compact_all, fit_to_dock
 from .ui import ClosingDock, notify_error, notify_info, notify_warning
-from .workers import ExplainRequest, JobRunner, ensure_imports, explain_job, one_line, scalar_items
+from .workers import ExplainRequest, explain_job, one_line, scalar_items
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +93,7 @@ class ExplainWidget(ClosingDock, QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        tune_allocator()      # on the GUI thread, before any worker thread has its own malloc arena
-        ensure_imports()      # heavy imports on the main thread, never racing a worker
-        self.viewer = napari_viewer
-        self.runner = JobRunner()
-        self.picker = ModelPicker()
-        self.cache = self.picker.cache
+        self.start_jobs(napari_viewer)   # viewer, runner, picker, cache (see ClosingDock)
         self._current_req: ExplainRequest | None = None
         self._bank_folder: str | None = None
         self._updating = False
@@ -1025,8 +1019,7 @@ class ExplainWidget(ClosingDock, QWidget):
     def _shutdown_workers(self) -> None:
         """Stop and join every worker (the viewer or the dock is closing; see ClosingDock)."""
         self._cost_timer.stop()
-        self.runner.shutdown()
-        self.picker.shutdown()
+        super()._shutdown_workers()
 
 
 def _range_text(limits) -> str:

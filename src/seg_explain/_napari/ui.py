@@ -65,12 +65,29 @@ class ClosingDock:
     _closed = False
     _docked = False
 
+    def start_jobs(self, viewer) -> None:
+        """What a dock that runs jobs does first, on the GUI thread: the malloc tuning (before
+        any worker thread has its own arena), the heavy imports (never in a worker, where they
+        would race the main thread's), its job runner and its model picker."""
+        from ..allocator import tune_allocator
+        from .model_picker import ModelPicker
+        from .workers import JobRunner, ensure_imports
+
+        tune_allocator()
+        ensure_imports()
+        self.viewer = viewer
+        self.runner = JobRunner()
+        self.picker = ModelPicker()
+        self.cache = self.picker.cache
+
     def watch_closing(self, viewer) -> None:
         """Arm the rule (the main window is watched once the dock is in it)."""
         self._watched_window = None   # id() of the watched main window
 
-    def _shutdown_workers(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _shutdown_workers(self) -> None:
+        """Stop and join the workers :meth:`start_jobs` made (docks stop their timers first)."""
+        self.runner.shutdown()
+        self.picker.shutdown()
 
     def shutdown(self) -> None:
         if self._closed:
