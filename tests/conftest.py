@@ -87,5 +87,16 @@ def bundle3d(tmp_path):
 
 
 @pytest.fixture
+def sample_bundle2d():
+    """The trained 2D sample bundle the repository ships (16 brain classes); the GUI tests
+    drive it as a user would. Missing, it is an error: no random stand-in."""
+    from seg_explain.paths import sample_path
+
+    real = sample_path("models", "brain2d")
+    assert (real / "configs" / "metadata.json").is_file(), f"the shipped 2D sample bundle is missing: {real}"
+    return real
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -17,24 +17,10 @@ from seg_explain._napari._testing import ensure_display
 HAS_DISPLAY = ensure_display()
 pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no DISPLAY and no Xvfb installed")
 
-from conftest import UNET_DEF, make_unet, write_bundle  # noqa: E402
 
 from seg_explain.paths import sample_path  # noqa: E402
 
 MAX_DOCK_PX = 420
-
-
-@pytest.fixture
-def bundle2d(tmp_path):
-    real = sample_path("models", "brain2d")
-    if (real / "configs" / "metadata.json").is_file():
-        return real
-    from seg_explain._napari.sample_data import class_names
-
-    names = class_names()
-    net = make_unet(2, out_channels=len(names))
-    return write_bundle(tmp_path / "tiny2d", {**UNET_DEF, "spatial_dims": 2, "out_channels": len(names)}, net,
-                        names, (32, 32))
 
 
 def _dock(viewer):
@@ -84,7 +70,7 @@ def _corner_rgb(path):
     return tuple(np.asarray(Image.open(path).convert("RGB"))[3, 3])
 
 
-def test_before_the_first_run(make_napari_viewer, qtbot, bundle2d):
+def test_before_the_first_run(make_napari_viewer, qtbot, sample_bundle2d):
     from seg_explain.aggregate import Agg2ExpRun
     from seg_explain.explainers.registry import specs
 
@@ -106,7 +92,7 @@ def test_before_the_first_run(make_napari_viewer, qtbot, bundle2d):
         assert widget.method_combo.itemText(i) == f"{by_name[n].title} · {by_name[n].cost_class}"
     assert widget.method == inspect.signature(Agg2ExpRun).parameters["method"].default
     spec = by_name[widget.method]
-    widget.select_model(str(bundle2d))
+    widget.select_model(str(sample_bundle2d))
     assert widget.wait_model(60)
     assert set(widget.params.editors) == {p.name for p in spec.params if p.kind not in ("bank", "label_map")}
     # a narrow dock: its hints and the width it gets when docked
@@ -116,7 +102,7 @@ def test_before_the_first_run(make_napari_viewer, qtbot, bundle2d):
     assert widget.width() <= MAX_DOCK_PX, widget.width()
 
 
-def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, bundle2d, tmp_path,
+def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, sample_bundle2d, tmp_path,
                                                      monkeypatch):
     from matplotlib.colors import to_hex
     from napari.utils.theme import get_theme
@@ -128,7 +114,7 @@ def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, 
     viewer.theme = "dark"
     image = _image(viewer)
     widget = _dock(viewer)
-    widget.select_model(str(bundle2d))
+    widget.select_model(str(sample_bundle2d))
     widget.set_method("gradient")
     assert widget.image_combo.currentText() == image.name
     values: list[int] = []
@@ -227,14 +213,14 @@ def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, 
     assert files[1].name == "global_importance.csv" and files[1].is_file()
 
 
-def test_files_view_partial_results_cell_job_and_cancel(make_napari_viewer, qtbot, bundle2d, tmp_path,
+def test_files_view_partial_results_cell_job_and_cancel(make_napari_viewer, qtbot, sample_bundle2d, tmp_path,
                                                         monkeypatch):
     import tifffile
 
     viewer = make_napari_viewer()
     image = _image(viewer)
     widget = _dock(viewer)
-    widget.select_model(str(bundle2d))
+    widget.select_model(str(sample_bundle2d))
     widget.set_method("gradient")
     src = sample_path("brain2d", "colin27_axial_t1.tif")
     flipped = tmp_path / "flipped.tif"
@@ -289,11 +275,11 @@ def test_files_view_partial_results_cell_job_and_cancel(make_napari_viewer, qtbo
 
 
 @pytest.mark.parametrize("how", ["shutdown", "remove the dock"])
-def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, bundle2d, how):
+def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, sample_bundle2d, how):
     viewer = make_napari_viewer()
     _image(viewer)
     widget = _dock(viewer)
-    widget.select_model(str(bundle2d))
+    widget.select_model(str(sample_bundle2d))
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 5000)
     widget.run_button.click()
@@ -311,11 +297,11 @@ def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, bundle2d, ho
     _image(viewer)
 
 
-def test_closing_the_viewer_stops_the_run(make_napari_viewer, qtbot, bundle2d):
+def test_closing_the_viewer_stops_the_run(make_napari_viewer, qtbot, sample_bundle2d):
     viewer = make_napari_viewer()
     _image(viewer)
     widget = _dock(viewer)
-    widget.select_model(str(bundle2d))
+    widget.select_model(str(sample_bundle2d))
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 5000)
     widget.run_button.click()

@@ -17,28 +17,12 @@ pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no
 
 from conftest import UNET_DEF, make_unet, write_bundle  # noqa: E402
 
-from seg_explain.paths import sample_path  # noqa: E402
-
 PLUGIN = "napari-seg-explain"
 
 
 @pytest.fixture(autouse=True)
 def _plugin_main_thread(monkeypatch):
     monkeypatch.setenv("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
-
-
-@pytest.fixture
-def bundle2d(tmp_path):
-    """The trained 2D sample bundle if installed, else a tiny random one (16 sample classes)."""
-    real = sample_path("models", "brain2d")
-    if (real / "configs" / "metadata.json").is_file():
-        return real
-    from seg_explain._napari.sample_data import class_names
-
-    names = class_names()
-    net = make_unet(2, out_channels=len(names))
-    return write_bundle(tmp_path / "tiny2d", {**UNET_DEF, "spatial_dims": 2, "out_channels": len(names)}, net,
-                        names, (32, 32))
 
 
 @pytest.fixture
@@ -97,13 +81,13 @@ def kind_of(layer):
     return (layer.metadata.get("seg_explain") or {}).get("kind")
 
 
-def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     viewer = make_napari_viewer()
     image, labels, roi = add_sample2d(viewer)
     before_img, before_roi = image.data.copy(), roi.data.copy()
     opacities = {ly.name: ly.opacity for ly in (labels, roi)}
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     assert widget.image_combo.currentText() == image.name
     set_combo(widget.roi_combo, roi.name)
     assert widget.class_combo.currentText() == "frontal_L"  # the RoI's class hint
@@ -224,13 +208,13 @@ def test_cost_estimate_warning_and_cheaper_settings(make_napari_viewer, qtbot, b
     qtbot.waitUntil(lambda: widget.cost_warning.text() == "", timeout=5000)
 
 
-def test_progress_and_eta_inside_the_dock_then_cancel(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_progress_and_eta_inside_the_dock_then_cancel(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     import time
 
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 20000)
@@ -254,11 +238,11 @@ def test_progress_and_eta_inside_the_dock_then_cancel(make_napari_viewer, qtbot,
     assert viewer.layers.selection.active.name.startswith("Vanilla gradient · ")
 
 
-def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("pdcr")
     set_combo(widget.bank_combo, "sample bank (MNI152)")
@@ -280,11 +264,11 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, bun
     assert any(kind_of(ly) == "roi_outline" for ly in viewer.layers)
 
 
-def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("gradient")
     run_explain(widget, qtbot)
@@ -311,7 +295,7 @@ def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer,
     np.testing.assert_array_equal(attr.data, raw)
 
 
-def test_model_handling_is_predictable(make_napari_viewer, qtbot, tmp_path, bundle2d, monkeypatch):
+def test_model_handling_is_predictable(make_napari_viewer, qtbot, tmp_path, sample_bundle2d, monkeypatch):
     from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QFileDialog
 
@@ -320,7 +304,7 @@ def test_model_handling_is_predictable(make_napari_viewer, qtbot, tmp_path, bund
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     good = widget.model_info["path"]
     # a 3D image added later does not switch the model: the dock says why Explain is off
     vol = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="a volume")
@@ -358,7 +342,7 @@ def test_explain_disabled_says_why(make_napari_viewer, qtbot, bundle3d_tiny, mon
 
 
 def test_new_roi_layer_uses_the_sample_colour_and_empty_label_is_a_notification(
-        make_napari_viewer, qtbot, bundle2d, monkeypatch):
+        make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     from napari.utils.notifications import notification_manager
 
     from seg_explain._napari.explain_dock import ROI_COLOR
@@ -366,7 +350,7 @@ def test_new_roi_layer_uses_the_sample_colour_and_empty_label_is_a_notification(
     viewer = make_napari_viewer()
     image, _labels, _roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     widget.new_roi_button.click()          # an empty RoI layer on the image's grid
     new = viewer.layers.selection.active
     assert new.name.startswith("RoI") and new.data.shape == image.data.shape
@@ -484,13 +468,13 @@ def test_long_names_do_not_widen_the_dock(make_napari_viewer, qtbot):
     widget.shutdown()
 
 
-def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     """napari's dock × takes the widget out of its frame without closing it: the running
     explanation must still be stopped and its thread joined (no signal to a deleted widget)."""
     viewer = make_napari_viewer()
     image, _labels, roi = add_sample2d(viewer)
     dw, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Explain segmentation")
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 20000)
     widget.batch_edit.setText("2")
@@ -501,11 +485,11 @@ def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, bundle2d,
     assert widget._closed and not widget.running
 
 
-def test_closing_the_viewer_joins_a_running_explanation(make_napari_viewer, qtbot, bundle2d, monkeypatch):
+def test_closing_the_viewer_joins_a_running_explanation(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     viewer = make_napari_viewer()      # a hidden window: the dock must find it anyway
     image, _labels, roi = add_sample2d(viewer)
     widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, bundle2d, qtbot, monkeypatch)
+    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 20000)
     widget.batch_edit.setText("2")
