@@ -32,6 +32,15 @@ def bundle3d_tiny(tmp_path):
                         ["background", "a", "b", "c"], (16, 16, 16))
 
 
+def dock_on_sample2d(viewer, qtbot, bundle, monkeypatch):
+    """The 2D sample in ``viewer`` and the Explain dock with ``bundle`` loaded:
+    (viewer, dock, image layer, RoI layer)."""
+    image, _labels, roi = add_sample2d(viewer)
+    widget = open_dock(viewer, qtbot)
+    choose_bundle(widget, bundle, qtbot, monkeypatch)
+    return viewer, widget, image, roi
+
+
 def add_sample2d(viewer):
     """The 2D sample's layers as napari would add them from the sample menu."""
     from seg_explain._napari.sample_data import sample_brain2d
@@ -211,10 +220,7 @@ def test_cost_estimate_warning_and_cheaper_settings(make_napari_viewer, qtbot, b
 def test_progress_and_eta_inside_the_dock_then_cancel(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     import time
 
-    viewer = make_napari_viewer()
-    image, _labels, roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 20000)
@@ -239,10 +245,7 @@ def test_progress_and_eta_inside_the_dock_then_cancel(make_napari_viewer, qtbot,
 
 
 def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
-    viewer = make_napari_viewer()
-    image, _labels, roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("pdcr")
     set_combo(widget.bank_combo, "sample bank (MNI152)")
@@ -265,10 +268,7 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sam
 
 
 def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
-    viewer = make_napari_viewer()
-    image, _labels, roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     set_combo(widget.roi_combo, roi.name)
     widget.set_method("gradient")
     run_explain(widget, qtbot)
@@ -301,10 +301,7 @@ def test_model_handling_is_predictable(make_napari_viewer, qtbot, tmp_path, samp
 
     from seg_explain._napari.model_picker import BROWSE_FILE
 
-    viewer = make_napari_viewer()
-    image, _labels, roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     good = widget.model_info["path"]
     # a 3D image added later does not switch the model: the dock says why Explain is off
     vol = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="a volume")
@@ -347,10 +344,7 @@ def test_new_roi_layer_uses_the_sample_colour_and_empty_label_is_a_notification(
 
     from seg_explain._napari.explain_dock import ROI_COLOR
 
-    viewer = make_napari_viewer()
-    image, _labels, _roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    viewer, widget, image, _roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     widget.new_roi_button.click()          # an empty RoI layer on the image's grid
     new = viewer.layers.selection.active
     assert new.name.startswith("RoI") and new.data.shape == image.data.shape
@@ -486,10 +480,8 @@ def test_removing_the_dock_stops_its_worker(make_napari_viewer, qtbot, sample_bu
 
 
 def test_closing_the_viewer_joins_a_running_explanation(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
-    viewer = make_napari_viewer()      # a hidden window: the dock must find it anyway
-    image, _labels, roi = add_sample2d(viewer)
-    widget = open_dock(viewer, qtbot)
-    choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
+    # a hidden window: the dock must find it anyway
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 20000)
     widget.batch_edit.setText("2")

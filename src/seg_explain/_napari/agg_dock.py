@@ -706,13 +706,19 @@ class Agg2ExpWidget(ClosingDock, QWidget):
                 ha="center", va="center", transform=ax.transAxes, fontsize=9)
         apply_theme(fig, theme)
 
-    def draw_heatmap(self, fig, theme) -> None:
-        from ..plots import plot_heatmap
-
+    def _fresh_figure(self, fig, theme):
+        """Clear ``fig``; the matrix to draw, or None after drawing the placeholder."""
         fig.clear()
         m = self.current_matrix()
         if m is None:
             self._placeholder(fig, theme)
+        return m
+
+    def draw_heatmap(self, fig, theme) -> None:
+        from ..plots import plot_heatmap
+
+        m = self._fresh_figure(fig, theme)
+        if m is None:
             return
         res = self.result
         rows = [i for i in range(m.shape[0]) if not np.isnan(m[i]).all()]
@@ -724,10 +730,8 @@ class Agg2ExpWidget(ClosingDock, QWidget):
     def draw_graph(self, fig, theme) -> None:
         from ..plots import plot_graph
 
-        fig.clear()
-        m = self.current_matrix()
+        m = self._fresh_figure(fig, theme)
         if m is None:
-            self._placeholder(fig, theme)
             return
         res = self.result
         excl = [] if self.show_background.isChecked() else [n for n in res.col_names if n.lower() == "background"]
