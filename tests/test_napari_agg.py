@@ -274,16 +274,21 @@ def test_files_view_partial_results_cell_job_and_cancel(make_napari_viewer, qtbo
     assert len(viewer.layers) == n and widget.progress.isHidden()
 
 
-@pytest.mark.parametrize("how", ["shutdown", "remove the dock"])
-def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, sample_bundle2d, how):
-    viewer = make_napari_viewer()
+def _long_run(viewer, qtbot, bundle):
+    """An Agg2Exp run long enough to be interrupted, started and under way: (viewer, dock)."""
     _image(viewer)
     widget = _dock(viewer)
-    widget.select_model(str(sample_bundle2d))
+    widget.select_model(str(bundle))
     widget.set_method("smoothgrad")
     widget.params.set_value("n_samples", 5000)
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=60000)
+    return viewer, widget
+
+
+@pytest.mark.parametrize("how", ["shutdown", "remove the dock"])
+def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, sample_bundle2d, how):
+    viewer, widget = _long_run(make_napari_viewer(), qtbot, sample_bundle2d)
     assert widget.runner.thread_alive
     n = len(viewer.layers)
     if how == "shutdown":
@@ -298,14 +303,7 @@ def test_shutdown_joins_a_running_worker(make_napari_viewer, qtbot, sample_bundl
 
 
 def test_closing_the_viewer_stops_the_run(make_napari_viewer, qtbot, sample_bundle2d):
-    viewer = make_napari_viewer()
-    _image(viewer)
-    widget = _dock(viewer)
-    widget.select_model(str(sample_bundle2d))
-    widget.set_method("smoothgrad")
-    widget.params.set_value("n_samples", 5000)
-    widget.run_button.click()
-    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=60000)
+    viewer, widget = _long_run(make_napari_viewer(), qtbot, sample_bundle2d)
     runner = widget.runner
     viewer.close()
     assert not runner.thread_alive
