@@ -56,7 +56,7 @@ from .layers import (
 from .model_picker import settings
 from .params import ParamForm, compact_all
 from .ui import ClosingDock, notify_error, notify_info
-from .workers import ModelCache, one_line, scalar_items
+from .workers import ModelCache, one_line, scalar_items, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -587,16 +587,9 @@ class Agg2ExpWidget(ClosingDock, QWidget):
             w.setEnabled(not running)
 
     def _on_message(self, msg) -> None:
-        from ..jobs import ProgressEvent
-
-        if isinstance(msg, ProgressEvent):
-            if msg.total:
-                self.progress.setRange(0, 1000)
-                self.progress.setValue(int(1000 * msg.fraction))
-            self.stage.setText(msg.text())
-        elif isinstance(msg, tuple) and msg and msg[0] == "status":
-            self.stage.setText(str(msg[1]))
-        elif isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "partial":
+        if show_progress(msg, self.progress, self.stage):
+            return
+        if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "partial":
             self._show_result(msg[2], partial=True)
 
     def _on_failure(self, failure) -> None:

@@ -71,7 +71,7 @@ from .layers import (
 from .model_picker import settings
 from .params import ParamForm, compact, compact_all, fit_to_dock
 from .ui import ClosingDock, notify_error, notify_info, notify_warning
-from .workers import ExplainRequest, explain_job, one_line, scalar_items
+from .workers import ExplainRequest, explain_job, one_line, scalar_items, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -762,15 +762,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self._schedule_cost()
 
     def _on_job_message(self, msg) -> None:
-        from ..jobs import ProgressEvent
-
-        if isinstance(msg, ProgressEvent):
-            if msg.total:
-                self.progress.setRange(0, 1000)
-                self.progress.setValue(int(1000 * msg.fraction))
-            self.stage.setText(msg.text())
-        elif isinstance(msg, tuple) and msg and msg[0] == "status":
-            self.stage.setText(str(msg[1]))
+        show_progress(msg, self.progress, self.stage)
 
     def wait_model(self, timeout_s: float = 60.0) -> bool:
         """Block (processing Qt events) until the model is loaded; for scripts."""

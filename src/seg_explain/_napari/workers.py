@@ -425,3 +425,19 @@ def _make_progress(desc: str, on_cancel: Callable[[], None]):
             on_cancel()
 
     return _Progress(total=0, desc=desc)
+
+
+def show_progress(msg, bar, stage) -> bool:
+    """Show a job message on a dock's progress bar and stage label: a :class:`ProgressEvent`
+    (fraction, stage text with the ETA) or a ``("status", text)`` line. False for any other
+    message (the dock's own, e.g. a partial result)."""
+    if isinstance(msg, ProgressEvent):
+        if msg.total:
+            bar.setRange(0, 1000)
+            bar.setValue(int(1000 * msg.fraction))
+        stage.setText(msg.text())
+        return True
+    if isinstance(msg, tuple) and msg and msg[0] == "status":
+        stage.setText(str(msg[1]))
+        return True
+    return False
