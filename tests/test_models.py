@@ -135,9 +135,18 @@ def test_2d_model_given_3d_image(tmp_path):
     with pytest.raises(InputMismatchError, match="2D model"):
         m.predict(np.zeros((8, 32, 32, 2), np.float32))
     aff = np.eye(4)
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), aff), tmp_path / "v.nii.gz")
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(size=(32, 32, 5)).astype(np.float32), aff), tmp_path / "v.nii.gz")
+    vol = load_image(tmp_path / "v.nii.gz")
     with pytest.raises(InputMismatchError, match="2D model but the image is 3D"):
-        m.predict(load_image(tmp_path / "v.nii.gz"))
+        m.prepare(vol)
+    # a volume from load_image is predicted slice by slice (axial, the first array axis),
+    # each slice exactly as explain(..., slice_index=k) sees it
+    pred = m.predict(vol)
+    assert pred.shape == vol.spatial_shape
+    for k in range(vol.spatial_shape[0]):
+        np.testing.assert_array_equal(pred[k], m.predict(vol.data[k]))
+    np.testing.assert_allclose(m.logits(vol)[:, 2], m.logits(vol.data[2]), rtol=0, atol=0)
 
 
 def _sidecar(path, n_classes=4, patch=(16, 16, 16)):

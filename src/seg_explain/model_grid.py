@@ -33,13 +33,13 @@ class ModelGrid:
         return self.ornt is None and tuple(self.image_shape) == tuple(self.model_shape)
 
     @property
-    def _oriented_shape(self) -> tuple[int, ...]:
+    def oriented_shape(self) -> tuple[int, ...]:
         if self.ornt is None:
             return tuple(self.image_shape)
         return tuple(int(self.image_shape[int(a)]) for a in np.argsort(self.ornt[:, 0]))
 
     # ---- numpy / torch helpers -------------------------------------------------------
-    def _reorient(self, arr: np.ndarray, inverse: bool) -> np.ndarray:
+    def reorient(self, arr: np.ndarray, inverse: bool = False) -> np.ndarray:
         if self.ornt is None:
             return arr
         from nibabel import orientations as o
@@ -73,14 +73,14 @@ class ModelGrid:
 
     def to_model(self, arr: np.ndarray, order: int = 1) -> np.ndarray:
         """Image-grid array (leading axes allowed) -> model grid. order 0 for masks."""
-        a = self._reorient(np.asarray(arr), inverse=False)
+        a = self.reorient(np.asarray(arr), inverse=False)
         return self._resize(a, self.model_shape, order)
 
     def to_image(self, arr, order: int = 1):
         """Model-grid array (numpy) -> image grid by interpolation. order 0 for label maps
         and block maps (nearest neighbour), 1 for heat maps (linear)."""
-        a = self._resize(arr, self._oriented_shape, order)
-        return self._reorient(np.asarray(a), inverse=True)
+        a = self._resize(arr, self.oriented_shape, order)
+        return self.reorient(np.asarray(a), inverse=True)
 
     def adjoint_to_image(self, arr) -> np.ndarray:
         """Model-grid array ``(..., *model_shape)`` -> image grid by the **adjoint** of
@@ -100,7 +100,7 @@ class ModelGrid:
         if self.identity:
             return a.astype(np.float32, copy=False)
         sd = len(self.model_shape)
-        src = self._oriented_shape
+        src = self.oriented_shape
         if tuple(a.shape[-sd:]) != tuple(self.model_shape):
             raise ValueError(f"array of shape {a.shape} is not on the model grid {tuple(self.model_shape)}")
         if tuple(src) != tuple(self.model_shape):
@@ -112,7 +112,7 @@ class ModelGrid:
                 out = F.interpolate(z, size=tuple(self.model_shape), mode=mode, align_corners=False)
                 (g,) = torch.autograd.grad(out, z, y)
             a = g.reshape(*lead, *src).numpy()
-        return self._reorient(a, inverse=True).astype(np.float32)
+        return self.reorient(a, inverse=True).astype(np.float32)
 
 
 def invert_ornt(ornt: np.ndarray) -> np.ndarray:

@@ -25,8 +25,12 @@ Helpers:
 - :func:`window_slices`, :func:`model_windows` the window slices alone
 - :func:`windows_touching` the windows that hold any voxel of a mask
 
-Blending weights and the accumulator that uses them live in
-:mod:`seg_explain.explainers.engine`.
+- :class:`WindowWeights` the blending weights ``w_k / Σw`` of a tiling, from the model's
+  importance map (:meth:`SegModel.importance_map`)
+
+Every method that evaluates a model asks the model for its tiling and weights
+(:meth:`SegModel.tiling`, :meth:`SegModel.window_weights`); nothing here decides them for a
+model. MONAI is imported only when MONAI's geometry or importance map is asked for.
 """
 from __future__ import annotations
 
@@ -146,15 +150,9 @@ def tile(shape: Sequence[int], patch: Sequence[int] | None, overlap: float = 0.2
 
 def model_tiling(model, shape: Sequence[int]) -> Tiling:
     """The tiling ``model`` uses for a prepared image of spatial ``shape`` (model grid):
-    MONAI's sliding windows when the image exceeds the patch on some axis, else the whole
-    image (what :meth:`SegModel.logits_tensor` does)."""
-    shape = tuple(int(s) for s in shape)
-    if not model.needs_windows(shape):
-        return whole(shape)
-    own = getattr(model, "tiling", None)      # a model with its own windows (nnU-Net's steps)
-    if callable(own):
-        return own(shape)
-    return tile(shape, model.patch_size, getattr(model, "overlap", 0.25))
+    the model's own answer (:meth:`SegModel.tiling <seg_explain.models.segmodel.SegModel.tiling>`;
+    MONAI's windows by default, nnU-Net's steps for nnU-Net models)."""
+    return model.tiling(tuple(int(s) for s in shape))
 
 
 def window_slices(shape: Sequence[int], patch: Sequence[int] | None, overlap: float = 0.25) -> list[Window]:
@@ -171,3 +169,63 @@ def windows_touching(windows: Sequence[Window], mask) -> list[int]:
     """Indices of the windows that contain at least one True voxel of ``mask`` (same grid)."""
     m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     return [i for i, w in enumerate(windows) if bool(m[w].any())]
+
+
+# -------------------------------------------------------------------- blend weights --
+BLEND_MODES = ("constant", "gaussian")
+DEFAULT_SIGMA_SCALE = 0.125   # sliding_window_inference's default
+
+
+def check_blend(blend: str) -> str:
+    mode = str(blend or "constant").lower()
+    if mode not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    return mode
+
+
+def monai_importance_map(patch: Sequence[int], blend: str = "constant",
+                         sigma_scale: float = DEFAULT_SIGMA_SCALE) -> torch.Tensor:
+    """``monai.data.utils.compute_importance_map`` for a window of shape ``patch`` (float32,
+    CPU): ones (``"constant"``) or a Gaussian with σ = ``sigma_scale`` · patch."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(tuple(int(p) for p in patch), mode=check_blend(blend),
+                                  sigma_scale=sigma_scale, device="cpu", dtype=torch.float32)
+
+
+class WindowWeights:
+    """The blending weights of a :class:`Tiling`: the blended output is
+    ``Σ_k w_k · out_k / Σw`` (as ``sliding_window_inference`` and nnU-Net blend).
+
+    :meth:`of` gives ``w / Σw`` on one window (``None`` when there is a single window: the
+    weight is 1 everywhere). ``importance`` is the window's importance map, ``norm`` the
+    per-voxel sum of the importance maps of all windows (padded grid), both float32.
+    Built by the model (:meth:`SegModel.window_weights`); ``importance`` may be given, else
+    MONAI's map for ``blend`` / ``sigma_scale`` is used.
+    """
+
+    def __init__(self, tiling: Tiling, blend: str = "constant", sigma_scale: float = DEFAULT_SIGMA_SCALE,
+                 importance: torch.Tensor | None = None):
+        mode = check_blend(blend)
+        self.tiling = tiling
+        self.single = len(tiling.windows) == 1
+        self.importance = None
+        self.norm = None
+        if not self.single:
+            self.importance = (importance.detach().to("cpu", torch.float32) if importance is not None else
+                               monai_importance_map(tiling.patch, mode, sigma_scale))
+            self.norm = torch.zeros(tiling.padded_shape, dtype=torch.float32)
+            for w in tiling.windows:
+                self.norm[w] += self.importance
+
+    @classmethod
+    def for_model(cls, model, shape) -> WindowWeights:
+        """The weights ``model`` blends with on a prepared image of spatial ``shape``
+        (:meth:`SegModel.window_weights`)."""
+        return model.window_weights(tuple(int(s) for s in shape))
+
+    def of(self, win: Window) -> torch.Tensor | None:
+        """``w / Σw`` on window ``win`` (window shape, float32), or None for weight 1."""
+        if self.single:
+            return None
+        return self.importance / self.norm[win]

@@ -154,7 +154,7 @@ def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None 
     ctx = Context(model, prep, c, torch.zeros(()), seed=seed, batch_size=batch_size)
     if clean_logits is not None:
         ctx._clean_logits = clean_logits
-    pred_img = prep.to_image(ctx.clean_labels.numpy().astype(np.int32), order=0)
+    pred_img = model.image_labels(prep, ctx.clean_logits)    # THE prediction (model.predict's)
     if roi is not None and np.asarray(roi).shape != tuple(prep.image_shape):
         raise InputMismatchError(
             f"RoI shape {np.asarray(roi).shape} does not match the image's spatial shape {tuple(prep.image_shape)}")
@@ -183,11 +183,10 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
     if spec.caps.hooks:
         model.check_hookable(method)
     t0 = time.perf_counter()
-    volume = None
+    vol_image = None
     if slice_index is not None:
-        volume = _volume_shape(model, image)
         vol_image = image
-        image, roi, full = _take_slice(model, spec, image, roi, full, slice_index, volume)
+        image, roi, full, slice_index = _take_slice(model, spec, image, roi, full, slice_index)
     ctx, roi_img, pred_img = make_context(model, image, target, roi, roi_mode, roi_label, seed, batch_size)
     result = yield from spec.fn(ctx, **full)
     extras: dict[str, Any] = {}
@@ -196,82 +195,31 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
     exp = finalize(ctx, spec.name, result, roi_img, {**full, "seed": seed, "batch_size": batch_size},
                    t0, extras)
     exp.prediction = pred_img
-    if volume is not None:
-        _embed(exp, model, vol_image, int(slice_index), volume)
+    if vol_image is not None:
+        _embed(exp, model, vol_image, slice_index)
     return exp
 
 
-def _volume_shape(model, image) -> tuple[int, ...]:
-    from ..io import LoadedImage
-
-    if model.spatial_dims != 2:
-        raise InputMismatchError("slice_index is for a 2D model on a 3D volume; this model is 3D")
-    if isinstance(image, LoadedImage):
-        if image.spatial_dims != 3:
-            raise InputMismatchError("slice_index needs a 3D volume")
-        return tuple(image.spatial_shape)
-    arr = np.asarray(image)
-    if arr.ndim == 3 and model.in_channels == 1:
-        return tuple(arr.shape)
-    if arr.ndim == 4 and arr.shape[0] == model.in_channels:
-        return tuple(arr.shape[1:])
-    raise InputMismatchError(f"slice_index needs a volume (Z, Y, X) or (C, Z, Y, X), got shape {arr.shape}")
-
-
-def _take_slice(model, spec, image, roi, params, k: int, volume):
-    """The axial slice ``k`` (first spatial axis) of a volume, its RoI and its label maps."""
-    from ..io import LoadedImage
-
-    own = getattr(model, "volume_slice", None)   # a model that slices in its own plane (nnU-Net 2D)
-    if callable(own) and isinstance(image, LoadedImage):
-        k = as_int("slice_index", k, 0, model.n_slices(image) - 1)
-
-        def cut(a):
-            return own(image.with_data(np.asarray(a)), k).data
-
-        params = dict(params)
-        for p in spec.params:
-            v = params.get(p.name)
-            if p.kind == "label_map" and isinstance(v, np.ndarray) and v.shape == tuple(volume):
-                params[p.name] = cut(v)
-        return own(image, k), (None if roi is None else cut(roi) != 0), params
-    k = as_int("slice_index", k, 0, volume[0] - 1)
-    if isinstance(image, LoadedImage):
-        data = image.data[k] if image.data.ndim == 3 else image.data[:, k]
-        origin = tuple(image.origin)[1:]
-        aff = np.diag([image.spacing[1], image.spacing[2], 1.0, 1.0])
-        aff[:2, 3] = origin
-        image = LoadedImage(np.ascontiguousarray(data), tuple(image.spacing[1:]), aff, image.path, 2,
-                            {"format": "array", "origin2d": origin})
-    else:
-        arr = np.asarray(image)
-        image = arr[k] if arr.ndim == 3 else arr[:, k]
-    if roi is not None:
-        r = np.asarray(roi)
-        if r.shape != tuple(volume):
-            raise InputMismatchError(f"RoI shape {r.shape} does not match the volume {tuple(volume)}")
-        roi = r[k]
+def _take_slice(model, spec, image, roi, params, k: int):
+    """Slice ``k`` of a volume as the model slices it (:meth:`SegModel.volume_slice`), with
+    the RoI and any label-map parameters given for the volume cut the same way."""
+    k = as_int("slice_index", k, 0, model.n_slices(image) - 1)
+    volume = tuple(np.asarray(image.data if hasattr(image, "data") else image).shape[-3:])
+    if roi is not None and np.asarray(roi).shape != volume:
+        raise InputMismatchError(f"RoI shape {np.asarray(roi).shape} does not match the volume {volume}")
     params = dict(params)
     for p in spec.params:           # label maps given for the volume (PdCR's reference)
         v = params.get(p.name)
-        if p.kind == "label_map" and isinstance(v, np.ndarray) and v.shape == tuple(volume):
-            params[p.name] = v[k]
-    return image, roi, params
+        if p.kind == "label_map" and isinstance(v, np.ndarray) and v.shape == volume:
+            params[p.name] = model.slice_of(v, image, k)
+    cut_roi = None if roi is None else model.slice_of(np.asarray(roi) != 0, image, k)
+    return model.volume_slice(image, k), cut_roi, params, k
 
 
-def _embed(exp: Explanation, model, image, k: int, volume) -> None:
+def _embed(exp: Explanation, model, image, k: int) -> None:
     """Put a slice's results back into the volume (other slices: 0 / False)."""
-    own = getattr(model, "embed_slice", None)
-
     def up(a, fill=0):
-        if a is None:
-            return None
-        a = np.asarray(a)
-        if callable(own) and hasattr(image, "spatial_dims"):
-            return own(a, image, k, fill)
-        out = np.full(a.shape[:-2] + tuple(volume), fill, dtype=a.dtype)
-        out[..., k, :, :] = a
-        return out
+        return None if a is None else model.embed_slice(np.asarray(a), image, k, fill)
 
     exp.attribution = up(exp.attribution)
     exp.per_channel = up(exp.per_channel)

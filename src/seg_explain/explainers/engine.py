@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from ..windows import Tiling, Window, model_tiling
+from ..windows import Tiling, Window, WindowWeights
 
-BLEND_MODES = ("constant", "gaussian")
-DEFAULT_SIGMA_SCALE = 0.125   # sliding_window_inference's default
+__all__ = ["HookSet", "thread_hooks", "windows_with_roi", "WindowWeights", "WindowAccumulator",
+           "baseline_tensor", "blended_logits", "f_hat_batch", "f_hats_batch"]
 
 
 # -------------------------------------------------------------------------- hooks --
@@ -112,59 +112,6 @@ def windows_with_roi(tiling: Tiling, targets) -> list[tuple[int, list[int]]]:
         if ks:
             plan.append((wi, ks))
     return plan
-
-
-def blend_mode(model) -> str:
-    mode = str(getattr(model, "blend", "constant") or "constant").lower()
-    if mode not in BLEND_MODES:
-        raise ValueError(f"blend must be one of {BLEND_MODES}, got {mode!r}")
-    return mode
-
-
-def sigma_scale_of(model) -> float:
-    return float(getattr(model, "sigma_scale", DEFAULT_SIGMA_SCALE) or DEFAULT_SIGMA_SCALE)
-
-
-class WindowWeights:
-    """MONAI's blending weights for a :class:`~seg_explain.windows.Tiling`.
-
-    :meth:`of` gives ``w / Σw`` on one window (``None`` when there is a single window: the
-    weight is 1 everywhere). ``importance`` is the window's importance map, ``norm`` the
-    per-voxel sum of the importance maps of all windows (padded grid), both float32 as in
-    ``sliding_window_inference`` for float32 inputs.
-    """
-
-    def __init__(self, tiling: Tiling, blend: str = "constant", sigma_scale: float = DEFAULT_SIGMA_SCALE,
-                 importance: torch.Tensor | None = None):
-        from monai.data.utils import compute_importance_map
-
-        mode = str(blend).lower()
-        if mode not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-        self.tiling = tiling
-        self.single = len(tiling.windows) == 1
-        self.importance = None
-        self.norm = None
-        if not self.single:
-            self.importance = (importance.detach().to("cpu", torch.float32) if importance is not None else
-                               compute_importance_map(tuple(tiling.patch), mode=mode, sigma_scale=sigma_scale,
-                                                      device="cpu", dtype=torch.float32))
-            self.norm = torch.zeros(tiling.padded_shape, dtype=torch.float32)
-            for w in tiling.windows:
-                self.norm[w] += self.importance
-
-    @classmethod
-    def for_model(cls, model, shape) -> WindowWeights:
-        """The weights ``model`` blends with on a prepared image of spatial ``shape``."""
-        own = getattr(model, "importance_map", None)   # a model with its own weights (nnU-Net's Gaussian)
-        return cls(model_tiling(model, shape), blend_mode(model), sigma_scale_of(model),
-                   own() if callable(own) else None)
-
-    def of(self, win: Window) -> torch.Tensor | None:
-        """``w / Σw`` on window ``win`` (window shape, float32), or None for weight 1."""
-        if self.single:
-            return None
-        return self.importance / self.norm[win]
 
 
 class WindowAccumulator:
@@ -255,19 +202,9 @@ def baseline_tensor(x: torch.Tensor, baseline, what: str = "baseline") -> torch.
 
 # ------------------------------------------------------------------ blended logits --
 def blended_logits(model, xb: torch.Tensor) -> torch.Tensor:
-    """Logits of a batch of prepared images ``(B, C, *S)`` as the model outputs them: one
-    pass when the image fits the patch, else MONAI's sliding-window blend with the model's
-    windows, overlap, blend mode and ``sigma_scale`` (exactly ``model.logits_tensor``)."""
-    own = getattr(model, "blended_logits", None)     # a model with its own blending (nnU-Net)
-    if callable(own):
-        return own(xb)
-    if model.needs_windows(tuple(xb.shape[2:])):
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(xb.to(model.device), model.patch_size, model.sw_batch_size,
-                                        model.forward, overlap=model.overlap, mode=model.blend,
-                                        sigma_scale=sigma_scale_of(model))
-    return model.forward(xb.to(model.device))
+    """Logits of a batch of prepared images ``(B, C, *S)`` as the model outputs them
+    (:meth:`SegModel.blended_logits`: its own windows, weights and padding)."""
+    return model.blended_logits(xb)
 
 
 def f_hat_batch(ctx, xb: torch.Tensor, c: int | None = None, roi: torch.Tensor | None = None) -> torch.Tensor:

@@ -747,7 +747,7 @@ class NnUNetGrid(ModelGrid):
 
     # -- image grid <-> nnU-Net's full (transposed) array
     def _to_t(self, arr: np.ndarray) -> np.ndarray:
-        a = self._reorient(np.asarray(arr), inverse=False)
+        a = self.reorient(np.asarray(arr), inverse=False)
         lead = a.ndim - len(self.image_shape)
         if self.two_d:
             return a[(slice(None),) * lead + (None,)]
@@ -760,7 +760,7 @@ class NnUNetGrid(ModelGrid):
         else:
             back = np.argsort(self.transpose)
             a = arr.transpose(list(range(lead)) + [lead + int(t) for t in back])
-        return self._reorient(np.ascontiguousarray(a), inverse=True)
+        return self.reorient(np.ascontiguousarray(a), inverse=True)
 
     def _crop(self, arr: np.ndarray) -> np.ndarray:
         lead = arr.ndim - 3
@@ -992,34 +992,67 @@ class NnUNetModel(SegModel):
         sp_q = [float(image.spacing[int(i)]) for i in order]
         return grid, self.transpose_forward, sp_q
 
+    def _to_t(self, arr: np.ndarray, image: LoadedImage) -> np.ndarray:
+        """A volume-grid array ``(C, *volume)`` -> nnU-Net's transposed array ``(C, Zt, Yt, Xt)``."""
+        grid, tf, _ = self._slicing(image)
+        return grid.reorient(np.asarray(arr), inverse=False).transpose([0] + [a + 1 for a in tf])
+
     def n_slices(self, image: LoadedImage) -> int:
         """How many slices :meth:`volume_slice` can take from ``image``."""
         grid, tf, _ = self._slicing(image)
-        return int(grid._oriented_shape[tf[0]])
+        return int(grid.oriented_shape[tf[0]])
+
+    def slice_of(self, arr, image: LoadedImage, index: int) -> np.ndarray:
+        """Slice ``index`` of a volume-grid array (an RoI, a label map) in nnU-Net's plane."""
+        a = np.asarray(arr)
+        t = self._to_t(a[None], image)
+        if not 0 <= int(index) < t.shape[1]:
+            raise InputMismatchError(f"slice {index} is outside 0..{t.shape[1] - 1}")
+        return np.ascontiguousarray(t[0, int(index)])
 
     def volume_slice(self, image: LoadedImage, index: int) -> LoadedImage:
         """Slice ``index`` of a 3D image as the 2D image a 2D configuration sees: the plane
         nnU-Net slices (its first axis after ``transpose_forward``, usually axial), in the
-        file's voxel order, with the in-plane spacing. (A 2D image carries no 3D
-        orientation; slicing the project's LPS array instead may flip the plane.)
-        :meth:`embed_slice` puts a result on that slice back on the volume's grid."""
-        grid, tf, sp_q = self._slicing(image)
+        file's voxel order, with the in-plane spacing. It is prepared as nnU-Net prepares
+        the whole volume (crop to the *volume's* nonzero box, normalisation over the cropped
+        volume, in-plane resampling), so explaining a slice explains what
+        :meth:`predict` outputs on it. :meth:`embed_slice` puts a result back on the volume."""
         arr = image.data if image.data.ndim == 4 else image.data[None]
-        t = grid._reorient(np.asarray(arr), inverse=False).transpose([0] + [a + 1 for a in tf])
-        if not 0 <= int(index) < t.shape[1]:
-            raise InputMismatchError(f"slice {index} is outside 0..{t.shape[1] - 1}")
-        sl = np.ascontiguousarray(t[:, int(index)])
-        sl = sl[0] if image.data.ndim == 3 else sl
+        k = int(index)
+        if not 0 <= k < self.n_slices(image):
+            raise InputMismatchError(f"slice {index} is outside 0..{self.n_slices(image) - 1}")
+        sl = np.ascontiguousarray(self._to_t(arr, image)[:, k])
+        x3, grid3 = self._prepare_volume(image)
+        (z0, z1), bb_y, bb_x = grid3.bbox
+        if not z0 <= k < z1:
+            raise InputMismatchError(
+                f"slice {k} lies outside the image's nonzero box (slices {z0}..{z1 - 1} in nnU-Net's plane): "
+                "nnU-Net predicts background there without running the network, so there is nothing to explain")
+        _, _, sp_q = self._slicing(image)
+        tf = self.transpose_forward
         sp = (sp_q[tf[1]], sp_q[tf[2]])
-        return LoadedImage(sl, sp, np.diag([sp[0], sp[1], 1.0, 1.0]), image.path, 2,
-                           {"format": "array", "nnunet_slice": int(index)})
+        crop = (int(bb_y[0]), int(bb_y[1])), (int(bb_x[0]), int(bb_x[1]))
+        box, model_plane = (1, crop[0][1] - crop[0][0], crop[1][1] - crop[1][0]), (1,) + tuple(x3.shape[2:])
+
+        def in_plane(r: Resampling, src, dst) -> Resampling:
+            # the volume's resampling restricted to one slice (the slice axis keeps its size)
+            return Resampling(src, dst, r.order, r.order_z, 0 if r.axis is None else r.axis)
+
+        grid2 = NnUNetGrid(tuple(sl.shape[1:]), tuple(x3.shape[2:]), None, transpose=None, two_d=True,
+                           t_shape=(1,) + tuple(sl.shape[1:]), bbox=((0, 1),) + crop,
+                           data_rs=in_plane(grid3.data_rs, box, model_plane),
+                           prob_rs=in_plane(grid3.prob_rs, model_plane, box))
+        data = sl[0] if image.data.ndim == 3 else sl
+        prep = Prepared(torch.from_numpy(np.ascontiguousarray(x3[:, k - z0])), grid2, tuple(sl.shape[1:]))
+        return LoadedImage(data, sp, np.diag([sp[0], sp[1], 1.0, 1.0]), image.path, 2,
+                           {"format": "array", "nnunet_slice": k, "nnunet_prepared": (data, prep)})
 
     def embed_slice(self, arr, image: LoadedImage, index: int, fill=0) -> np.ndarray:
         """A map on :meth:`volume_slice` ``(..., Y, X)`` -> ``image``'s 3D grid, ``fill``
         on every other voxel."""
         grid, tf, _ = self._slicing(image)
         a = np.asarray(arr)
-        q_shape = grid._oriented_shape
+        q_shape = grid.oriented_shape
         t_shape = tuple(q_shape[i] for i in tf)
         if a.shape[-2:] != t_shape[1:]:
             raise InputMismatchError(f"a map of shape {a.shape} is not on this volume's slices {t_shape[1:]}")
@@ -1027,19 +1060,70 @@ class NnUNetModel(SegModel):
         vol[..., int(index), :, :] = a
         lead = a.ndim - 2
         back = vol.transpose(list(range(lead)) + [lead + int(i) for i in np.argsort(tf)])
-        return grid._reorient(np.ascontiguousarray(back), inverse=True)
+        return grid.reorient(np.ascontiguousarray(back), inverse=True)
+
+    def _prepare_volume(self, image: LoadedImage) -> tuple[np.ndarray, NnUNetGrid]:
+        """A 2D configuration's preprocessing of a whole volume, as nnU-Net runs it: the
+        volume in nnU-Net's axes, cropped to its 3D nonzero box, normalised over that box,
+        resampled in plane to the configuration's spacing (the slice axis keeps its own)
+        -> (model-space volume ``(C, Z, Y', X')``, its 3D grid)."""
+        key = id(image.data)
+        cached = getattr(self, "_volume_cache", None)
+        if cached is not None and cached[0] == key and cached[1] is image.data:
+            return cached[2], cached[3]
+        arr, spacing = self._as_volume(image)
+        x, grid = self._preprocess(arr, spacing, image, two_d_volume=True)
+        self._volume_cache = (key, image.data, x, grid)
+        return x, grid
+
+    def _as_volume(self, image: LoadedImage):
+        arr = image.data if image.data.ndim == 4 else image.data[None]
+        if arr.shape[0] != self.in_channels:
+            raise InputMismatchError(
+                f"The model expects {self.in_channels} channel(s) but the image has {arr.shape[0]}")
+        from ..checks import require_finite
+
+        require_finite(arr, "The image")
+        return arr, image.spacing
+
+    def volume_logits(self, image: LoadedImage) -> np.ndarray:
+        """A 2D configuration's logits of a whole volume on its grid, as nnUNetPredictor
+        computes them: the volume prepared once (:meth:`_prepare_volume`), each slice of the
+        model-space volume through the 2D windows, nnU-Net's probability resampling back,
+        background outside the nonzero box."""
+        x3, grid3 = self._prepare_volume(image)
+        lg = np.stack([self.logits_tensor(torch.from_numpy(np.ascontiguousarray(x3[:, z]))).numpy()
+                       for z in range(x3.shape[1])], axis=1)
+        return self._fill_to_image(grid3, lg)
+
+    def _fill_to_image(self, grid, lg: np.ndarray) -> np.ndarray:
+        if self.accumulate_dtype == torch.float16:
+            lg = lg.astype(np.float16)        # nnU-Net resamples its float16 logits as float16
+        fill = np.full(lg.shape[0], OUTSIDE_LOGIT, lg.dtype)
+        fill[0] = 0.0
+        return grid.to_image(lg, order=1, fill=fill).astype(np.float32)
 
     def prepare(self, image) -> Prepared:
         """nnU-Net's preprocessing for inference -> :class:`Prepared` (model space)."""
         if isinstance(image, Prepared):
             return image
+        own = image.meta.get("nnunet_prepared") if isinstance(image, LoadedImage) else None
+        if own is not None and own[0] is image.data:     # a slice cut by volume_slice
+            return own[1]
         arr, spacing = self._as_channels_first(image)
+        x, grid = self._preprocess(arr, spacing, image)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return Prepared(xt, grid, tuple(arr.shape[1:]))
+
+    def _preprocess(self, arr: np.ndarray, spacing, image, two_d_volume: bool = False):
+        """nnU-Net's ``DefaultPreprocessor`` for inference: reorient and transpose, crop to
+        the nonzero box, normalise, resample -> (model-space array, its grid)."""
         image_shape = tuple(arr.shape[1:])
-        if self.spatial_dims == 3:
+        if self.spatial_dims == 3 or two_d_volume:
             codes = self._sitk_codes(image)
             ornt = orientation_transform(codes) if codes else None
             grid0 = ModelGrid(image_shape, image_shape, ornt)
-            q = grid0._reorient(arr, inverse=False)
+            q = grid0.reorient(arr, inverse=False)
             if spacing is None:
                 sp_q = list(self.spacing)
             else:
@@ -1048,7 +1132,8 @@ class NnUNetModel(SegModel):
             tf = self.transpose_forward
             t = q.transpose([0] + [a + 1 for a in tf])
             sp_t = [sp_q[a] for a in tf]
-            target = list(self.conf_spacing)
+            # a 2D configuration keeps the slice axis' own spacing (nnU-Net's preprocessor)
+            target = [sp_t[0]] + list(self.conf_spacing) if two_d_volume else list(self.conf_spacing)
         else:
             ornt, tf = None, None
             t = arr[:, None]
@@ -1073,15 +1158,15 @@ class NnUNetModel(SegModel):
                                   pk.get("force_separate_z"), pk.get("separate_z_anisotropy_threshold",
                                                                      ANISO_THRESHOLD))
         x = c if data_rs.identity else data_rs.apply(c).astype(np.float32)
-        if self.spatial_dims == 2:
+        two_d = self.spatial_dims == 2 and not two_d_volume
+        if two_d:
             x = x[:, 0]
-        grid = NnUNetGrid(image_shape, tuple(x.shape[1:]), ornt, transpose=tf, two_d=self.spatial_dims == 2,
+        grid = NnUNetGrid(image_shape, tuple(x.shape[1:]), ornt, transpose=tf, two_d=two_d,
                           t_shape=tuple(t.shape[1:]), bbox=bbox, data_rs=data_rs, prob_rs=prob_rs)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         from ..checks import require_finite
 
-        require_finite(xt, "The preprocessed image (after nnU-Net's normalisation)")
-        return Prepared(xt, grid, image_shape)
+        require_finite(x, "The preprocessed image (after nnU-Net's normalisation)")
+        return np.ascontiguousarray(x, dtype=np.float32), grid
 
     # --------------------------------------------------------------- inference --
     def needs_windows(self, shape: Sequence[int]) -> bool:
@@ -1151,23 +1236,21 @@ class NnUNetModel(SegModel):
             total /= len(self.network.folds)
             return total.float()
 
-    def logits(self, image) -> np.ndarray:
+    def image_logits(self, prep: Prepared, logits) -> np.ndarray:
         """Logits on the image's grid: nnU-Net's probability resampling; outside the
         nonzero box nnU-Net never runs (background there: 0 for background, -30 others)."""
-        prep = self.prepare(image)
-        lg = self.logits_tensor(prep.x).numpy()
-        if self.accumulate_dtype == torch.float16:
-            lg = lg.astype(np.float16)        # nnU-Net resamples its float16 logits as float16
-        fill = np.full(lg.shape[0], OUTSIDE_LOGIT, lg.dtype)
-        fill[0] = 0.0
-        return prep.grid.to_image(lg, order=1, fill=fill).astype(np.float32)
+        lg = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+        return self._fill_to_image(prep.grid, lg)
 
-    def predict(self, image) -> np.ndarray:
-        """Label map on the image's grid: argmax of the softmax of :meth:`logits`, as
-        nnU-Net's ``convert_logits_to_segmentation``."""
-        lg = torch.from_numpy(self.logits(image))
-        labels = torch.softmax(lg, 0).argmax(0).numpy()
-        return labels.astype(np.int16 if len(self.class_names) < 32000 else np.int32)
+    def labels_from_logits(self, logits):
+        """nnU-Net's ``convert_logits_to_segmentation``: argmax of the softmax."""
+        if isinstance(logits, np.ndarray):
+            return torch.softmax(torch.from_numpy(logits), 0).argmax(0).numpy()
+        return torch.softmax(logits.float(), 0).argmax(0)
+
+    def cam_networks(self) -> list[torch.nn.Module]:
+        """One network per fold: a CAM hooks the same layer in each and is their mean."""
+        return list(self.network.folds)
 
 
 # ---------------------------------------------------------------------- load --

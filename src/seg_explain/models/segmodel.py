@@ -27,6 +27,7 @@ from ..checks import require_finite
 from ..errors import InputMismatchError, MethodError
 from ..io import LoadedImage
 from ..model_grid import ModelGrid, model_shape_for, orientation_transform
+from ..windows import Tiling, WindowWeights, monai_importance_map, tile, whole
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -258,23 +259,50 @@ class SegModel:
             outs.append(self._call(chunk)[:n])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    # ------------------------------------------------------------ the model contract --
+    # Everything a method may ask of a model, with the defaults of a MONAI-style model
+    # (sliding_window_inference). Models that window, blend, slice or hook their own way
+    # (nnU-Net) override these; no method decides any of it for a model.
     def needs_windows(self, shape: Sequence[int]) -> bool:
         """Whether an image of model-grid ``shape`` exceeds the patch (sliding windows)."""
         return self.patch_size is not None and any(s > p for s, p in zip(shape, self.patch_size))
 
+    def tiling(self, shape: Sequence[int]) -> Tiling:
+        """The windows (and the padding they need) of a prepared image of spatial ``shape``:
+        MONAI's sliding windows when it exceeds the patch, else the whole image."""
+        shape = tuple(int(s) for s in shape)
+        if not self.needs_windows(shape):
+            return whole(shape)
+        return tile(shape, self.patch_size, self.overlap)
+
+    def importance_map(self) -> torch.Tensor:
+        """The blending weight of one window (patch shape, float32): MONAI's
+        ``compute_importance_map`` for ``blend`` and ``sigma_scale``."""
+        return monai_importance_map(self.patch_size, self.blend, self.sigma_scale)
+
+    def window_weights(self, shape: Sequence[int]) -> WindowWeights:
+        """The weights ``w_k / Σw`` the model blends its windows with on ``shape``."""
+        t = self.tiling(shape)
+        return WindowWeights(t, self.blend, self.sigma_scale,
+                             None if len(t.windows) == 1 else self.importance_map())
+
+    def blended_logits(self, xb: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, L, *S)`` of a batch of prepared images as the model outputs them:
+        one pass when the image fits the patch, else MONAI's sliding-window blend with the
+        model's windows, overlap, blend mode and ``sigma_scale``. Differentiable unless
+        called under inference mode."""
+        if self.needs_windows(tuple(xb.shape[2:])):
+            from monai.inferers import sliding_window_inference
+
+            return sliding_window_inference(xb.to(self.device), self.patch_size, self.sw_batch_size,
+                                            self.forward, overlap=self.overlap, mode=self.blend,
+                                            sigma_scale=self.sigma_scale)
+        return self.forward(xb.to(self.device))
+
     def logits_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Inference-mode logits ``(L, *S)`` of one prepared image ``(C, *S)`` (CPU tensor)."""
         with torch.inference_mode():
-            xb = x[None].to(self.device)
-            if self.needs_windows(x.shape[1:]):
-                from monai.inferers import sliding_window_inference
-
-                out = sliding_window_inference(
-                    xb, self.patch_size, self.sw_batch_size, self.forward,
-                    overlap=self.overlap, mode=self.blend, sigma_scale=self.sigma_scale)
-            else:
-                out = self.forward(xb)
-            return out[0].float().cpu()
+            return self.blended_logits(x[None])[0].float().cpu()
 
     def labels_from_logits(self, logits):
         """Label map from logits ``(L, *S)``: argmax, or ``logit > 0`` for one channel."""
@@ -282,17 +310,93 @@ class SegModel:
             return (logits[0] > 0).astype(np.int64) if logits.shape[0] == 1 else logits.argmax(0)
         return (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
 
+    def image_logits(self, prep: Prepared, logits) -> np.ndarray:
+        """Model-grid logits ``(L, *S)`` of ``prep`` -> the image's grid (linear), float32."""
+        return prep.to_image(logits, order=1).astype(np.float32)
+
+    def image_labels(self, prep: Prepared, logits) -> np.ndarray:
+        """THE prediction: model-grid logits -> the image's grid -> labels (as nnU-Net and
+        MONAI export a segmentation). ``predict`` and every explanation's ``prediction``
+        (and so the RoI "voxels predicted as c") come from here."""
+        dtype = np.int16 if len(self.class_names) < 32000 else np.int32
+        return self.labels_from_logits(self.image_logits(prep, logits)).astype(dtype)
+
+    def cam_networks(self) -> list[torch.nn.Module]:
+        """The networks whose layers a CAM hooks: one, or one per ensemble member (nnU-Net
+        folds). A layer is named relative to each; the CAM is their mean."""
+        return [self.network]
+
+    # -------------------------------------------------------- a 2D model on a volume --
+    def n_slices(self, image) -> int:
+        """How many 2D slices :meth:`volume_slice` can take from a 3D ``image``."""
+        return int(_volume_shape_of(self, image)[0])
+
+    def volume_slice(self, image, index: int):
+        """Slice ``index`` of a 3D image as the 2D image this 2D model sees (default: the
+        first spatial axis, the axial slice of a volume from load_image)."""
+        k = int(index)
+        if isinstance(image, LoadedImage):
+            data = image.data[k] if image.data.ndim == 3 else image.data[:, k]
+            origin = tuple(image.origin)[1:]
+            aff = np.diag([image.spacing[1], image.spacing[2], 1.0, 1.0])
+            aff[:2, 3] = origin
+            return LoadedImage(np.ascontiguousarray(data), tuple(image.spacing[1:]), aff, image.path, 2,
+                               {"format": "array", "origin2d": origin})
+        arr = np.asarray(image)
+        return arr[k] if arr.ndim == 3 else arr[:, k]
+
+    def slice_of(self, arr, image, index: int) -> np.ndarray:
+        """The slice ``index`` of a volume-grid array ``(..., *volume)`` (an RoI, a label map)
+        as :meth:`volume_slice` cuts the image."""
+        a = np.asarray(arr)
+        if isinstance(image, LoadedImage):
+            return self.volume_slice(image.with_data(a), index).data
+        return a[..., int(index), :, :]
+
+    def embed_slice(self, arr, image, index: int, fill=0) -> np.ndarray:
+        """A map on :meth:`volume_slice` ``(..., Y, X)`` -> the volume's grid, ``fill`` on
+        every other voxel."""
+        a = np.asarray(arr)
+        vol = _volume_shape_of(self, image)
+        out = np.full(a.shape[:-2] + tuple(vol), fill, dtype=a.dtype)
+        out[..., int(index), :, :] = a
+        return out
+
+    def volume_logits(self, image) -> np.ndarray:
+        """A 2D model's logits ``(L, *volume)`` of a whole volume, slice by slice
+        (:meth:`volume_slice`, :meth:`embed_slice`)."""
+        vol = _volume_shape_of(self, image)
+        out = None
+        for k in range(self.n_slices(image)):
+            prep = self.prepare(self.volume_slice(image, k))
+            lg = self.image_logits(prep, self.logits_tensor(prep.x))
+            if out is None:
+                out = np.zeros((lg.shape[0],) + vol, np.float32)
+            out[:, k] = lg          # the default slicing: the first spatial axis
+        return out
+
     # ------------------------------------------------------------------ public API --
     def logits(self, image) -> np.ndarray:
-        """Logits ``(L, *spatial)`` float32 on the grid of ``image``."""
+        """Logits ``(L, *spatial)`` float32 on the grid of ``image`` (a 2D model given a 3D
+        volume from load_image: slice by slice, :meth:`volume_logits`)."""
+        if self.is_volume_for_2d(image):
+            return self.volume_logits(image)
         prep = self.prepare(image)
-        lg = self.logits_tensor(prep.x).numpy()
-        return prep.to_image(lg, order=1).astype(np.float32)
+        return self.image_logits(prep, self.logits_tensor(prep.x))
 
     def predict(self, image) -> np.ndarray:
-        """Label map (int) with the spatial shape of ``image``."""
+        """Label map (int) with the spatial shape of ``image``: the logits on the image's
+        grid, then argmax (:meth:`image_labels`); a 2D model given a 3D volume from
+        load_image predicts it slice by slice."""
         dtype = np.int16 if len(self.class_names) < 32000 else np.int32
-        return self.labels_from_logits(self.logits(image)).astype(dtype)
+        if self.is_volume_for_2d(image):
+            return self.labels_from_logits(self.volume_logits(image)).astype(dtype)
+        prep = self.prepare(image)
+        return self.image_labels(prep, self.logits_tensor(prep.x))
+
+    def is_volume_for_2d(self, image) -> bool:
+        """A 3D image from load_image given to a 2D model (predicted slice by slice)."""
+        return self.spatial_dims == 2 and isinstance(image, LoadedImage) and image.spatial_dims == 3
 
     def check_hookable(self, method: str) -> None:
         if not self.hookable:
@@ -301,3 +405,19 @@ class SegModel:
                 f"({self.source or 'compiled'}) is a compiled TorchScript/exported program with no "
                 "hookable layers; use a gradient method (gradient, smoothgrad, integrated_gradients) "
                 "or load it as a MONAI bundle with a network_def")
+
+
+def _volume_shape_of(model: SegModel, image) -> tuple[int, ...]:
+    """Spatial shape of a volume given to a 2D model (clear error otherwise)."""
+    if model.spatial_dims != 2:
+        raise InputMismatchError("slice_index is for a 2D model on a 3D volume; this model is 3D")
+    if isinstance(image, LoadedImage):
+        if image.spatial_dims != 3:
+            raise InputMismatchError("slice_index needs a 3D volume")
+        return tuple(image.spatial_shape)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and model.in_channels == 1:
+        return tuple(arr.shape)
+    if arr.ndim == 4 and arr.shape[0] == model.in_channels:
+        return tuple(arr.shape[1:])
+    raise InputMismatchError(f"slice_index needs a volume (Z, Y, X) or (C, Z, Y, X), got shape {arr.shape}")
