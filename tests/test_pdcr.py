@@ -9,7 +9,7 @@ import torch
 from conftest import make_unet, wrap
 
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
-from seg_explain.explainers.pdcr import make_blocks
+from seg_explain.explainers.roi_dice import make_blocks
 from seg_explain.models import SegModel
 from seg_explain.paths import sample_path
 
@@ -317,7 +317,7 @@ def test_sliding_windows_exact_on_roi_when_image_exceeds_patch():
     equals that of a full MONAI sliding-window pass of the perturbed image."""
     from seg_explain.bank import resolve_bank
     from seg_explain.explainers.base import make_context
-    from seg_explain.explainers.pdcr import RoIDiceEngine, reference_positive
+    from seg_explain.explainers.roi_dice import RoIDiceEngine, reference_positive
 
     model = wrap(make_unet(2, seed=1), 2, patch=(32, 32))
     rng = np.random.default_rng(0)

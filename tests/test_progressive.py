@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seg_explain import InputMismatchError, MethodError, explain
-from seg_explain.explainers.pdcr import make_blocks
+from seg_explain.explainers.roi_dice import make_blocks
 from seg_explain.models import SegModel
 from seg_explain.progressive import progressive_iter, progressive_perturbation
 

@@ -89,7 +89,7 @@ def progressive_iter(model, image, attribution, target=None, roi=None, bank=None
     """Generator form of :func:`progressive_perturbation` (yields ``(done, total)``)."""
     from .bank import resolve_bank
     from .explainers.base import Explanation, make_context
-    from .explainers.pdcr import RoIDiceEngine, make_blocks, reference_positive
+    from .explainers.roi_dice import RoIDiceEngine, make_blocks, reference_positive
 
     t0 = time.perf_counter()
     if isinstance(attribution, Explanation):

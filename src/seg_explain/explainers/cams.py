@@ -26,8 +26,11 @@ model may run in several threads at once.
 Images larger than the model's patch are explained window by window on MONAI's sliding
 windows (padding included): each window's CAM explains the RoI voxels inside that window,
 and the per-window maps are blended with the weights the model blends its output with
-(``w_k / Σw``, constant or Gaussian; :class:`.engine.WindowWeights`). The Seg-Grad-CAM
-weights α are then per window. A CAM is a heat map on the layer's grid, not an additive
+(``w_k / Σw``, constant or Gaussian; :meth:`SegModel.window_weights`). The Seg-Grad-CAM
+weights α are pooled over the whole image by default (``alpha_pool="image"``: the gradient
+of the model's blended f̂) or per window (``"window"``); see :func:`cam_multi`. Ensembles
+(nnU-Net folds): the layer is named once, without the fold prefix, hooked in every fold,
+and the CAM is the folds' mean. A CAM is a heat map on the layer's grid, not an additive
 attribution: it is upsampled, never differentiated through anything.
 TorchScript / exported models have no hookable layers: :meth:`SegModel.check_hookable`
 raises a :class:`MethodError`.
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from ..errors import MethodError
 from ..windows import window_shape
 from .base import Context
-from .engine import WindowAccumulator, WindowWeights, thread_hooks, windows_with_roi
+from .engine import WindowAccumulator, thread_hooks, windows_with_roi
 from .gradients import Counts, book, check_same_image, roi_cotangent
 from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
@@ -77,7 +80,7 @@ def candidate_layers(network: torch.nn.Module, limit: int | None = None) -> list
 
 
 def _probe_bottleneck(model) -> str:
-    net = model.network
+    net = model.cam_networks()[0]
     n = max(16, 4 * model.divisor)
     if model.patch_size:
         shape = tuple(int(p) for p in model.patch_size)
@@ -107,9 +110,18 @@ def _probe_bottleneck(model) -> str:
     return max((r for r in recs if r[0] == smallest), key=lambda r: r[1])[2]
 
 
+def find_layers(model, layer: str | None = None) -> tuple[str, list[torch.nn.Module]]:
+    """The hooked layer in each of the model's CAM networks (:meth:`SegModel.cam_networks`:
+    one, or one per nnU-Net fold), named once relative to a network -> (name, modules)."""
+    name, _ = find_layer(model, layer)
+    return name, [dict(net.named_modules())[name] for net in model.cam_networks()]
+
+
 def find_layer(model, layer: str | None = None) -> tuple[str, torch.nn.Module]:
-    """The hooked layer: ``layer`` by dotted name, or the network's bottleneck."""
-    net = model.network
+    """The hooked layer: ``layer`` by dotted name, or the network's bottleneck (in the
+    model's first CAM network; names are relative to it, e.g. without an ensemble's fold
+    prefix)."""
+    net = model.cam_networks()[0]
     mods = dict(net.named_modules())
     if layer is not None:
         if not isinstance(layer, str) or layer not in mods or not layer:
@@ -132,21 +144,9 @@ def find_layer(model, layer: str | None = None) -> tuple[str, torch.nn.Module]:
     return name, mods[name]
 
 
-def _pads(model, spatial: Sequence[int]) -> list[tuple[int, int]]:
-    """Padding SegModel.forward applies before the network: (low, high) per axis."""
-    pads_for = getattr(model, "pads_for", None)
-    if callable(pads_for):
-        return [(int(lo), int(hi)) for lo, hi in pads_for(spatial)]
-    out = []
-    for n in spatial:
-        extra = (-int(n)) % model.divisor
-        out.append((extra // 2, extra - extra // 2))
-    return out
-
-
 def upsample(cam: torch.Tensor, model, spatial: Sequence[int]) -> torch.Tensor:
     """``(B, *s_layer)`` map -> ``(B, *spatial)`` on the input grid (padding cropped)."""
-    pads = _pads(model, spatial)
+    pads = model.pads_for(spatial)        # as model.forward pads the window
     padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(spatial, pads))
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     up = F.interpolate(cam[:, None].float(), size=padded, mode=mode, align_corners=False)[:, 0]
@@ -164,8 +164,22 @@ def cam_map(A: torch.Tensor, G: torch.Tensor, hires: bool, relu: bool) -> torch.
     return torch.relu(m) if relu else m
 
 
-def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, relu: bool = True):
-    """CAM of several classes from one forward pass per window."""
+ALPHA_POOLS = ("image", "window")
+
+
+def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, relu: bool = True,
+              alpha_pool: str = "image"):
+    """CAM of several classes from one forward pass per window.
+
+    Windows (an image larger than the patch): every window holding RoI voxels runs once;
+    its map is blended with the model's weights ``w/Σw``. Seg-Grad-CAM's α:
+    ``alpha_pool="window"`` pools the gradient of each window's own RoI sum over that
+    window; ``"image"`` computes one α for the whole image from the gradient of the
+    model's *blended* f̂ (cotangent ``R·w/Σw`` per window, summed over windows, divided by
+    one window's number of layer positions), so a single-window image gets the paper's α
+    either way. Ensembles (nnU-Net folds): the layer is hooked in every fold, each fold's
+    gradient is that of the ensemble's f̂, and the CAM is the sum of the folds' maps =
+    the mean of the folds' own CAMs."""
     check_same_image(ctxs)
     ctx = ctxs[0]
     model = ctx.model
@@ -173,10 +187,11 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     if not isinstance(model.network, torch.nn.Module):
         raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
     relu = bool(relu)   # checked by the registry
-    name, module = find_layer(model, layer)
+    image_alpha = (not hires) and alpha_pool == "image"
+    name, modules = find_layers(model, layer)
     x = ctx.x
     S = tuple(x.shape[1:])
-    weights = WindowWeights.for_model(model, S)
+    weights = model.window_weights(S)
     tiling = weights.tiling
     targets = [(c.target, c.roi) for c in ctxs]
     plan = windows_with_roi(tiling, targets)
@@ -185,6 +200,8 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     dev = model.device
     layer_shape = None
     total = max(1, len(plan))
+    kept = []          # image-wide α: (window, ks, [A_f], [[G_f per target]])
+    alpha_sum = [[None] * len(modules) for _ in targets]
 
     def leaf(out):
         # the layer's output as a leaf that requires grad: the backward stops there
@@ -197,45 +214,66 @@ def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, rel
     yield (0, total)
     for done, (wi, ks) in enumerate(plan, 1):
         w = tiling.windows[wi]
+        wt = weights.of(w) if image_alpha else None
         with thread_hooks() as hooks:      # this thread's pass only; removed at once
-            store = hooks.capture(module, leaf)
+            stores = [hooks.capture(m, leaf) for m in modules]
             with torch.enable_grad():
                 logits = model.forward(tiling.crop(x, w)[None].to(dev, torch.float32))
         counts.forward += 1
-        if len(store) != 1:
-            raise MethodError(f"layer {name!r} ran {len(store)} times in one forward pass; "
-                              "choose a layer that runs once")
-        A = store[0]
-        layer_shape = tuple(A.shape[1:])
+        if any(len(st) != 1 for st in stores):
+            raise MethodError(f"layer {name!r} ran {max(len(st) for st in stores)} times in one forward "
+                              "pass; choose a layer that runs once")
+        As = [st[0] for st in stores]
+        layer_shape = tuple(As[0].shape[1:])
         if not logits.requires_grad:
             raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
+        per_target = []
         for j, k in enumerate(ks):
             roi_w = tiling.crop(targets[k][1], w).to(dev, logits.dtype)
+            if wt is not None:
+                roi_w = roi_w * wt.to(dev, logits.dtype)
             go = roi_cotangent(logits, targets[k][0], roi_w, model.sigmoid)
-            (G,) = torch.autograd.grad(logits, A, go, retain_graph=j < len(ks) - 1, allow_unused=True)
-            if G is None:
+            Gs = torch.autograd.grad(logits, As, go, retain_graph=j < len(ks) - 1, allow_unused=True)
+            if any(G is None for G in Gs):
                 raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
             counts.backward[k] += 1
-            m = cam_map(A.detach(), G.detach(), hires, relu)
-            accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
-        del logits, A, store
+            if image_alpha:
+                per_target.append([G.detach() for G in Gs])
+                for f, G in enumerate(Gs):
+                    g = G.detach().sum(dim=tuple(range(2, G.ndim)), keepdim=True) / float(np.prod(G.shape[2:]))
+                    alpha_sum[k][f] = g if alpha_sum[k][f] is None else alpha_sum[k][f] + g
+            else:
+                m = sum(cam_map(A.detach(), G.detach(), hires, relu) for A, G in zip(As, Gs))
+                accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
+        if image_alpha:
+            kept.append((w, ks, [A.detach() for A in As]))
+        del logits, As, stores
         yield (done, total)
+    for w, ks, As in kept:              # one α per image: the maps of every window
+        for k in ks:
+            m = sum(torch.relu((a * A).sum(1)) if relu else (a * A).sum(1) for a, A in zip(alpha_sum[k], As))
+            accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
     book(ctxs, counts)
     extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
               "n_windows": len(tiling.windows)}
+    if not hires:
+        extras["alpha_pool"] = alpha_pool
+    if len(modules) > 1:
+        extras["ensemble"] = (f"mean of {len(modules)} networks' CAMs (layer {name!r} in each; "
+                              "each gradient from the ensemble's output)")
     return [(a.result(), dict(extras)) for a in accs]
 
 
-def seg_grad_cam_multi(ctxs, layer=None, relu=True):
-    return (yield from cam_multi(ctxs, False, "seg_grad_cam", layer, relu))
+def seg_grad_cam_multi(ctxs, layer=None, relu=True, alpha_pool="image"):
+    return (yield from cam_multi(ctxs, False, "seg_grad_cam", layer, relu, alpha_pool))
 
 
 def seg_hires_grad_cam_multi(ctxs, layer=None, relu=True):
     return (yield from cam_multi(ctxs, True, "seg_hires_grad_cam", layer, relu))
 
 
-def seg_grad_cam(ctx: Context, layer=None, relu=True):
-    res = yield from seg_grad_cam_multi([ctx], layer=layer, relu=relu)
+def seg_grad_cam(ctx: Context, layer=None, relu=True, alpha_pool="image"):
+    res = yield from seg_grad_cam_multi([ctx], layer=layer, relu=relu, alpha_pool=alpha_pool)
     return res[0]
 
 
@@ -254,7 +292,11 @@ _CAM_PARAMS = (
     Param("layer", "layer", None, "network layer whose activations are weighted (auto: the bottleneck)"),
     Param("relu", "bool", True, "keep only positive evidence (ReLU of the map); off shows evidence against too"),
 )
-_CAM = dict(params=_CAM_PARAMS, caps=Capabilities(dims=(2, 3), gradients=True, hooks=True, multiclass=True,
+_ALPHA_POOL = Param("alpha_pool", "choice", "image",
+                    "windowed images: one α for the whole image from the blended output's gradient (image) "
+                    "or one α per sliding window (window); the same for an image that fits one window",
+                    choices=ALPHA_POOLS)
+_CAM = dict(caps=Capabilities(dims=(2, 3), gradients=True, hooks=True, multiclass=True,
                                                   map_kind="heatmap"),
             unit="activation × gradient (a.u., on the layer's grid, upsampled)",
             positive="where the layer's features support {cls}", negative="where they speak against {cls}",
@@ -263,9 +305,11 @@ _CAM = dict(params=_CAM_PARAMS, caps=Capabilities(dims=(2, 3), gradients=True, h
 
 register(MethodSpec(
     "seg_grad_cam", seg_grad_cam, title="Seg-Grad-CAM", multi=seg_grad_cam_multi, source="Vinogradova et al. 2020",
-    question="which regions of a layer's feature maps, weighted by their mean gradient, support the RoI", **_CAM))
+    question="which regions of a layer's feature maps, weighted by their mean gradient, support the RoI",
+    params=_CAM_PARAMS + (_ALPHA_POOL,), **_CAM))
 
 register(MethodSpec(
     "seg_hires_grad_cam", seg_hires_grad_cam, title="Seg-HiRes-Grad-CAM", multi=seg_hires_grad_cam_multi,
     source="Rheude et al.",
-    question="as Seg-Grad-CAM, but gradient × activation at every position (sharper maps)", **_CAM))
+    question="as Seg-Grad-CAM, but gradient × activation at every position (sharper maps)",
+    params=_CAM_PARAMS, **_CAM))
