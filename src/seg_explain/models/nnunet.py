@@ -1204,7 +1204,7 @@ class NnUNetModel(SegModel):
         xp = torch.nn.functional.pad(x, flat) if any(flat) else x
         padded = tuple(xp.shape[1:])
         dt = self.accumulate_dtype
-        g = nnunet_gaussian(tuple(self.patch_size)).to(self.device)
+        g = nnunet_gaussian(tuple(self.patch_size)).to(self.device).clone()   # cached: maybe an inference tensor
         acc = torch.zeros((self.out_channels,) + padded, dtype=dt, device=self.device)
         norm = torch.zeros(padded, dtype=dt, device=self.device)
         for starts in itertools.product(*steps):
