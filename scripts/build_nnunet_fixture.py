@@ -39,7 +39,15 @@ What it does, with nnU-Net's own code at every step:
    - ``mni152_thick`` (MNI152 with 8 mm slices: anisotropy > 3, nnU-Net's "separate z"
      resampling),
    - two 2D slices for the ``2d`` configuration (one at its spacing, one at 2 x 2 mm),
-   - ``mni152_6x4x4`` again with ``use_mirroring=True``.
+   - ``mni152_6x4x4`` again with ``use_mirroring=True``,
+   - the ``2d`` configuration (folds 0 and 1) predicting 3D volumes, keys ``vol2d_<case>/...``
+     (own random sample, seed 902): ``mni152_6x4x4``; ``mni152_6x4x4_gaps`` (written to
+     ``heldout/`` by ``make_gaps``: that volume with the sagittal slice i = 12 all zero, i.e.
+     a whole slice in nnU-Net's slicing plane, and a 3-voxel zero border on every side;
+     nnU-Net crops the volume's 3D nonzero box once and writes background outside it); and
+     ``kmeans_2x3x2`` (in-plane resampling). ``reference.json`` notes, per case,
+     ``labels_differ_volume_vs_per_slice_2d``: labels that differ from predicting every
+     slice as its own 2D image (``per_slice_labels``).
 
    For each: the preprocessed network input, the logits on the model grid (stock
    ``nnUNetPredictor``, and the same predictor with its two float16 result buffers widened to
@@ -320,15 +328,7 @@ def reference(models: Path, heldout: Path, out_file: Path, work: Path) -> None:
         summarize(name, out, x, stock, wide, rng)
         # the label maps nnU-Net writes (stock and with float32 buffers), read back on the
         # project's grid with seg_explain.load_image
-        odir = work / "pred" / name
-        odir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, odir / "case_0000.nii.gz")
-        for key, ctx in (("pred_image", _nullcontext), ("pred_image_fp32", fp32_buffers)):
-            with ctx():
-                pred.predict_from_files_sequential([[str(odir / "case_0000.nii.gz")]], [str(odir / key)],
-                                                   save_probabilities=False, overwrite=True)
-            out[f"{name}/{key}"] = load_image(odir / f"{key}.nii.gz").data.astype(np.uint8)
-        _as_diff(out, name)
+        odir = written_maps(pred, name, f, out, work)
         # the in-memory path gives the same map (nnU-Net's reader and ours agree on geometry)
         itk = sitk.ReadImage(str(f))
         lab = sitk.GetImageFromArray(seg_s.astype(np.uint8))
@@ -364,11 +364,89 @@ def reference(models: Path, heldout: Path, out_file: Path, work: Path) -> None:
     x, stock, wide, seg_s, seg_w, _ = nnunet_case(pred, data, props)
     summarize("mirror_mni152_6x4x4", out, x, stock, wide, rng)
     report["mirror_mni152_6x4x4"] = _diff(stock, wide, seg_s, seg_w)
+    volumes_2d(models, heldout, out, report, work, np.random.default_rng(902))
     np.savez_compressed(out_file, **out)
     (out_file.with_suffix(".json")).write_text(json.dumps(report, indent=2))
     log(f"reference written: {out_file} ({out_file.stat().st_size // 1024} kB)")
     for k, v in report.items():
         log(f"  {k}: {v}")
+
+
+def written_maps(pred, name: str, f: Path, out: dict, work: Path) -> Path:
+    """The label maps nnU-Net writes (``predict_from_files_sequential``, stock and with float32
+    buffers), read back on the project's grid with ``seg_explain.load_image``."""
+    from seg_explain import load_image
+
+    odir = work / "pred" / name
+    odir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(f, odir / "case_0000.nii.gz")
+    for key, ctx in (("pred_image", _nullcontext), ("pred_image_fp32", fp32_buffers)):
+        with ctx():
+            pred.predict_from_files_sequential([[str(odir / "case_0000.nii.gz")]], [str(odir / key)],
+                                               save_probabilities=False, overwrite=True)
+        out[f"{name}/{key}"] = load_image(odir / f"{key}.nii.gz").data.astype(np.uint8)
+    _as_diff(out, name)
+    return odir
+
+
+def make_gaps(heldout: Path) -> Path:
+    """``mni152_6x4x4`` with an all-zero sagittal slice (file axis i = x, the 2d
+    configuration's slicing axis: transpose_forward = [2, 0, 1]) at i = 12 and a 3-voxel
+    zero border on every side (affine shifted so the head stays in place)."""
+    import nibabel as nib
+
+    src = nib.load(str(heldout / "mni152_6x4x4.nii.gz"))
+    d = np.asarray(src.dataobj).copy()
+    d[12] = 0
+    d = np.pad(d, 3)
+    aff = src.affine @ np.array([[1, 0, 0, -3], [0, 1, 0, -3], [0, 0, 1, -3], [0, 0, 0, 1]], float)
+    f = heldout / "mni152_6x4x4_gaps.nii.gz"
+    nib.save(nib.Nifti1Image(d.astype(np.uint8), aff), str(f))
+    return f
+
+
+def per_slice_labels(pred, data: np.ndarray, props: dict) -> np.ndarray:
+    """nnU-Net's labels when every slice in the 2d configuration's plane is predicted as its
+    own 2D image (what a slice-by-slice caller gets), in nnU-Net's (SimpleITK) axis order.
+    An all-zero slice is background (nnU-Net cannot crop an empty 2D image)."""
+    import copy
+
+    tf, tb = pred.plans_manager.transpose_forward, pred.plans_manager.transpose_backward
+    t = data.transpose([0] + [i + 1 for i in tf])
+    sp_t = [props["spacing"][i] for i in tf]
+    sp2 = [999.0, *sp_t[1:]]
+    seg = np.zeros(t.shape[1:], np.uint8)
+    for s in range(t.shape[1]):
+        sl = t[:, s:s + 1]
+        if not np.any(sl):
+            continue
+        d2 = np.ascontiguousarray(sl.transpose([0] + [i + 1 for i in tb]))
+        p2 = copy.deepcopy(props)
+        p2["spacing"] = [sp2[i] for i in tb]
+        seg[s] = np.asarray(pred.predict_single_npy_array(d2, p2, None, None, False)).transpose(tf)[0]
+    return seg.transpose(tb)
+
+
+def volumes_2d(models: Path, heldout: Path, out: dict, report: dict, work: Path, rng) -> None:
+    """The 2d configuration (folds 0 and 1) predicting 3D volumes, keys ``vol2d_<case>/...``;
+    the report notes how many labels differ from predicting each slice on its own."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    pred = predictor_for(models / DATASET / "nnUNetTrainer__nnUNetPlans__2d")
+    cases = {"mni152_6x4x4": heldout / "mni152_6x4x4.nii.gz",
+             "mni152_6x4x4_gaps": make_gaps(heldout),
+             "kmeans_2x3x2": SAMPLE / "heldout" / "KmeansTest_T1UCharRaw.nii.gz"}
+    for case, f in cases.items():
+        name = f"vol2d_{case}"
+        data, props = SimpleITKIO().read_images([str(f)])
+        x, stock, wide, seg_s, seg_w, _ = nnunet_case(pred, data, props)
+        summarize(name, out, x, stock, wide, rng)
+        written_maps(pred, name, f, out, work)
+        report[name] = _diff(stock, wide, seg_s, seg_w)
+        per = per_slice_labels(pred, data, props)
+        report[name]["labels"] = int(seg_s.size)
+        report[name]["labels_differ_volume_vs_per_slice_2d"] = int((per != seg_s).sum())
+        log(f"  {name}: {report[name]}")
 
 
 def _as_diff(out: dict, name: str) -> None:
