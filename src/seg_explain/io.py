@@ -111,7 +111,10 @@ class LoadedImage:
         if header is None:
             import nibabel as nib
 
-            header = nib.Nifti1Image(data, aff).header
+            try:
+                header = nib.Nifti1Image(data, aff).header
+            except nib.spatialimages.HeaderDataError:   # bool, float16 ...: a header for the shape
+                header = nib.Nifti1Image(np.broadcast_to(np.float32(0), data.shape), aff).header
         src = ornt.io_orientation(aff)
         xfm = ornt.ornt_transform(src, ornt.axcodes2ornt(("L", "P", "S")))
         lps = ornt.apply_orientation(data, xfm)
