@@ -164,3 +164,17 @@ def test_nnunet_predicts_the_same_from_memory_and_from_file(oblique_nifti):
     built = LoadedImage.from_ijk(np.asanyarray(nii.dataobj), nii.affine)
     no_order = LoadedImage.from_array(built.data, built.spacing)
     assert not np.array_equal(m.logits(no_order), m.logits(built))
+
+
+def test_masks_of_any_dtype_build_and_save(tmp_path, oblique_nifti):
+    """A boolean RoI (no NIfTI dtype) builds too, and saves back on the stored grid."""
+    from seg_explain import save_image
+
+    raw = np.asanyarray(nib.load(str(oblique_nifti)).dataobj)
+    mask = raw > 500
+    img = LoadedImage.from_ijk(mask, oblique_affine())
+    assert img.data.dtype == bool and img.data.sum() == mask.sum()
+    save_image(tmp_path / "m.nii.gz", img.data, like=img)
+    back = nib.load(str(tmp_path / "m.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(back.dataobj) != 0, mask)
+    np.testing.assert_allclose(back.affine, oblique_affine(), atol=1e-5)

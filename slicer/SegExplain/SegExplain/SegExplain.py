@@ -80,8 +80,8 @@ def ensure_dependencies(need_nnunet: bool = False) -> bool:
                 f"SegExplain needs the Python package '{PIP_NAME}' (the explainers; no Qt, torch is kept). "
                 "Install it now? This can take a minute.", "SegExplain: install"):
             return False
-        with _busy():
-            slicer.util.pip_install(PIP_NAME)
+        if not _pip([PIP_NAME]):
+            return False
     if need_nnunet:
         import importlib.util
 
@@ -90,9 +90,37 @@ def ensure_dependencies(need_nnunet: bool = False) -> bool:
                     f"nnU-Net folders need '{NNUNET_PIP}' (installed without dependencies, so torch stays as "
                     "it is). Install it now?", "SegExplain: install"):
                 return False
-            with _busy():
-                slicer.util.pip_install(f"{NNUNET_PIP} --no-deps")
+            if not _pip([NNUNET_PIP, "--no-deps"]):
+                return False
     return True
+
+
+KEEP = ("torch", "SimpleITK", "numpy", "vtk", "requests")   # Slicer's own builds: never replaced by pip
+
+
+def _pip(args: list[str]) -> bool:
+    """``pip install args`` with Slicer's torch, SimpleITK, numpy, VTK pinned to what is installed."""
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in KEEP:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            constraints = os.path.join(d, "constraints.txt")
+            with open(constraints, "w") as fh:
+                fh.write("\n".join(pins) + "\n")
+            with _busy():
+                slicer.util.pip_install(list(args) + ["-c", constraints])
+        return True
+    except Exception as exc:   # noqa: BLE001 - no network, no permission, a conflict: say so and stop
+        logging.error("SegExplain: pip install %s failed", " ".join(args), exc_info=exc)
+        slicer.util.errorDisplay(f"Installing {' '.join(args)} failed: {exc}\n(details in the Python console)")
+        return False
 
 
 class _busy:
@@ -103,6 +131,33 @@ class _busy:
 
     def __exit__(self, *exc):
         qt.QApplication.restoreOverrideCursor()
+
+
+class user_errors:
+    """Bad input -> one message box with the core's one-line message (no traceback); anything
+    else -> a message box, the traceback only in the Python console. The slot returns."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None:
+            return False
+        try:
+            from seg_explain.errors import SegExplainError
+        except ImportError:   # pragma: no cover - the first-use check ran before
+            SegExplainError = ()
+        if isinstance(exc, SegExplainError):
+            slicer.util.errorDisplay(str(exc))
+        elif isinstance(exc, Exception):
+            logging.error("SegExplain: %s", self.what, exc_info=(kind, exc, tb))
+            slicer.util.errorDisplay(f"{self.what}: {exc}\n(details in the Python console)")
+        else:
+            return False
+        return True
 
 
 def is_nnunet_folder(path: str) -> bool:
@@ -323,9 +378,9 @@ class SegExplainWidget(ScriptedLoadableModuleWidget):
 
     # ---- actions -----------------------------------------------------------------------
     def onLoadModel(self):
-        if not self._ready():
-            return
         path = self.model_path.currentPath
+        if not self._ready() or not ensure_dependencies(is_nnunet_folder(path)):
+            return
         self.model_path.addCurrentPathToHistory()
         self._start(lambda token, progress: self.logic.load(path), f"Loading {os.path.basename(path)}",
                     self._model_loaded)
@@ -342,7 +397,7 @@ class SegExplainWidget(ScriptedLoadableModuleWidget):
         if not self._ready() or not self._have_model():
             return
         logic, volume = self.logic, self.volume.currentNode()
-        with slicer.util.tryWithErrorDisplay("SegExplain: cannot start", waitCursor=True):
+        with user_errors("SegExplain could not start"):
             image = logic.image(volume)
             seg, sid = self.roi.currentNode(), self.roi.currentSegmentID()
             roi = (logic.roi_mask(volume, seg, sid) if seg is not None and sid
@@ -365,7 +420,7 @@ class SegExplainWidget(ScriptedLoadableModuleWidget):
         if not self._ready() or not self._have_model():
             return
         logic, volume, model = self.logic, self.volume.currentNode(), self.model
-        with slicer.util.tryWithErrorDisplay("SegExplain: cannot start", waitCursor=True):
+        with user_errors("SegExplain could not start"):
             image = logic.image(volume)
 
             def show(labels):
@@ -379,7 +434,7 @@ class SegExplainWidget(ScriptedLoadableModuleWidget):
             return
         logic, model = self.logic, self.model
         nodes = list(self.agg_volumes.checkedNodes()) or [self.volume.currentNode()]
-        with slicer.util.tryWithErrorDisplay("SegExplain: cannot start", waitCursor=True):
+        with user_errors("SegExplain could not start"):
             images = [logic.image(n) for n in nodes]
             names = [n.GetName() for n in nodes]
             params, method = self._params(), self.method.currentData
@@ -435,7 +490,7 @@ class SegExplainWidget(ScriptedLoadableModuleWidget):
         kind, value = final
         if kind == "done":
             self.progress.value = 1000
-            with slicer.util.tryWithErrorDisplay("SegExplain: cannot show the result"):
+            with user_errors("SegExplain could not show the result"):
                 self.on_done(value)
             return
         from seg_explain.errors import Cancelled, SegExplainError
