@@ -107,7 +107,7 @@ class LoadedImage:
         if data.ndim not in (3, 4):
             raise InputMismatchError(f"from_ijk expects an (i, j, k) or (i, j, k, C) array, got shape {data.shape}")
         if aff.shape != (4, 4) or not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-            raise InputMismatchError("from_ijk expects a finite, invertible 4×4 IJK→RAS matrix")
+            raise InputMismatchError("the IJK→RAS matrix (affine) must be a finite, invertible 4×4 matrix")
         if header is None:
             import nibabel as nib
 
