@@ -393,3 +393,23 @@ def test_logic_imports_without_qt_and_the_widget_compiles():
     assert "EXTENSION_DEPENDS" in cm and "PyTorch" in cm
     assert "slicerMacroBuildScriptedModule" in (MODULE_DIR / "CMakeLists.txt").read_text()
     assert (MODULE_DIR / "Resources" / "Icons" / "SegExplain.png").is_file()
+
+
+def test_colour_tables_follow_each_methods_sign_convention(scene):
+    """Red is the sign the registry's legend calls red (PdCR: red = negative ATE), white is 0,
+    and one colour node per kind is reused."""
+    from SegExplainLib.logic import colour_node
+
+    from seg_explain.explainers.registry import specs
+
+    seen = set()
+    for spec in specs():
+        node = colour_node(scene, False, spec.red_is_negative)
+        lut = node.GetLookupTable()
+        lo, mid, hi = (np.array(lut.GetTableValue(i)[:3]) for i in (0, 128, 255))
+        red_end, blue_end = (lo, hi) if spec.red_is_negative else (hi, lo)
+        assert red_end[0] > 0.3 > red_end[2] and blue_end[2] > 0.3 > blue_end[0], spec.name
+        assert mid.min() > 0.9
+        seen.add(node.GetID())
+        assert colour_node(scene, False, spec.red_is_negative).GetID() == node.GetID()
+    assert len(seen) == len({s.red_is_negative for s in specs()}) == 2
