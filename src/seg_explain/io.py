@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, InputMismatchError
 from .files import atomic_write, regular_file
 from .model_grid import invert_ornt
 
@@ -80,6 +80,87 @@ class LoadedImage:
         """The same geometry with other voxel values (e.g. an attribution on this grid)."""
         return LoadedImage(np.asarray(data), self.spacing, self.affine, self.path,
                            self.spatial_dims, dict(self.meta))
+
+    # ---- building an image from memory (front ends: 3D Slicer, notebooks) ----------------
+    @classmethod
+    def from_ijk(cls, array: np.ndarray, ijk_to_ras: np.ndarray, *, path: str | None = None,
+                 header: Any = None) -> LoadedImage:
+        """An image from a voxel array in stored ``(i, j, k)`` order and its 4×4 IJK→RAS matrix.
+
+        ``array`` is indexed like a NIfTI data array (nibabel's ``dataobj``): ``(i, j, k)``,
+        or ``(i, j, k, C)`` with a **trailing** channel axis (NIfTI's layout; a leading axis
+        would be ambiguous with a short ``i`` axis). 3D Slicer's ``arrayFromVolume`` is
+        ``(k, j, i[, C])``: pass ``a.transpose(2, 1, 0[, 3])`` with the node's IJKToRAS.
+        The result is exactly what :func:`load_image` returns for a NIfTI file holding that
+        array and affine (:func:`load_image` builds its NIfTI images here): the LPS
+        ``(Z, Y, X)`` array, spacing, affine and the stored voxel order in ``meta``
+        (``src_affine``, ``xfm``, ``src_shape``), which nnU-Net models read because they
+        see voxels in the order they were stored. :meth:`to_ijk` maps an array on the
+        result's grid back to the stored order. ``header``: a NIfTI header to keep for
+        :func:`save_image` (default: a fresh one for this array and affine).
+        Raises :class:`~seg_explain.errors.InputMismatchError` for a bad array or matrix.
+        """
+        from nibabel import orientations as ornt
+
+        data = np.asanyarray(array)
+        aff = np.asarray(ijk_to_ras, dtype=float)
+        if data.ndim not in (3, 4):
+            raise InputMismatchError(f"from_ijk expects an (i, j, k) or (i, j, k, C) array, got shape {data.shape}")
+        if aff.shape != (4, 4) or not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+            raise InputMismatchError("the IJK→RAS matrix (affine) must be a finite, invertible 4×4 matrix")
+        if header is None:
+            import nibabel as nib
+
+            try:
+                header = nib.Nifti1Image(data, aff).header
+            except nib.spatialimages.HeaderDataError:   # bool, float16 ...: a header for the shape
+                header = nib.Nifti1Image(np.broadcast_to(np.float32(0), data.shape), aff).header
+        src = ornt.io_orientation(aff)
+        xfm = ornt.ornt_transform(src, ornt.axcodes2ornt(("L", "P", "S")))
+        lps = ornt.apply_orientation(data, xfm)
+        aff_ijk = aff @ ornt.inv_ornt_aff(xfm, data.shape[:3])
+        zyx = np.moveaxis(lps, (0, 1, 2), (2, 1, 0))  # (k, j, i, [c]) = (z, y, x, [c])
+        if zyx.ndim == 4:
+            zyx = np.moveaxis(zyx, 3, 0)
+            if zyx.shape[0] == 1:
+                zyx = zyx[0]
+        vox = np.linalg.norm(aff_ijk[:3, :3], axis=0)
+        spacing = tuple(float(v) for v in vox[::-1])
+        meta = {"format": "nifti", "xfm": xfm, "src_shape": data.shape, "src_affine": aff, "header": header}
+        return cls(np.ascontiguousarray(zyx), spacing, aff_ijk @ _PERM, path, 3, meta)
+
+    def to_ijk(self, data: np.ndarray) -> np.ndarray:
+        """An array on this image's grid (``(Z, Y, X)`` or channel-first ``(C, Z, Y, X)``) in the
+        stored ``(i, j, k[, C])`` order of the array :meth:`from_ijk` (or a NIfTI file) gave,
+        so that it lies on the original IJK→RAS matrix (``meta["src_affine"]``)."""
+        from nibabel import orientations as ornt
+
+        if self.spatial_dims != 3 or "xfm" not in self.meta:
+            raise InputMismatchError("to_ijk needs a 3D image built by from_ijk or read from NIfTI")
+        data = np.asarray(data)
+        if data.shape[-3:] != self.spatial_shape:
+            raise InputMismatchError(f"an array of shape {data.shape} is not on this image's grid {self.spatial_shape}")
+        ijk = np.moveaxis(data, (-3, -2, -1), (-1, -2, -3)) if data.ndim == 3 else \
+            np.moveaxis(np.moveaxis(data, 0, -1), (0, 1, 2), (2, 1, 0))
+        return ornt.apply_orientation(ijk, invert_ornt(self.meta["xfm"]))
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, spacing: tuple[float, ...] | None = None, *,
+                   spatial_dims: int | None = None, path: str | None = None) -> LoadedImage:
+        """An image from an array already in the project's axis order: ``(Y, X)`` / ``(C, Y, X)``
+        or LPS ``(Z, Y, X)`` / ``(C, Z, Y, X)`` (see the module docstring), with ``spacing``
+        in mm in the same order (default 1 mm), axis-aligned. ``spatial_dims`` defaults to
+        ``len(spacing)``, else 2 for a 2D array and 3 otherwise. Data without an orientation
+        (a TIFF stack, a numpy volume) gets this geometry from :func:`load_image` too."""
+        arr = np.asarray(array)
+        if spatial_dims is None:
+            spatial_dims = len(spacing) if spacing is not None else (2 if arr.ndim == 2 else 3)
+        if spatial_dims not in (2, 3) or arr.ndim not in (spatial_dims, spatial_dims + 1):
+            raise InputMismatchError(f"from_array: an array of shape {arr.shape} is not a {spatial_dims}D image")
+        if spacing is not None and (len(spacing) != spatial_dims
+                                    or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing)):
+            raise InputMismatchError(f"from_array: spacing {tuple(spacing)} must be {spatial_dims} numbers > 0")
+        return _plain(arr, spatial_dims, path, None if spacing is None else tuple(spacing))
 
 
 def _ext(path: Path) -> str:
@@ -143,7 +224,6 @@ def _plain(arr: np.ndarray, spatial_dims: int, path: str | None,
 
 def _load_nifti(p: Path) -> LoadedImage:
     import nibabel as nib
-    from nibabel import orientations as ornt
 
     img = nib.load(str(p))
     data = np.asanyarray(img.dataobj)
@@ -153,20 +233,7 @@ def _load_nifti(p: Path) -> LoadedImage:
         data = data[:, :, None]
     if data.ndim not in (3, 4):
         raise ImageLoadError(f"Cannot read {p.name}: expected a 3D or 4D NIfTI, got {data.ndim}D")
-    src = ornt.io_orientation(img.affine)
-    xfm = ornt.ornt_transform(src, ornt.axcodes2ornt(("L", "P", "S")))
-    lps = ornt.apply_orientation(data, xfm)
-    aff_ijk = img.affine @ ornt.inv_ornt_aff(xfm, data.shape[:3])
-    zyx = np.moveaxis(lps, (0, 1, 2), (2, 1, 0))  # (k, j, i, [c]) = (z, y, x, [c])
-    if zyx.ndim == 4:
-        zyx = np.moveaxis(zyx, 3, 0)
-        if zyx.shape[0] == 1:
-            zyx = zyx[0]
-    vox = np.linalg.norm(aff_ijk[:3, :3], axis=0)
-    spacing = tuple(float(v) for v in vox[::-1])
-    meta = {"format": "nifti", "xfm": xfm, "src_shape": data.shape, "src_affine": img.affine,
-            "header": img.header}
-    return LoadedImage(np.ascontiguousarray(zyx), spacing, aff_ijk @ _PERM, str(p), 3, meta)
+    return LoadedImage.from_ijk(data, img.affine, path=str(p), header=img.header)
 
 
 def _sitk_to_loaded(img, path: str, fmt: str) -> LoadedImage:
