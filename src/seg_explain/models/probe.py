@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,8 @@ def probe_isolated(data: bytes, s: dict, where: str) -> None:
     """:func:`probe` of the TorchScript program ``data`` (already scanned) in a child
     process that is killed at the deadline; sets ``s["min_size"]`` like :func:`probe`."""
     limit = timeout_s()
-    head = json.dumps({k: s.get(k) for k in _KEYS} | {"where": where, "threads": torch.get_num_threads()})
+    head = json.dumps({k: s.get(k) for k in _KEYS} | {"where": where, "threads": torch.get_num_threads(),
+                                                      "parent": os.getpid()})
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -113,12 +115,27 @@ def probe_isolated(data: bytes, s: dict, where: str) -> None:
     s["min_size"] = int(out["min_size"])
 
 
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child process
+    """Linux: the kernel kills this child when its parent ends (a looping program would
+    otherwise spin on, orphaned, after the loading process was stopped)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:          # the parent ended before prctl took effect
+        os._exit(1)
+
+
 def child_main() -> None:  # pragma: no cover - runs in the child process
     import io
 
     raw = sys.stdin.buffer.read()
     head, _, data = raw.partition(b"\n")
     cfg = json.loads(head)
+    _die_with_parent(int(cfg.pop("parent")))
     torch.set_num_threads(max(1, int(cfg.pop("threads", 1))))
     where = cfg.pop("where")
     try:

@@ -67,11 +67,16 @@ def _walk(graph, out: set) -> None:
             _walk(block, out)
         for attr in node.attributeNames():
             kind = node.kindOf(attr)
-            if kind == "g":
-                _walk(node.g(attr), out)
-            elif kind == "gs":
-                for g in node.gs(attr):
-                    _walk(g, out)
+            if kind in ("g", "gs"):
+                for g in (node.g(attr),) if kind == "g" else node.gs(attr):
+                    _walk(_inlined(g), out)
+
+
+def _inlined(graph):
+    """A copy of ``graph`` with every known function and method call inlined."""
+    graph = graph.copy()
+    torch._C._jit_pass_inline(graph)
+    return graph
 
 
 def _modules(module) -> list:
@@ -97,9 +102,7 @@ def program_ops(module) -> set[str]:
         if c is None:
             continue
         for meth in c._method_names():
-            graph = c._get_method(meth).graph.copy()
-            torch._C._jit_pass_inline(graph)
-            _walk(graph, kinds)
+            _walk(_inlined(c._get_method(meth).graph), kinds)
     return kinds
 
 
