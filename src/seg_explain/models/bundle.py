@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from ..budget import check_zip_members
 from ..errors import ModelLoadError, UnsafeConfigError
 from ..files import read_json as _read_json
 from ..files import regular_file
-from .budget import check_zip_members
 from .safe_config import INFERERS, INTENSITY, READ_ONLY, instantiate, target_name, validate
 from .torch_errors import is_restricted_refusal, refused_global, torch_reason
 

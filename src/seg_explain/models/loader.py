@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ..budget import check_bytes, check_zip_members
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
-from .budget import check_bytes, check_zip_members
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
 from .probe import forward_ok, probe, probe_isolated
 from .safe_config import instantiate

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..budget import check_zip_members
 from ..errors import ModelLoadError, UnsafeConfigError
-from .budget import check_zip_members
 
 ALLOWED_NAMESPACES = ("aten", "prim")
 # ops inside the allowed namespaces that reach outside the program's tensors

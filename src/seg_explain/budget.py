@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from ..errors import ModelLoadError, UnsafeConfigError
+from .errors import ModelLoadError, UnsafeConfigError
 
 ENV = "SEG_EXPLAIN_MEMORY_LIMIT"
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
