@@ -45,14 +45,14 @@ def parse_size(text: str) -> int:
     return int(n)
 
 
-def memory_budget() -> tuple[int, str]:
+def memory_budget(error=ModelLoadError) -> tuple[int, str]:
     """(bytes, where the figure comes from)."""
     raw = os.environ.get(ENV, "").strip()
     if raw:
         try:
             return parse_size(raw), f"{ENV}={raw}"
         except ValueError:
-            raise ModelLoadError(f"{ENV}={raw!r} is not a size; write e.g. 16G or 800M") from None
+            raise error(f"{ENV}={raw!r} is not a size; write e.g. 16G or 800M") from None
     return machine_memory() // 2, "half this machine's memory"
 
 
@@ -66,7 +66,7 @@ def fmt_bytes(n: float) -> str:
 def check_bytes(nbytes: float, what: str, error=ModelLoadError) -> None:
     """Raise ``error`` when ``what`` (a phrase: "this image", "the network") would need more
     than the budget."""
-    limit, source = memory_budget()
+    limit, source = memory_budget(error)
     if nbytes > limit:
         raise error(f"{what} would need {fmt_bytes(nbytes)} of memory, more than the budget of "
                     f"{fmt_bytes(limit)} ({source}); set {ENV} (e.g. {ENV}=64G) to allow more")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .budget import check_bytes
-from .errors import ImageLoadError
+from .errors import ImageLoadError, SegExplainError
 from .files import atomic_write, regular_file
 from .model_grid import invert_ornt
 
@@ -115,7 +115,7 @@ def load_image(path: str | os.PathLike, series: str | None = None, magnitude: bo
     ext = _ext(p)
     try:
         img = _load_any(p, ext, series)
-    except ImageLoadError:
+    except SegExplainError:
         raise
     except Exception as exc:  # corrupt / unreadable: one line, the cause kept
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -262,9 +262,22 @@ def _load_sitk(p: Path) -> LoadedImage:
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
-    reader.ReadImageInformation()   # the header only: sizes are checked before the voxels are read
-    _sitk_header(reader, p)
-    return _sitk_to_loaded(reader.Execute(), str(p), "dicom" if _ext(p) == ".dcm" else "itk")
+    try:
+        reader.ReadImageInformation()   # the header only: sizes are checked before the voxels are read
+        _sitk_header(reader, p)
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageLoadError(f"Cannot read {p.name}: {_itk_reason(exc)}") from None
+    return _sitk_to_loaded(img, str(p), "dicom" if _ext(p) == ".dcm" else "itk")
+
+
+def _itk_reason(exc: Exception) -> str:
+    """ITK's own line of an exception ("ITK ERROR: NrrdImageIO(0x55..): <what>") without the
+    C++ file/line and object address SimpleITK puts around it."""
+    for line in str(exc).splitlines():
+        if "ITK ERROR" in line or "Description:" in line:
+            return _printable(line.split("):", 1)[-1].split("Description:", 1)[-1].strip(), 200)
+    return "not a readable image (SimpleITK could not parse its header)"
 
 
 def _printable(text: str, limit: int = 64) -> str:
@@ -311,11 +324,15 @@ def _load_dicom_series(p: Path, series: str | None = None) -> LoadedImage:
     files = chosen[0]
     head = sitk.ImageFileReader()
     head.SetFileName(files[0])
-    head.ReadImageInformation()
-    _sitk_header(head, p, n_files=len(files))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return _sitk_to_loaded(reader.Execute(), str(p), "dicom")
+    try:
+        head.ReadImageInformation()
+        _sitk_header(head, p, n_files=len(files))
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageLoadError(f"Cannot read the DICOM series in {p.name}: {_itk_reason(exc)}") from None
+    return _sitk_to_loaded(img, str(p), "dicom")
 
 
 def _load_tiff(p: Path) -> LoadedImage:
