@@ -20,6 +20,7 @@ from ..budget import check_bytes, check_zip_members
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
+from .network_size import check_network_size
 from .probe import forward_ok, probe, probe_isolated
 from .safe_config import instantiate
 from .segmodel import SegModel, resolve_device
@@ -113,6 +114,8 @@ def _load_bundle(p: Path, device) -> SegModel:
     s = _settings(meta, cfg, where)
     pt, ts = p / "models" / "model.pt", p / "models" / "model.ts"
     if os.path.lexists(pt) and cfg and "network_def" in cfg:
+        check_network_size(lambda: instantiate(cfg["network_def"], f"{where}: network_def", "network"),
+                           f"{where}: network_def")
         net = instantiate(cfg["network_def"], f"{where}: network_def", "network")
         if not isinstance(net, torch.nn.Module):
             raise ModelLoadError(f"{where}: network_def does not build a torch.nn.Module")
