@@ -252,9 +252,10 @@ def _sitk_header(reader, p: Path, n_files: int = 1) -> None:
     dims = [max(int(v), 0) for v in reader.GetSize()]
     if n_files > 1:
         dims = dims[:2] + [n_files]
-    sample = sitk.GetArrayViewFromImage(sitk.Image([1] * len(reader.GetSize()), reader.GetPixelID(),
-                                                   max(1, reader.GetNumberOfComponents())))
-    _check_size(p, dims[::-1] + ([sample.shape[-1]] if sample.ndim > len(dims) else []), sample.dtype)
+    # the pixel type's numpy dtype from a 1-voxel, 1-component image of the same type
+    one = sitk.Image([1] * len(reader.GetSize()), reader.GetPixelID(), 1)
+    comps = max(1, int(reader.GetNumberOfComponents()))
+    _check_size(p, dims[::-1] + ([comps] if comps > 1 else []), sitk.GetArrayViewFromImage(one).dtype)
 
 
 def _load_sitk(p: Path) -> LoadedImage:
