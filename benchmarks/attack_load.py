@@ -10,7 +10,6 @@ data-loss (a user file changed) / hang (deadline passed) / crash (killed, other 
 Every case runs under the default memory budget (half this machine's memory) unless it says
 otherwise; "bombs" declare sizes far above it rather than holding them.
 """
-from __future__ import annotations
 
 import argparse
 import gzip
@@ -24,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -209,30 +209,32 @@ def ts_bounded_but_endless_loop(d: Path):
     return _image2d(d), _script(M(), d), {"env": {"SEG_EXPLAIN_PROBE_TIMEOUT": "30"}}
 
 
+@torch.jit.interface
+class _Iface(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pass
+
+
+class _Impl(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _ViaInterface(torch.nn.Module):
+    sub: _Iface
+
+    def __init__(self):
+        super().__init__()
+        self.sub = _Impl()
+
+    def forward(self, x):
+        return self.sub.forward(x).repeat(1, 4, 1, 1)
+
+
 @case
 def ts_interface_call(d: Path):
     """a submodule typed as an interface: the callee cannot be inlined (prim::CallMethod stays)"""
-    import torch
-
-    @torch.jit.interface
-    class Iface(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            pass
-
-    class Impl(torch.nn.Module):
-        def forward(self, x):
-            return x
-
-    class M(torch.nn.Module):
-        sub: Iface
-
-        def __init__(self):
-            super().__init__()
-            self.sub = Impl()
-
-        def forward(self, x):
-            return self.sub.forward(x).repeat(1, 4, 1, 1)
-    return _image2d(d), _script(M(), d), {}
+    return _image2d(d), _script(_ViaInterface(), d), {}
 
 
 @case

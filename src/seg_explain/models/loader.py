@@ -25,7 +25,7 @@ from .probe import forward_ok, probe, probe_isolated
 from .safe_config import instantiate
 from .segmodel import SegModel, resolve_device
 from .torch_errors import torch_reason
-from .torchscript_scan import load_torchscript, scan_exported
+from .torchscript_scan import load_torchscript, may_loop, scan_exported
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
@@ -135,13 +135,16 @@ def _load_bundle(p: Path, device) -> SegModel:
 
 # ------------------------------------------------------------------------ TorchScript --
 def _jit_load(path: Path):
-    """(the loaded program, its bytes): read once, checked before and after torch.jit.load
-    (:mod:`.torchscript_scan`); nothing of the program has run."""
+    """(the loaded program, its bytes or None): read once, checked before and after
+    torch.jit.load (:mod:`.torchscript_scan`); nothing of the program has run. The bytes come
+    back when the program has a loop: its probe then runs in a child process with a deadline
+    (a loop-free program always finishes and is probed here)."""
     size = path.stat().st_size
     check_bytes(size, f"{path.name} ({size} bytes on disk)")
     with open(path, "rb") as fh:
         data = fh.read()
-    return load_torchscript(path, data), data
+    net, kinds = load_torchscript(path, data)
+    return net, (data if may_loop(kinds) else None)
 
 
 # ------------------------------------------------------------------------ torch.export --

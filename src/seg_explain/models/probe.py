@@ -2,13 +2,15 @@
 takes (``min_size``) and check its channels against the metadata.
 
 For a network we built ourselves (allow-listed MONAI / nnU-Net classes) the probe runs
-here. An untrusted compiled program (TorchScript) is probed in a **child process with a
+here. An untrusted TorchScript program with a loop is probed in a **child process with a
 deadline** (:func:`probe_isolated`): its scan has passed, so it cannot touch files, but a
-program can still loop forever (``while True`` in ``forward``), and a loop inside
+loop can run forever (``while True`` in ``forward``), and a loop inside
 TorchScript's interpreter never returns to Python, so neither a timeout in a thread nor
 SIGTERM could stop it here. The child is killed (SIGKILL) at the deadline and the model is
 refused with one line. The deadline is ``SEG_EXPLAIN_PROBE_TIMEOUT`` seconds (default
-:data:`DEFAULT_TIMEOUT`; it includes starting Python and torch in the child).
+:data:`DEFAULT_TIMEOUT`; it includes starting Python and torch in the child, a few seconds).
+A loop-free program (every traced one) always finishes: TorchScript has no recursion, so
+it is probed here (see :func:`.torchscript_scan.may_loop`).
 """
 from __future__ import annotations
 
@@ -34,12 +36,23 @@ def forward_ok(net, shape, device) -> tuple[object | None, str]:
         with torch.inference_mode():
             y = net(x)
     except Exception as exc:  # noqa: BLE001 - a failed probe is reported by the caller
-        return None, (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
+        return None, _reason(exc)
     if isinstance(y, (list, tuple)):
         y = y[0]
     if isinstance(y, dict):
         y = next(iter(y.values()))
     return y, ""
+
+
+def _reason(exc: Exception) -> str:
+    """One line for a failed pass. TorchScript's errors start with "The following operation
+    failed in the TorchScript interpreter" and a traceback of the program; the cause is the
+    last line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    return line[:200]
 
 
 def probe(net, s: dict, where: str) -> None:

@@ -118,19 +118,29 @@ def refused_ops(kinds: set[str]) -> dict[str, str]:
     return bad
 
 
-def scan_program(module, name: str = "the TorchScript program") -> None:
-    """Refuse a loaded TorchScript program that uses an op outside the allow-list."""
-    bad = refused_ops(program_ops(module))
+def scan_program(module, name: str = "the TorchScript program") -> set[str]:
+    """Refuse a loaded TorchScript program that uses an op outside the allow-list; return the
+    op kinds it uses."""
+    kinds = program_ops(module)
+    bad = refused_ops(kinds)
     if bad:
         what = "; ".join(f"{k} ({why})" for k, why in list(bad.items())[:4])
         more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
         raise UnsafeConfigError(f"{name} uses {what}{more}; only tensor ops (aten::, prim::) may run, so "
                                 "such a model is never run")
+    return kinds
+
+
+def may_loop(kinds: set[str]) -> bool:
+    """Whether a scanned program can run for unbounded time: TorchScript has no recursion and
+    no goto, so only a loop (``prim::Loop``: ``while``, ``for``) can keep it from finishing.
+    A traced program has none (tracing unrolls loops)."""
+    return "prim::Loop" in kinds
 
 
 def load_torchscript(path: Path, data: bytes | None = None):
-    """``torch.jit.load`` of ``path``'s bytes (read once), checked before and after loading;
-    nothing of the program has run when this returns."""
+    """``torch.jit.load`` of ``path``'s bytes (read once), checked before and after loading:
+    (the program, the op kinds it uses); nothing of the program has run when this returns."""
     if data is None:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -141,8 +151,7 @@ def load_torchscript(path: Path, data: bytes | None = None):
         raise ModelLoadError(
             f"{path.name} is not a TorchScript program (a state dict needs a MONAI bundle with "
             "network_def; a pickled whole model is never loaded)") from exc
-    scan_program(net, path.name)
-    return net
+    return net, scan_program(net, path.name)
 
 
 # ------------------------------------------------------------------ torch.export --
