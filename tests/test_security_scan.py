@@ -328,10 +328,8 @@ def test_loading_a_looping_program_stays_killable_by_sigterm(tmp_path):
 
 
 def test_probe_deadline_setting_is_checked(tmp_path, monkeypatch):
-    p = _script(torch.nn.Identity(), tmp_path / "id.ts")
+    p = _script(_Forever(), tmp_path / "m.ts")
+    (tmp_path / "m.json").write_text(json.dumps(SIDE))
     monkeypatch.setenv("SEG_EXPLAIN_PROBE_TIMEOUT", "soon")
-    (tmp_path / "id.json").write_text(json.dumps({"network_data_format": {
-        "inputs": {"image": {"num_channels": 4, "spatial_shape": [16, 16]}},
-        "outputs": {"pred": {"num_channels": 4}}}}))
     with pytest.raises(ModelLoadError, match="SEG_EXPLAIN_PROBE_TIMEOUT='soon' must be a number"):
         load_model(p)

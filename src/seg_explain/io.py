@@ -321,7 +321,7 @@ def _load_dicom_series(p: Path, series: str | None = None) -> LoadedImage:
                              "--series UID (load_image(path, series=UID))")
     chosen = [f for uid, _, f in found if series is None or uid == series]
     if not chosen:
-        raise ImageLoadError(f"DICOM folder {p.name} has no series {_printable(series)!r}; it holds: {listing}")
+        raise ImageLoadError(f"DICOM folder {p.name} has no series '{_printable(series)}'; it holds: {listing}")
     files = chosen[0]
     head = sitk.ImageFileReader()
     head.SetFileName(files[0])
