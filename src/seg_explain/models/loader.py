@@ -2,10 +2,12 @@
 
 Everything read here is untrusted (see ``docs/SECURITY.md``): configs are validated against
 allow-lists before anything is built (:mod:`.safe_config`), weights are loaded with
-``torch.load(weights_only=True)``, TorchScript graphs are scanned for operators that touch
-files, and ``.pt2`` archives are read once and refused when anything in them would need more
-than torch's restricted unpickler (or is native code) before ``torch.export.load`` sees the
-same bytes.
+``torch.load(weights_only=True)``, TorchScript programs are checked before ``torch.jit.load``
+and scanned whole after it against an allow-list of ops (:mod:`.torchscript_scan`), sizes are
+checked against the memory budget before anything is built (:mod:`.network_size`,
+:mod:`seg_explain.budget`), and ``.pt2`` archives are read once and refused when anything in
+them would need more than torch's restricted unpickler (or is native code) before
+``torch.export.load`` sees the same bytes.
 """
 from __future__ import annotations
 
@@ -84,8 +86,8 @@ def _eval_mode(net) -> None:
 
 def _build(net, s: dict, where: str, device, hookable: bool, source: str,
            program: bytes | None = None) -> SegModel:
-    """``program``: the TorchScript bytes ``net`` came from; its probe then runs in a child
-    process with a deadline (:func:`.probe.probe_isolated`)."""
+    """``program``: the bytes of a TorchScript program with a loop; its probe then runs in a
+    child process with a deadline (:func:`.probe.probe_isolated`)."""
     _eval_mode(net)
     s.setdefault("divisor", divisor_of(net))
     if program is not None:
