@@ -85,6 +85,7 @@ from ..io import LoadedImage
 from ..model_grid import ModelGrid, orientation_transform
 from .network_size import check_network_size
 from .segmodel import Prepared, SegModel, resolve_device
+from .torch_errors import is_restricted_refusal, refused_global
 
 ANISO_THRESHOLD = 3          # nnunetv2.configuration.ANISO_THRESHOLD
 TWO_D_THICKNESS = 999.0      # slice thickness nnU-Net's 2D readers give a 2D image
@@ -491,9 +492,8 @@ def load_checkpoint(path: Path, root: Path) -> dict:
     except Exception as exc:
         text = str(exc)
         msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
-            what = re.search(r"(Unsupported global: [^\n]*?)(?:\s+was not|\.\s|\n|$)|but got (<class [^>]*>)", text)
-            found = (what.group(1) or what.group(2)) if what else msg
+        if is_restricted_refusal(exc):
+            found = refused_global(exc) or "a pickled Python object"
             raise UnsafeConfigError(f"{path.parent.name}/{path.name} holds {found[:160]}, beyond the tensors, "
                                     "containers and numpy float scalars an nnU-Net checkpoint holds; it was not "
                                     "unpickled") from None
