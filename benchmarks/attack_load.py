@@ -326,7 +326,7 @@ def nnunet_momentum_text(d: Path):
 
 @case
 def nnunet_wide_network(d: Path):
-    """plans: features_per_stage [2048, 4096, 4096] (below the 2e9-parameter sanity bound)"""
+    """plans: features_per_stage [2048, 4096, 4096] (24 billion parameters by plans.json)"""
     return _image3d(d), _nnunet(d, lambda kw: kw.update(features_per_stage=[2048, 4096, 4096])), {}
 
 

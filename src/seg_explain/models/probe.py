@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..budget import fmt_bytes
 from ..errors import ModelLoadError
 
 ENV = "SEG_EXPLAIN_PROBE_TIMEOUT"
@@ -52,6 +54,11 @@ def _reason(exc: Exception) -> str:
     if not lines:
         return type(exc).__name__
     line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    alloc = re.search(r"tried to allocate (\d+) bytes", line)
+    if alloc:
+        return f"it tried to allocate {fmt_bytes(int(alloc.group(1)))}, more than this machine has"
+    line = re.sub(r"^\w+(Error|Exception): ", "", line)
+    line = re.sub(r"\[enforce fail at [^\]]*\]\s*", "", line)
     return line[:200]
 
 
