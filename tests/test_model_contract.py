@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import UNET_DEF, make_unet, write_bundle
+
 from seg_explain import explain, load_image, load_model
 from seg_explain.bank import resolve_bank
 from seg_explain.explainers.base import make_context
@@ -72,7 +72,8 @@ def _two_fold_3d(tmp: Path) -> Path:
 def _case(name: str, tmp: Path):
     """-> (model, image, slice_index) for one format."""
     if name == "bundle_sigma1":
-        b = write_bundle(tmp / "b", {**UNET_DEF, "spatial_dims": 3}, make_unet(3, seed=2), ["bg", "a", "b", "c"], (16, 16, 16))
+        b = write_bundle(tmp / "b", {**UNET_DEF, "spatial_dims": 3}, make_unet(3, seed=2),
+                         ["bg", "a", "b", "c"], (16, 16, 16))
         cfg = json.loads((b / "configs" / "inference.json").read_text())
         cfg["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "overlap": 0.5,
                           "mode": "gaussian", "sigma_scale": 1.0}

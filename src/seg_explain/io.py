@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageLoadError, InputMismatchError
+from .budget import check_bytes
+from .errors import ImageLoadError, InputMismatchError, SegExplainError
 from .files import atomic_write, regular_file
 from .model_grid import invert_ornt
 
@@ -176,39 +177,78 @@ def _check_exists(path: Path) -> None:
         raise ImageLoadError(f"No such file or folder: {path}")
 
 
-def load_image(path: str | os.PathLike) -> LoadedImage:
+def load_image(path: str | os.PathLike, series: str | None = None, magnitude: bool = False) -> LoadedImage:
     """Read a NIfTI, MHA/MHD/NRRD, DICOM (file or series folder), PNG/JPEG or TIFF image.
 
     3D data comes back reoriented to LPS ``(Z, Y, X)``; see the module docstring.
+    ``series``: the SeriesInstanceUID to read from a DICOM folder holding several series
+    (without it such a folder is refused with the list of its series). Complex-valued
+    images are refused unless ``magnitude=True`` (their magnitude is then read, and
+    ``meta["complex"]`` says so). Sizes from headers are checked against the memory budget
+    (:mod:`seg_explain.budget`) before the voxels are read.
     Raises :class:`~seg_explain.errors.ImageLoadError` with a one-line reason.
     """
     p = Path(path).expanduser()
     _check_exists(p)
     regular_file(p, "image file", allow_dir=True)   # never open a FIFO / device / socket
+    if series is not None and not p.is_dir():
+        raise ImageLoadError(f"A series can only be chosen in a DICOM folder; {p.name} is a file")
     ext = _ext(p)
     try:
-        if p.is_dir():
-            return _load_dicom_series(p)
-        if ext in NIFTI_EXT:
-            return _load_nifti(p)
-        if ext in ITK_EXT:
-            return _load_sitk(p)
-        if ext in TIFF_EXT:
-            return _load_tiff(p)
-        if ext in PLAIN2D_EXT:
-            return _load_plain2d(p)
-        if ext == ".npy":
-            arr = np.load(p, allow_pickle=False)
-            nd = 3 if arr.ndim >= 3 and not (arr.ndim == 3 and arr.shape[0] <= 4) else 2
-            return _plain(arr, nd, str(p))
-    except ImageLoadError:
+        img = _load_any(p, ext, series)
+    except SegExplainError:
         raise
     except Exception as exc:  # corrupt / unreadable: one line, the cause kept
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImageLoadError(f"Cannot read {p.name}: {msg}") from exc
+    if np.iscomplexobj(img.data):
+        if not magnitude:
+            raise ImageLoadError(_COMPLEX.format(name=p.name))
+        img.data = np.abs(img.data)
+        img.meta["complex"] = "magnitude"
+    return img
+
+
+_COMPLEX = ("{name} holds complex values; seg-explain does not guess which part to use. Give the magnitude "
+            "image (or load it with magnitude=True / --magnitude to use |value|)")
+
+
+def _load_any(p: Path, ext: str, series: str | None) -> LoadedImage:
+    if p.is_dir():
+        return _load_dicom_series(p, series)
+    if ext in NIFTI_EXT:
+        return _load_nifti(p)
+    if ext in ITK_EXT:
+        return _load_sitk(p)
+    if ext in TIFF_EXT:
+        return _load_tiff(p)
+    if ext in PLAIN2D_EXT:
+        return _load_plain2d(p)
+    if ext == ".npy":
+        _check_npy_header(p)
+        arr = np.load(p, allow_pickle=False)
+        nd = 3 if arr.ndim >= 3 and not (arr.ndim == 3 and arr.shape[0] <= 4) else 2
+        return _plain(arr, nd, str(p))
     raise ImageLoadError(
         f"Unsupported image type '{ext or p.name}' ({p.name}); use one of "
         + ", ".join(SUPPORTED_EXT) + " or a DICOM folder")
+
+
+def _check_size(p: Path, shape, dtype, copies: int = 2) -> None:
+    """Refuse an image whose header promises more voxels than the memory budget allows, before
+    reading them (``copies``: the arrays loading makes: the voxels and the reoriented copy)."""
+    shape = tuple(int(v) for v in shape)
+    n = float(np.prod([max(v, 0) for v in shape], dtype=np.float64)) * np.dtype(dtype).itemsize * copies
+    dims = "\u00d7".join(str(v) for v in shape)
+    check_bytes(n, f"{p.name} ({dims} voxels of {np.dtype(dtype).name} by its header)", error=ImageLoadError)
+
+
+def _check_npy_header(p: Path) -> None:
+    with open(p, "rb") as fh:
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    _check_size(p, shape, dtype, copies=1)
 
 
 def _plain(arr: np.ndarray, spatial_dims: int, path: str | None,
@@ -226,6 +266,9 @@ def _load_nifti(p: Path) -> LoadedImage:
     import nibabel as nib
 
     img = nib.load(str(p))
+    # sizes before allocation: the header's voxel count x dtype (x2 when scaled to float)
+    _check_size(p, img.header.get_data_shape(), img.get_data_dtype(),
+                copies=2 * (2 if img.dataobj.slope != 1 or img.dataobj.inter != 0 else 1))
     data = np.asanyarray(img.dataobj)
     if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c)
         data = data[:, :, :, 0]
@@ -268,23 +311,96 @@ def _sitk_to_loaded(img, path: str, fmt: str) -> LoadedImage:
                        path, 3, meta)
 
 
+def _sitk_header(reader, p: Path, n_files: int = 1) -> None:
+    """After ``ReadImageInformation`` (the header only): refuse a size over the memory budget
+    before SimpleITK allocates it (``n_files``: the slices of a DICOM series)."""
+    import SimpleITK as sitk
+
+    dims = [max(int(v), 0) for v in reader.GetSize()]
+    if n_files > 1:
+        dims = dims[:2] + [n_files]
+    # the pixel type's numpy dtype from a 1-voxel, 1-component image of the same type
+    one = sitk.Image([1] * len(reader.GetSize()), reader.GetPixelID(), 1)
+    comps = max(1, int(reader.GetNumberOfComponents()))
+    _check_size(p, dims[::-1] + ([comps] if comps > 1 else []), sitk.GetArrayViewFromImage(one).dtype)
+
+
 def _load_sitk(p: Path) -> LoadedImage:
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(p))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()   # the header only: sizes are checked before the voxels are read
+        _sitk_header(reader, p)
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageLoadError(f"Cannot read {p.name}: {_itk_reason(exc)}") from None
     return _sitk_to_loaded(img, str(p), "dicom" if _ext(p) == ".dcm" else "itk")
 
 
-def _load_dicom_series(p: Path) -> LoadedImage:
+def _itk_reason(exc: Exception) -> str:
+    """ITK's own line of an exception ("ITK ERROR: NrrdImageIO(0x55..): <what>") without the
+    C++ file/line and object address SimpleITK puts around it."""
+    for line in str(exc).splitlines():
+        if "ITK ERROR" in line or "Description:" in line:
+            return _printable(line.split("):", 1)[-1].split("Description:", 1)[-1].strip(), 200)
+    return "not a readable image (SimpleITK could not parse its header)"
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """A name read from a file, control characters escaped (a DICOM description may hold any)."""
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text).strip())
+    return out[:limit] + ("..." if len(out) > limit else "")
+
+
+def _dicom_series(p: Path) -> list[tuple[str, str, list[str]]]:
+    """(SeriesInstanceUID, description, files) of every series in the folder ``p``."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(p))
-    if not ids:
+    out = []
+    for uid in reader.GetGDCMSeriesIDs(str(p)):
+        files = list(reader.GetGDCMSeriesFileNames(str(p), uid))
+        desc = ""
+        if files:
+            head = sitk.ImageFileReader()
+            head.SetFileName(files[0])
+            try:
+                head.ReadImageInformation()
+                desc = head.GetMetaData("0008|103e") if head.HasMetaDataKey("0008|103e") else ""
+            except RuntimeError:
+                desc = "(unreadable)"
+        out.append((uid, desc, files))
+    return out
+
+
+def _load_dicom_series(p: Path, series: str | None = None) -> LoadedImage:
+    import SimpleITK as sitk
+
+    found = _dicom_series(p)
+    if not found:
         raise ImageLoadError(f"No DICOM series found in folder {p}")
-    files = reader.GetGDCMSeriesFileNames(str(p), ids[0])
-    reader.SetFileNames(files)
-    return _sitk_to_loaded(reader.Execute(), str(p), "dicom")
+    listing = "; ".join(f"{_printable(uid)} ({_printable(d) or 'no description'}, {len(f)} files)"
+                        for uid, d, f in found)
+    if series is None and len(found) > 1:
+        raise ImageLoadError(f"DICOM folder {p.name} holds {len(found)} series: {listing}; choose one with "
+                             "--series UID (load_image(path, series=UID))")
+    chosen = [f for uid, _, f in found if series is None or uid == series]
+    if not chosen:
+        raise ImageLoadError(f"DICOM folder {p.name} has no series '{_printable(series)}'; it holds: {listing}")
+    files = chosen[0]
+    head = sitk.ImageFileReader()
+    head.SetFileName(files[0])
+    try:
+        head.ReadImageInformation()
+        _sitk_header(head, p, n_files=len(files))
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageLoadError(f"Cannot read the DICOM series in {p.name}: {_itk_reason(exc)}") from None
+    return _sitk_to_loaded(img, str(p), "dicom")
 
 
 def _load_tiff(p: Path) -> LoadedImage:

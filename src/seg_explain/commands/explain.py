@@ -16,6 +16,8 @@ def add_parser(sub):
     p = sub.add_parser("explain", help="attribution map of one class in one image",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     p.add_argument("image", metavar="IMAGE", help="image file (NIfTI, TIFF, PNG, .npy, ...)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to read")
+    p.add_argument("--magnitude", action="store_true", help="read a complex-valued image as its magnitude")
     p.add_argument("--model", required=True, help="MONAI bundle folder or TorchScript/.pt2 file")
     p.add_argument("--method", required=True, help="attribution method (see `seg-explain methods`)")
     p.add_argument("--target", default="1", help="class index or name (default: 1)")
@@ -79,7 +81,7 @@ def run(args) -> int:
 
     params = parse_params(args.param, args.method)
     seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
-    img = load_image(args.image)
+    img = load_image(args.image, series=args.series, magnitude=args.magnitude)
     out = Path(args.out)
     inputs = [args.image, args.model, args.roi, args.reference,
               *(v for v in params.values() if isinstance(v, str))]

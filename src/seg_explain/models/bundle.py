@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..budget import check_zip_members
 from ..errors import ModelLoadError, UnsafeConfigError
 from ..files import read_json as _read_json
 from ..files import regular_file
 from .safe_config import INFERERS, INTENSITY, READ_ONLY, instantiate, target_name, validate
+from .torch_errors import is_restricted_refusal, refused_global, torch_reason
 
 MAX_CLASSES = 10_000
 MAX_PATCH = 4096
@@ -195,15 +198,19 @@ class _DictAdapter:
 def load_state_dict_file(path: Path, inside: Path | None = None) -> dict:
     """Load a state dict with ``weights_only=True``; explain the common failure modes."""
     real = regular_file(path, "weights file", inside, ModelLoadError)
+    if zipfile.is_zipfile(real):   # torch.save's format: the members' sizes before reading them
+        with zipfile.ZipFile(real) as z:
+            check_zip_members(z.infolist(), path.name)
     try:
         sd = torch.load(os.fspath(real), weights_only=True, map_location="cpu")
     except Exception as exc:
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if is_restricted_refusal(exc):
+            g = refused_global(exc)
             raise ModelLoadError(
-                f"{path.name} is a pickled Python object (e.g. a whole model), which is never "
-                "unpickled for safety; save `model.state_dict()` with torch.save, or export TorchScript") from exc
-        raise ModelLoadError(f"Cannot read weights {path.name}: {text.splitlines()[0] if text else exc}") from exc
+                f"{path.name} is a pickled Python object" + (f" ({g})" if g else "") + " (e.g. a whole model), "
+                "which is never unpickled for safety; save `model.state_dict()` with torch.save, or export "
+                "TorchScript") from exc
+        raise ModelLoadError(f"Cannot read weights {path.name}: {torch_reason(exc)}") from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -2,10 +2,12 @@
 
 Everything read here is untrusted (see ``docs/SECURITY.md``): configs are validated against
 allow-lists before anything is built (:mod:`.safe_config`), weights are loaded with
-``torch.load(weights_only=True)``, TorchScript graphs are scanned for operators that touch
-files, and ``.pt2`` archives are read once and refused when anything in them would need more
-than torch's restricted unpickler (or is native code) before ``torch.export.load`` sees the
-same bytes.
+``torch.load(weights_only=True)``, TorchScript programs are checked before ``torch.jit.load``
+and scanned whole after it against an allow-list of ops (:mod:`.torchscript_scan`), sizes are
+checked against the memory budget before anything is built (:mod:`.network_size`,
+:mod:`seg_explain.budget`), and ``.pt2`` archives are read once and refused when anything in
+them would need more than torch's restricted unpickler (or is native code) before
+``torch.export.load`` sees the same bytes.
 """
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ from pathlib import Path
 
 import torch
 
+from ..budget import check_bytes, check_zip_members
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
+from .network_size import check_network_size
+from .probe import forward_ok, probe, probe_isolated
 from .safe_config import instantiate
 from .segmodel import SegModel, resolve_device
-
-# TorchScript / exported-graph operators that read or write files
-FILE_OPS = {"aten::from_file", "aten::save", "debugprims::load_tensor", "prim::PythonOp"}
+from .torch_errors import torch_reason
+from .torchscript_scan import load_torchscript, may_loop, scan_exported
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
@@ -73,48 +77,6 @@ def _settings(meta: dict, cfg: dict | None, where: str) -> dict:
     return s
 
 
-def _forward_ok(net, shape, device) -> tuple[object | None, str]:
-    x = torch.zeros(shape, device=device)
-    try:
-        with torch.inference_mode():
-            y = net(x)
-    except Exception as exc:  # noqa: BLE001 - a failed probe is reported by the caller
-        return None, (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
-    if isinstance(y, (list, tuple)):
-        y = y[0]
-    if isinstance(y, dict):
-        y = next(iter(y.values()))
-    return y, ""
-
-
-def _probe(net, s: dict, where: str) -> None:
-    """Small forward passes: find the smallest input the network takes (``min_size``) and
-    check that its channels agree with the metadata. Never a full-patch pass (a 4096² patch
-    would cost gigabytes just to load)."""
-    sd, c = s["spatial_dims"], s["in_channels"]
-    dev = next(iter(net.parameters()), torch.zeros(())).device if hasattr(net, "parameters") else "cpu"
-    fixed = s.get("fixed_shape")
-    div = max(1, int(s["divisor"]))
-    batch = s.get("batch_range", (1, 1))[0] or 1
-    sizes = [tuple(fixed)] if fixed else [(div * k,) * sd for k in (1, 2, 3, 4) if div * k >= 8 or k == 4]
-    err = ""
-    for shape in sizes:
-        y, err = _forward_ok(net, (batch, c) + tuple(shape), dev)
-        if y is not None:
-            s["min_size"] = min(shape)
-            break
-    else:
-        raise ModelLoadError(
-            f"{where}: the network does not accept {c}-channel {sd}D input as the metadata says "
-            f"(tried {sizes[-1]}: {err})")
-    want = 1 if s.get("sigmoid") else len(s["class_names"])
-    if y.ndim != sd + 2 or y.shape[1] != want:
-        raise ModelLoadError(
-            f"{where}: the network outputs {tuple(y.shape)} but the metadata names {want} "
-            f"class channel(s)" if y.ndim != sd + 2 else
-            f"{where}: the network outputs {y.shape[1]} channels but the metadata names {want} classes")
-
-
 def _eval_mode(net) -> None:
     try:
         net.eval()
@@ -122,10 +84,16 @@ def _eval_mode(net) -> None:
         pass
 
 
-def _build(net, s: dict, where: str, device, hookable: bool, source: str) -> SegModel:
+def _build(net, s: dict, where: str, device, hookable: bool, source: str,
+           program: bytes | None = None) -> SegModel:
+    """``program``: the bytes of a TorchScript program with a loop; its probe then runs in a
+    child process with a deadline (:func:`.probe.probe_isolated`)."""
     _eval_mode(net)
     s.setdefault("divisor", divisor_of(net))
-    _probe(net, s, where)
+    if program is not None:
+        probe_isolated(program, s, where)
+    else:
+        probe(net, s, where)
     return SegModel(
         net, spatial_dims=s["spatial_dims"], in_channels=s["in_channels"],
         class_names=s["class_names"], patch_size=s.get("patch_size"), spacing=s.get("spacing"),
@@ -148,6 +116,8 @@ def _load_bundle(p: Path, device) -> SegModel:
     s = _settings(meta, cfg, where)
     pt, ts = p / "models" / "model.pt", p / "models" / "model.ts"
     if os.path.lexists(pt) and cfg and "network_def" in cfg:
+        check_network_size(lambda: instantiate(cfg["network_def"], f"{where}: network_def", "network"),
+                           f"{where}: network_def")
         net = instantiate(cfg["network_def"], f"{where}: network_def", "network")
         if not isinstance(net, torch.nn.Module):
             raise ModelLoadError(f"{where}: network_def does not build a torch.nn.Module")
@@ -159,47 +129,24 @@ def _load_bundle(p: Path, device) -> SegModel:
             raise ModelLoadError(f"{where}: weights do not fit network_def ({' '.join(first)[:300]})") from exc
         return _build(net, s, where, device, True, str(p))
     if os.path.lexists(ts):
-        net = _jit_load(regular_file(ts, "TorchScript file", root, ModelLoadError))
-        return _build(net, s, where, device, False, str(p))
+        net, data = _jit_load(regular_file(ts, "TorchScript file", root, ModelLoadError))
+        return _build(net, s, where, device, False, str(p), program=data)
     raise ModelLoadError(
         f"{where}: needs models/model.pt with configs/inference.json 'network_def', or models/model.ts")
 
 
 # ------------------------------------------------------------------------ TorchScript --
-def _graph_kinds(graph, out: set) -> None:
-    for node in graph.nodes():
-        out.add(node.kind())
-        for b in node.blocks():
-            _graph_kinds(b, out)
-
-
-def scan_torchscript(module) -> None:
-    """Refuse a TorchScript program that can read or write files."""
-    kinds: set = set()
-    mods = [module] + [m for m in module.modules() if m is not module] if hasattr(module, "modules") else [module]
-    for m in mods:
-        c = getattr(m, "_c", None)
-        if c is None:
-            continue
-        for name in c._method_names():
-            _graph_kinds(c._get_method(name).graph, kinds)
-    bad = sorted(kinds & FILE_OPS)
-    if bad:
-        raise UnsafeConfigError(f"the TorchScript program uses {', '.join(bad)}, which reads or writes "
-                                "files; such a model is never run")
-
-
 def _jit_load(path: Path):
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path.name} is not a TorchScript archive (not a zip file)")
-    try:
-        net = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{path.name} is not a TorchScript program (a state dict needs a MONAI bundle with "
-            "network_def; a pickled whole model is never loaded)") from exc
-    scan_torchscript(net)
-    return net
+    """(the loaded program, its bytes or None): read once, checked before and after
+    torch.jit.load (:mod:`.torchscript_scan`); nothing of the program has run. The bytes come
+    back when the program has a loop: its probe then runs in a child process with a deadline
+    (a loop-free program always finishes and is probed here)."""
+    size = path.stat().st_size
+    check_bytes(size, f"{path.name} ({size} bytes on disk)")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    net, kinds = load_torchscript(path, data)
+    return net, (data if may_loop(kinds) else None)
 
 
 # ------------------------------------------------------------------------ torch.export --
@@ -218,6 +165,7 @@ def check_pt2_archive(data: bytes, name: str) -> None:
     except zipfile.BadZipFile:
         raise ModelLoadError(f"{name} is not a torch.export archive (not a zip file)") from None
     with z:
+        check_zip_members(z.infolist(), name)   # no ../ names; decompressed sizes within the budget
         for info in z.infolist():
             member = info.filename
             parts = member.split("/")
@@ -231,6 +179,8 @@ def check_pt2_archive(data: bytes, name: str) -> None:
             if folder == "sample_inputs":
                 try:
                     torch.load(io.BytesIO(z.read(info)), weights_only=True, map_location="cpu")
+                except SegExplainError:
+                    raise
                 except Exception:
                     raise UnsafeConfigError(f"{name}: {member} holds pickled objects beyond tensors; such a "
                                             "program is never loaded") from None
@@ -261,7 +211,7 @@ def _load_export(p: Path):
     except SegExplainError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"{p.name} is not a torch.export program: {str(exc).splitlines()[0][:200]}") from exc
+        raise ModelLoadError(f"{p.name} is not a torch.export program: {torch_reason(exc)}") from exc
 
 
 def export_constraints(prog, sd: int) -> dict:
@@ -310,14 +260,11 @@ def _load_compiled(p: Path, device, exported: bool) -> SegModel:
         raise ModelLoadError(
             f"{p.name} needs a JSON sidecar {side.name} with 'network_data_format' (channels, "
             "spatial_shape, channel_def class names) as in a MONAI bundle's metadata.json")
-    meta = read_json(side, "Model sidecar")
+    meta = read_json(side, "Model sidecar", inside=p.parent.resolve())
     s = _settings(meta, meta, f"sidecar {side.name}")
     if exported:
         prog = _load_export(p)
-        kinds = {str(n.target) for n in prog.graph.nodes if n.op == "call_function"}
-        bad = sorted(k for k in kinds if any(f.split("::")[1] in k for f in FILE_OPS if "::" in f))
-        if bad:
-            raise UnsafeConfigError(f"{p.name} calls {', '.join(bad)}, which reads or writes files")
+        scan_exported(prog, p.name)
         s.update(export_constraints(prog, s["spatial_dims"]))
         if s.get("fixed_shape"):
             s["patch_size"] = list(s["fixed_shape"])
@@ -325,9 +272,9 @@ def _load_compiled(p: Path, device, exported: bool) -> SegModel:
         elif s.get("divisor", 1) == 1:
             s["divisor"] = _probe_divisor(prog.module(), s)
         net = prog.module()
-    else:
-        net = _jit_load(p)
-    return _build(net, s, f"model {p.name}", device, False, str(p))
+        return _build(net, s, f"model {p.name}", device, False, str(p))
+    net, data = _jit_load(p)
+    return _build(net, s, f"model {p.name}", device, False, str(p), program=data)
 
 
 def _probe_divisor(net, s: dict) -> int:
@@ -337,7 +284,7 @@ def _probe_divisor(net, s: dict) -> int:
     lo = s.get("batch_range", (1, 1))[0]
     for d in (1, 2, 4, 8, 16, 32, 64):
         shapes = [(lo, c) + (d * k,) * sd for k in (3, 5)]
-        if all(_forward_ok(net, sh, "cpu")[0] is not None for sh in shapes):
+        if all(forward_ok(net, sh, "cpu")[0] is not None for sh in shapes):
             return d
     raise ModelLoadError("the exported program did not run on any probe size; export it with "
                          "dynamic_shapes (batch: Dim('batch'), spatial: 16*Dim(...)) from a batch-2 example")

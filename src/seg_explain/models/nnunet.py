@@ -78,11 +78,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..budget import check_bytes
 from ..errors import InputMismatchError, ModelLoadError, UnsafeConfigError
 from ..files import read_json, regular_file
 from ..io import LoadedImage
 from ..model_grid import ModelGrid, orientation_transform
+from .network_size import check_network_size
 from .segmodel import Prepared, SegModel, resolve_device
+from .torch_errors import is_restricted_refusal, refused_global
 
 ANISO_THRESHOLD = 3          # nnunetv2.configuration.ANISO_THRESHOLD
 TWO_D_THICKNESS = 999.0      # slice thickness nnU-Net's 2D readers give a 2D image
@@ -310,11 +313,68 @@ def validate_architecture(arch: Any, where: str) -> Architecture:
         if k in IMPORTABLE_KEYS and isinstance(v, str):
             raise UnsafeConfigError(f"{_q(key)}: {v!r} names a class but {k!r} is not in _kw_requires_import")
         out[k] = deepcopy(v)
+    for role in _TORCH:
+        _check_op_kwargs(out.get(role), out.get(f"{role}_kwargs"), f"{where}.arch_kwargs.{role}_kwargs")
     n = _param_estimate(out)
     if n > MAX_PARAMETERS:
         raise ModelLoadError(f"{_q(where + '.arch_kwargs')} describes a network of about {n / 1e9:.1f} billion "
                              f"parameters (more than {MAX_PARAMETERS / 1e9:.0f} billion); refusing to build it")
     return Architecture(cls_short, out)
+
+
+# numeric keyword arguments of the allow-listed torch classes that have a meaningful range (a
+# negative eps gives NaN logits; a dropout p outside [0, 1] fails later): name -> (test, text)
+_KW_RANGES = {"eps": (lambda v: v > 0, "> 0"), "p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+              "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"), "num_parameters": (lambda v: v >= 1, ">= 1")}
+
+
+def _check_op_kwargs(cls, kwargs, key: str) -> None:
+    """``<op>_kwargs`` against the allow-listed class's own signature: known names, values of
+    the annotated type (a string ``negative_slope`` would only fail inside a forward pass),
+    finite and in range."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise ModelLoadError(f"{_q(key)} must be an object of keyword arguments, got {kwargs!r}"[:300])
+    if cls is None:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    for name, v in kwargs.items():
+        where = f"{key}.{name}"
+        if name not in params or name in ("self", "device", "dtype"):
+            raise ModelLoadError(f"{_q(where)}: {cls.__name__} takes no argument {name!r} here")
+        ann = params[name].annotation
+        ann = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        ann = ann.replace("typing.", "")
+        optional = "Optional" in ann or "None" in ann
+        if v is None and optional:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if ann.strip() == "bool" and not isinstance(v, bool):
+            raise ModelLoadError(f"{_q(where)} must be true or false, got {v!r}"[:200])
+        if ("float" in ann or "int" in ann) and ann.strip() != "bool" and not number:
+            raise ModelLoadError(f"{_q(where)} must be a number, got {v!r}"[:200])
+        if number:
+            ok, text = _KW_RANGES.get(name, (lambda v: True, "finite"))
+            if not (math.isfinite(v) and ok(v)):
+                raise ModelLoadError(f"{_q(where)} must be {text}, got {v!r}")
+
+
+def window_bytes(kw: dict, patch: Sequence[int]) -> float:
+    """Rough memory of one inference pass on a ``patch`` window: every stage's feature maps
+    (kept as skips, plus the decoder's maps and concatenations) in float32."""
+    n = kw.get("n_stages") or 1
+    feats = kw.get("features_per_stage") or 1
+    feats = feats if isinstance(feats, list) else [feats] * n
+    strides = kw.get("strides") or 1
+    strides = strides if isinstance(strides, list) else [strides] * n
+    vox = float(np.prod(patch))
+    total = 0.0
+    for i, f in enumerate(feats):
+        st = strides[i] if i < len(strides) else 1
+        vox /= float(np.prod(st)) if isinstance(st, list) else float(st) ** len(patch)
+        total += max(vox, 1.0) * float(f) * 3
+    return 4.0 * total
 
 
 def _param_estimate(kw: dict) -> float:
@@ -432,9 +492,8 @@ def load_checkpoint(path: Path, root: Path) -> dict:
     except Exception as exc:
         text = str(exc)
         msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
-            what = re.search(r"(Unsupported global: [^\n]*?)(?:\s+was not|\.\s|\n|$)|but got (<class [^>]*>)", text)
-            found = (what.group(1) or what.group(2)) if what else msg
+        if is_restricted_refusal(exc):
+            found = refused_global(exc) or "a pickled Python object"
             raise UnsafeConfigError(f"{path.parent.name}/{path.name} holds {found[:160]}, beyond the tensors, "
                                     "containers and numpy float scalars an nnU-Net checkpoint holds; it was not "
                                     "unpickled") from None
@@ -1310,6 +1369,12 @@ def load_nnunet(path: str | os.PathLike, device: str = "auto", *, folds: Sequenc
             and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in patch)):
         raise ModelLoadError(f"{_q(cwhere + '.patch_size')} must be 2 or 3 whole numbers in [1, 4096], got {patch!r}")
     sd = len(patch)
+    # sizes before allocation: one window (nnU-Net always runs the full patch) and the weights
+    # of every fold (checkpoint + network), against the memory budget
+    check_bytes(window_bytes(arch.kwargs, patch), f"{where}: one {'x'.join(map(str, patch))} window "
+                "(plans.json patch_size) of this network")
+    check_network_size(lambda: _build_network(arch, in_ch, len(class_names), where),
+                       f"{where}: {len(fold_list)} fold(s) of the network plans.json describes", 2 * len(fold_list))
     conv = arch.kwargs.get("conv_op")
     if conv is not None and conv is not getattr(torch.nn, f"Conv{sd}d"):
         raise ModelLoadError(f"{where}: a {sd}D patch with {conv.__name__}")
