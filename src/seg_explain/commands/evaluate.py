@@ -13,6 +13,7 @@ rerun with the same --out skips the images already done (--overwrite recomputes 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -126,12 +127,13 @@ def check_metric_bounds(args) -> tuple[int, int]:
     from ..checks import as_float, as_int, memory_bytes
     from ..errors import MethodError
 
-    nf = as_int("--n-faithfulness", args.n_faithfulness, 2, N_FAITHFULNESS_MAX)
-    ns = as_int("--n-sensitivity", args.n_sensitivity, 0, N_SENSITIVITY_MAX)
-    as_float("--noise", args.noise, 0.0, NOISE_MAX)
-    as_float("--theta", args.theta, 0.0, 1.0)
-    sub = as_float("--subset", args.subset, 0.0, lo_open=True)
-    if sub >= 1:
+    # upper bounds here; the lower ones (and the typing of the rest) are plan_evaluation's
+    nf = as_int("n_faithfulness", args.n_faithfulness, hi=N_FAITHFULNESS_MAX)
+    ns = as_int("n_sensitivity", args.n_sensitivity, hi=N_SENSITIVITY_MAX)
+    if math.isfinite(args.noise) and args.noise > NOISE_MAX:
+        as_float("noise", args.noise, 0.0, NOISE_MAX)
+    sub = args.subset
+    if math.isfinite(sub) and sub >= 1 and nf >= 1:
         budget = memory_bytes() // 4
         hi = max(1, budget // (8 * nf))      # the subsets' voxel indices (int64) must fit
         if sub != int(sub) or sub > hi:

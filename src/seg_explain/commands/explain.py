@@ -77,11 +77,12 @@ def parse_target(text, model) -> int:
     t = str(text).strip()
     if re.fullmatch(r"[+-]?[0-9]+", t):
         return model.class_index(int(t))
-    if t in model.class_names:
-        return model.class_index(t)
+    if not any(ch.isdigit() for ch in t):
+        return model.class_index(t)            # a name (unknown: the model's own one line)
     raise InputMismatchError(
-        f"--target {printable(t)!r} is not a class of the model; give an index 0..{len(model.class_names) - 1} "
-        f"or a name: " + ", ".join(f"{i}={printable(n)}" for i, n in enumerate(model.class_names)))
+        f"Unknown target class {printable(t)!r} (digits other than 0-9 are not an index); give an index "
+        f"0..{len(model.class_names) - 1} or a name: " + ", ".join(f"{i}={printable(n)}"
+                                                                 for i, n in enumerate(model.class_names)))
 
 
 def check_table_request(method: str) -> None:
