@@ -61,6 +61,7 @@ def first_line(exc: BaseException, with_type: bool = False) -> str:
     text = str(exc).strip()
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         text = repr(exc.args[0])
+        with_type = True                     # a bare 'key' says nothing
     if not isinstance(exc, SegExplainError):
         text = text.splitlines()[0].strip() if text else ""
     if with_type or not text:
