@@ -13,7 +13,10 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -z "${SKIP_AP
   # responsiveness tests and screenshots (they skip, saying why, where it is missing)
   if ! dpkg -s libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
         libxcb-render-util0 libxcb-xinerama0 libfontconfig1 libdbus-1-3 xvfb xauth >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    # another apt/dpkg (unattended-upgrades at boot, a second install) may hold the lock:
+    # wait for it (APT_LOCK_TIMEOUT seconds, default 600) instead of failing at once
+    APT=(apt-get -o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT:-600}")
+    "${APT[@]}" update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq \
       libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
       libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xfixes0 libxcb-randr0 \
       libfontconfig1 libdbus-1-3 xvfb xauth >/dev/null

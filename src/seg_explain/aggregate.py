@@ -477,6 +477,8 @@ def assemble_result(rows: Sequence[dict], row_names: Sequence[str], col_names: S
                     skipped: Sequence[tuple[str, str]] = ()) -> Agg2ExpResult:
     """An :class:`Agg2ExpResult` from per-image rows (:func:`agg2exp_image_iter`), in order."""
     L, R = len(row_names), len(col_names)
+    from .checks import require_finite_row  # the NaN policy for outputs: no NaN/Inf table cell
+    [require_finite_row(r, f"the Agg2Exp row of image {r['name']!r}") for r in rows]
 
     def stack(key, shape, fill=np.nan):
         return np.stack([r[key] for r in rows]) if rows else np.full((0, *shape), fill)

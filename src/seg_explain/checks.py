@@ -12,12 +12,13 @@ Integers accept ``7`` and ``7.0`` (and ``"7"`` from text fields) but never ``7.9
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from .errors import InputMismatchError, MethodError
+from .errors import InputMismatchError, MethodError, NonFiniteResultError
 
 
 # ------------------------------------------------------------------------- arrays --
@@ -39,6 +40,121 @@ def require_finite(arr, what: str) -> None:
         raise InputMismatchError(
             f"{what} has {n} non-finite voxel(s) ({kinds}) of {a.size}; replace them with real "
             "intensities (or crop them away) and run again")
+
+
+def nonfinite_weights(model) -> tuple[int, str]:
+    """``(count, first parameter name)`` of NaN/Inf entries in a model's weights (0, "" if
+    none or the model has no torch network)."""
+    net = getattr(model, "network", model)
+    total, first = 0, ""
+    named = getattr(net, "named_parameters", None)
+    if named is None:
+        return 0, ""
+    try:
+        items = list(named()) + list(net.named_buffers())
+    except Exception:  # noqa: BLE001 - a scripted/exported program without the listing
+        return 0, ""
+    for name, t in items:
+        if t.is_floating_point() or t.is_complex():
+            n = int(t.numel() - t.isfinite().sum().item())
+            if n and not first:
+                first = name
+            total += n
+    return total, first
+
+
+def require_finite_result(arr, what: str, model=None, ignore=None) -> None:
+    """The NaN policy for *outputs*: a map, model output or table that holds NaN/Inf is an
+    error (:class:`NonFiniteResultError`) with the count and the likely cause, never a
+    written file or an empty table cell. ``ignore``: a boolean mask of entries that are
+    NaN by definition (e.g. a per-voxel density of an empty region). ``model`` (a SegModel
+    or torch module) is searched for non-finite weights to name the cause."""
+    a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    bad = ~np.isfinite(a)
+    if ignore is not None:
+        bad &= ~np.broadcast_to(np.asarray(ignore, dtype=bool), bad.shape)
+    n = int(bad.sum())
+    if not n:
+        return
+    n_nan = int((bad & np.isnan(a)).sum())
+    kinds = ", ".join(k for k, c in (("NaN", n_nan), ("Inf", n - n_nan)) if c)
+    cause = "the model's weights or plans (a NaN/Inf parameter, a normalisation eps <= 0) or an overflow"
+    if model is not None:
+        nw, first = nonfinite_weights(model)
+        if nw:
+            cause = f"the model's weights: {nw} of them are NaN/Inf (first: {first})"
+    raise NonFiniteResultError(
+        f"{what} has {n} non-finite value(s) ({kinds}) of {a.size}; the likely cause is {cause}; "
+        "nothing was written for it — fix or retrain the model and run again")
+
+
+def require_finite_row(row: dict, what: str, model=None) -> None:
+    """An Agg2Exp per-image row (``(L, R)`` ``mass``/``mass_pos``/``mass_neg``/
+    ``mass_per_voxel``, ``present`` (L,), ``volume`` (R,)): finite everywhere except where
+    NaN means "nothing there" — a class not explained in the image, a region of no voxels
+    (or an extra RoI the image does not have), a class whose attribution is all zero."""
+    mats = {k: np.asarray(row[k], dtype=float) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel")
+            if row.get(k) is not None}
+    if not mats:
+        return
+    L, R = next(iter(mats.values())).shape
+    present = np.asarray(row.get("present", np.ones(L, bool)), dtype=bool).reshape(L, 1)
+    vol = np.asarray(row.get("volume", np.ones(R)), dtype=float).reshape(1, R)
+    require_finite_result(vol, f"{what} (volume)", model, ignore=np.isnan(vol))
+    for k, m in mats.items():
+        empty_row = np.isnan(m).all(axis=1, keepdims=True)
+        require_finite_result(m, f"{what} ({k})", model, ignore=~present | ~(vol > 0) | empty_row)
+
+
+# ------------------------------------------------------------- machine-derived bounds --
+FDS_PER_WORKER = 16          # a local Dask worker: nanny + worker processes, their pipes and sockets
+BATCH_ITEM_MIN_BYTES = 16 * 1024 * 1024   # the smallest batch item (a small 2D patch and its activations)
+REMOTE_THREADS_MAX = 1024    # --scheduler: the workers' machines are not this one
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (bytes; 8 GiB when it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):   # pragma: no cover
+        return 8 * 1024 ** 3
+
+
+def open_files_limit() -> int:
+    """This process's limit of open file descriptors (soft; 1024 when unknown)."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
+    except (ImportError, OSError, ValueError):   # pragma: no cover - Windows
+        return 1024
+
+
+def max_workers() -> int:
+    """Local Dask worker processes this machine can run: one per core (each computes one
+    image; more only oversubscribe the cores) and within the open-file limit."""
+    return max(1, min(cpu_cores(), (open_files_limit() - 64) // FDS_PER_WORKER))
+
+
+def max_threads(remote: bool = False) -> int:
+    """Torch threads per worker: this machine's cores (an external cluster: 1024)."""
+    return REMOTE_THREADS_MAX if remote else cpu_cores()
+
+
+def max_batch_size() -> int:
+    """Images per network pass that could fit in this machine's memory at all."""
+    return max(1, memory_bytes() // BATCH_ITEM_MIN_BYTES)
 
 
 # --------------------------------------------------------------------- parameters --

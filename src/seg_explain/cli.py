@@ -1,7 +1,9 @@
 """``seg-explain`` command line: a thin argparse front-end over the public API.
 
 Each subcommand lives in ``seg_explain.commands.<name>`` with ``add_parser(sub)`` and
-``run(args) -> int``. Bad input ends with one line on stderr and exit code 2.
+``run(args) -> int``. Every error ends in one line on stderr (names from files escaped)
+and exit code 2 (bad input; 3 is a data-set run where some images failed); ``--debug``
+on any subcommand shows the traceback too.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         sp = mod.add_parser(sub)
+        sp.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback (for a bug report) besides the one line")
         sp.set_defaults(_run=mod.run)
     return p
 
@@ -31,15 +35,40 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_params(items, method: str | None = None) -> dict:
     """``["k=v", ...]`` -> dict. With ``method`` the values are typed and checked by that
     method's registry entry (the same parser the GUI uses); without, they stay text and are
-    typed when a method takes them."""
-    from .explainers.registry import parse_text_params
+    typed when a method takes them. The parameters every method takes (``seed``,
+    ``batch_size``: ``seg-explain methods`` lists them) are typed here, bounded, and kept
+    in the dict under their names; :func:`common_params` takes them out."""
+    from .explainers.registry import COMMON, parse_text_params
 
-    return parse_text_params(items, method)
+    common_names = {p.name for p in COMMON}
+    mine = [it for it in (items or []) if it.split("=", 1)[0].strip() in common_names]
+    rest = [it for it in (items or []) if it not in mine]
+    out = parse_text_params(rest, method)
+    for name, value in parse_text_params(mine).items():
+        spec = next(p for p in COMMON if p.name == name)
+        v = spec.parse(value, method)
+        if name == "batch_size" and v is not None:
+            from .checks import as_int, max_batch_size
+
+            v = as_int("batch_size", v, 1, max_batch_size(), method)
+        out[name] = v
+    return out
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def common_params(params: dict, seed_arg=None) -> tuple[int, int | None]:
+    """Take ``seed`` and ``batch_size`` out of ``params`` -> ``(seed, batch_size)``; ``seed``
+    also comes from ``--seed`` (``seed_arg``; both given and different is an error)."""
+    from .checks import as_int
+    from .errors import MethodError
+
+    seed = params.pop("seed", None)
+    batch_size = params.pop("batch_size", None)
+    if seed_arg is not None:
+        arg = as_int("--seed", seed_arg, 0, 2 ** 31 - 1)
+        if seed is not None and int(seed) != arg:
+            raise MethodError(f"--seed {arg} and --param seed={seed} differ; give one of them")
+        seed = arg
+    return (0 if seed is None else int(seed)), batch_size
 
 
 class Terminated(BaseException):
@@ -52,9 +81,10 @@ def _terminate(signum, _frame):
 
 def main(argv=None) -> int:
     from .allocator import tune_allocator
-    from .errors import SegExplainError
+    from .errors import SegExplainError, first_line
 
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     # a command-line run owns its process: reuse freed tensor buffers (seg_explain.allocator)
     tune_allocator()
     # SIGTERM unwinds like Ctrl-C, so partial outputs are removed and finished files kept
@@ -65,24 +95,32 @@ def main(argv=None) -> int:
         old = signal.signal(signal.SIGTERM, _terminate)
     else:  # pragma: no cover - main() called from a worker thread (tests)
         old = None
+
+    def fail(msg: str, code: int = 2) -> int:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"seg-explain: error: {msg}", file=sys.stderr)
+        return code
+
     try:
         return int(args._run(args) or 0)
-    except SegExplainError as exc:
-        print(f"seg-explain: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:   # bad values, unreadable/unwritable paths, full disk
-        print(f"seg-explain: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    except (SegExplainError, ValueError, OSError) as exc:   # bad values, unreadable/unwritable paths, full disk
+        return fail(first_line(exc))
     except MemoryError:
-        print("seg-explain: error: out of memory; try a smaller batch_size, fewer samples or a crop",
-              file=sys.stderr)
-        return 2
+        return fail("out of memory; try a smaller batch_size, fewer samples or a crop")
+    except RecursionError:
+        return fail("the input is nested too deeply to read (a damaged or hostile file); check it")
     except KeyboardInterrupt:
         print("seg-explain: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
     except Terminated:
         print("seg-explain: terminated; nothing half-written was left behind", file=sys.stderr)
         return 143
+    except Exception as exc:  # noqa: BLE001 - a bug or a library's surprise: still one line
+        return fail(f"{first_line(exc, with_type=True)} (unexpected; rerun with --debug for the "
+                    "traceback and report it)")
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

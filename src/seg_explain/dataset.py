@@ -64,19 +64,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import Cancelled, InputMismatchError, SegExplainError
+from .checks import cpu_cores as cores
+from .dataset_store import (
+    FAILURES_FILE,
+    FORMAT,
+    RESULT_MAX_BYTES,
+    RESULTS_DIR,
+    RUN_FILE,
+    ResultStore,
+    content_digest,
+    inputs_digest,
+    jsonable,
+    model_digest,
+)
+from .errors import Cancelled, InputMismatchError, SegExplainError, first_line, printable
 from .jobs import CancelToken, ProgressEvent
 
 EXIT_OK = 0                  # every image done
 EXIT_BAD_INPUT = 2           # bad input, nothing computed (or no image could be computed)
 EXIT_SOME_FAILED = 3         # tables written, but some images failed (listed in failures.csv)
-RESULTS_DIR = "images"
-RUN_FILE = "run.json"
-FAILURES_FILE = "failures.csv"
-FORMAT = 1
 STEPS_PER_IMAGE = 1000
 MANIFEST_MAX_BYTES = 16 * 1024 * 1024
-RESULT_MAX_BYTES = 64 * 1024 * 1024
+TEMPLATE_FIELDS = ("stem", "name")
 MANIFEST_COLUMNS = {"image": ("image", "path", "file", "filename"),
                     "name": ("name", "id"),
                     "ground_truth": ("ground_truth", "groundtruth", "gt", "label", "labels", "reference",
@@ -192,6 +201,10 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputMismatchError(f"manifest {p.name} is not UTF-8 text") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise InputMismatchError(f"manifest {printable(p.name)} line {line} holds a NUL byte; a manifest is "
+                                 "a text CSV file (image paths, one per line)")
     try:
         reader = csv.reader(io.StringIO(text))
         header = next(reader, None)
@@ -285,6 +298,34 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
+def check_template(template: str, what: str) -> str:
+    """A path template may hold only ``{stem}`` and ``{name}`` (no other field, no index,
+    attribute, conversion or format spec; ``{{``/``}}`` for literal braces)."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InputMismatchError(f"{what} {printable(template)!s}: {first_line(exc)}; use {{stem}} or "
+                                 "{name} (and {{ }} for literal braces)") from None
+    for _lit, field_name, spec, conv in parts:
+        if field_name is None:
+            continue
+        if field_name not in TEMPLATE_FIELDS or spec or conv:
+            shown = "{" + field_name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise InputMismatchError(
+                f"{what} {printable(template)}: unknown field {printable(shown)}; a template may hold only "
+                "{stem} (the image file name without extension) and {name} (the image's name)")
+    return template
+
+
+def fill_template(template: str, what: str, **values: str) -> str:
+    """``template`` with ``{stem}``/``{name}`` filled in (checked by :func:`check_template`)."""
+    if "{" not in template and "}" not in template:
+        return template
+    return check_template(template, what).format(**values)
+
+
 def collect_images(items: Sequence[str | os.PathLike], ground_truth: str | None = None,
                    extra_rois: dict[str, str] | None = None,
                    exclude: str | os.PathLike | None = None) -> tuple[list[ImageRecord], list[str], list[str]]:
@@ -296,6 +337,10 @@ def collect_images(items: Sequence[str | os.PathLike], ground_truth: str | None 
     ``{name: template with {stem}}``; manifest ``roi_*`` columns add more. Names are file
     stems (a manifest's ``name`` wins; colliding stems get their folder path); two images with
     the same name are refused."""
+    if ground_truth:
+        check_template(ground_truth, "--ground-truth")
+    for n, spec in (extra_rois or {}).items():
+        check_template(spec, f"--extra-roi {n}")
     entries, manifests = expand_inputs(items, exclude)
     if not entries:
         raise InputMismatchError("no image given")
@@ -314,12 +359,12 @@ def collect_images(items: Sequence[str | os.PathLike], ground_truth: str | None 
         st = stem(e["image"])
         gt = e.get("ground_truth")
         if gt is None and ground_truth:
-            gt = _abs(ground_truth.format(stem=st, name=name))
+            gt = _abs(fill_template(ground_truth, "--ground-truth", stem=st, name=name))
         rois = {}
         for n in roi_names:
             spec = (e.get("rois") or {}).get(n)
             if spec is None and extra_rois and n in extra_rois:
-                spec = _abs(extra_rois[n].format(stem=st, name=name) if "{" in extra_rois[n] else extra_rois[n])
+                spec = _abs(fill_template(extra_rois[n], f"--extra-roi {n}", stem=st, name=name))
             rois[n] = spec
         recs.append(ImageRecord(name, e["image"], gt, rois, e.get("where", "")))
     return recs, roi_names, manifests
@@ -353,64 +398,6 @@ def records_from(images, names: Sequence[str] | None = None, ground_truth=None,
                         {r: _abs(extra.spec(i, n, r)) for r in extra.names})
             for i, (im, n) in enumerate(zip(imgs, nm))]
     return recs, list(extra.names)
-
-
-# ---------------------------------------------------------------------- digests --
-def _jsonable(v):
-    """A JSON-safe stand-in for a parameter value (arrays by content hash)."""
-    if isinstance(v, (bool, int, str)) or v is None:
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else repr(v)
-    if isinstance(v, (np.integer, np.floating, np.bool_)):
-        return _jsonable(v.item())
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    arr = getattr(v, "data", v)
-    if isinstance(arr, np.ndarray):
-        a = np.ascontiguousarray(arr)
-        return {"array": hashlib.blake2b(a.tobytes(), digest_size=10).hexdigest(),
-                "shape": list(a.shape), "dtype": str(a.dtype)}
-    return f"<{type(v).__name__}>"
-
-
-def _file_sig(path: str) -> str:
-    try:
-        st = os.stat(path)
-        return f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
-    except OSError:
-        return f"{path}\0missing"
-
-
-def model_digest(path: str | os.PathLike) -> str:
-    """Sizes and dates of a model's files (a file, or every file of a folder)."""
-    p = Path(path)
-    h = hashlib.blake2b(digest_size=10)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())[:20000]
-        for f in files:
-            st = f.stat()
-            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    else:
-        h.update(_file_sig(str(p)).encode())
-    return h.hexdigest()
-
-
-def inputs_digest(rec: ImageRecord) -> str:
-    """What an image's result depends on besides the run settings: its files (path, size,
-    date) or array contents, its ground truth and RoIs."""
-    parts = []
-    for spec in [rec.image, rec.ground_truth, *[rec.rois[k] for k in sorted(rec.rois)]]:
-        if isinstance(spec, str):
-            parts.append(_file_sig(spec) + (";dir" if os.path.isdir(spec) else ""))
-        else:
-            parts.append(json.dumps(_jsonable(spec), sort_keys=True))
-    parts.append(json.dumps(sorted(rec.rois)))
-    return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
 
 
 # ---------------------------------------------------------------------------- jobs --
@@ -466,14 +453,15 @@ class Agg2ExpJob(_Job):
 
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",
-                "model_files": self.model_digest, "method": self.method, "params": _jsonable(self.params),
+                "model_files": self.model_digest, "method": self.method, "params": jsonable(self.params),
                 "classes": self.classes, "seed": self.seed, "batch_size": self.batch_size,
                 "rows": list(self.row_names), "columns": self.col_names}
 
     # results: one .npz per image (matrices + a JSON "meta" string; no pickles)
+    ARRAYS: ClassVar[tuple[str, ...]] = ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")
+
     def write(self, path: Path, row: dict, meta: dict) -> None:
-        arrays = {k: np.asarray(row[k])
-                  for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")}
+        arrays = {k: np.asarray(row[k]) for k in self.ARRAYS}
         if row.get("dice") is not None:
             arrays["dice"] = np.asarray(row["dice"], dtype=float)
         meta = {**meta, "elapsed": float(row["elapsed"]), "n_forward": int(row["n_forward"]),
@@ -484,12 +472,14 @@ class Agg2ExpJob(_Job):
     def read(self, path: Path) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            row = {k: np.array(z[k]) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")}
+            row = {k: np.array(z[k]) for k in self.ARRAYS}
             row["dice"] = np.array(z["dice"]) if "dice" in z.files else None
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
         L, R = len(self.row_names), len(self.col_names)
         for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel"):
             if row[k].shape != (L, R) or row[k].dtype.kind != "f":
-                raise ValueError(f"{k} has shape {row[k].shape}")
+                raise ValueError(f"{k} has shape {row[k].shape}, expected {(L, R)}")
         if row["present"].shape != (L,) or row["volume"].shape != (R,) or (
                 row["dice"] is not None and row["dice"].shape != (L,)):
             raise ValueError("bad shapes")
@@ -497,6 +487,20 @@ class Agg2ExpJob(_Job):
         row.update(name=meta["name"], elapsed=float(meta["elapsed"]), n_forward=int(meta["n_forward"]),
                    n_backward=int(meta["n_backward"]))
         return row, meta
+
+    def digest(self, row: dict) -> str:
+        """A digest of the row's numbers (recorded in the file; checked when resuming)."""
+        parts = [np.ascontiguousarray(np.asarray(row[k], dtype=np.float64)).tobytes() for k in self.ARRAYS]
+        parts.append(b"-" if row.get("dice") is None
+                     else np.ascontiguousarray(np.asarray(row["dice"], dtype=np.float64)).tobytes())
+        parts.append(f"{int(row['n_forward'])},{int(row['n_backward'])}".encode())
+        return content_digest(b"\0".join(parts))
+
+    def validate(self, row: dict, what: str) -> None:
+        """The NaN policy of outputs: finite numbers wherever a region and a class exist."""
+        from .checks import require_finite_row
+
+        require_finite_row(row, what)
 
     def assemble(self, rows: list[dict], failures: list[tuple[str, str]]):
         from .aggregate import assemble_result
@@ -523,11 +527,15 @@ class EvaluateJob(_Job):
 
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",
-                "model_files": self.model_digest, "plan": _jsonable(self.plan.describe())}
+                "model_files": self.model_digest, "plan": jsonable(self.plan.describe())}
+
+    @staticmethod
+    def _plain(row: dict) -> dict:
+        return {"rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                         for r in row["rows"]], "failed": [list(f) for f in row["failed"]]}
 
     def write(self, path: Path, row: dict, meta: dict) -> None:
-        clean = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in row["rows"]]
-        path.write_text(json.dumps({"meta": meta, "rows": clean, "failed": [list(f) for f in row["failed"]]}))
+        path.write_text(json.dumps({"meta": meta, **self._plain(row)}))
 
     def read(self, path: Path) -> tuple[dict, dict]:
         from .files import read_json
@@ -536,7 +544,22 @@ class EvaluateJob(_Job):
         meta, rows, failed = d["meta"], d["rows"], d["failed"]
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ValueError("rows")
+        if not isinstance(meta, dict) or not isinstance(failed, list):
+            raise ValueError("meta/failed")
         return {"name": meta["name"], "rows": rows, "failed": [tuple(f) for f in failed]}, meta
+
+    def digest(self, row: dict) -> str:
+        return content_digest(json.dumps(self._plain(row), sort_keys=True).encode())
+
+    def validate(self, row: dict, what: str) -> None:
+        """Metric values are numbers or NaN ("not measured", e.g. sensitivity with 0 copies);
+        never ±Inf."""
+        for r in row["rows"]:
+            for k, v in r.items():
+                if isinstance(v, float) and math.isinf(v):
+                    from .errors import NonFiniteResultError
+
+                    raise NonFiniteResultError(f"{what}: {k} is {v}")
 
     def assemble(self, rows: list[dict], failures: list[tuple[str, str]]):
         from .metrics import MetricsResult
@@ -597,11 +620,6 @@ def _peak_rss() -> int | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def run_image(job: _Job, rec: ImageRecord) -> dict:
     """The task a Dask worker runs for one image: the small rows, or the error (never raises
     for a bad image, so one image cannot stop the others). Loads the model once per worker."""
@@ -615,8 +633,8 @@ def run_image(job: _Job, rec: ImageRecord) -> dict:
             row = drive(job.compute(model, rec))
         return {**info, "status": "done", "row": row, "seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}
     except Exception as exc:  # noqa: BLE001 - recorded with the image, the run goes on
-        return {**info, "status": "failed", "error": _one_line(exc), "seconds": time.perf_counter() - t0,
-                "peak_rss": _peak_rss()}
+        return {**info, "status": "failed", "error": first_line(exc, with_type=True),
+                "seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}
 
 
 def _host() -> str:
@@ -661,7 +679,8 @@ class InProcess:
                     except Cancelled:
                         raise
                     except Exception as exc:  # noqa: BLE001 - recorded with the image, the others go on
-                        yield ("result", rec, {"name": rec.name, "status": "failed", "error": _one_line(exc),
+                        yield ("result", rec, {"name": rec.name, "status": "failed",
+                                               "error": first_line(exc, with_type=True),
                                                "seconds": time.perf_counter() - t0, "pid": os.getpid(),
                                                "host": _host()})
                         continue
@@ -703,13 +722,6 @@ def _dask():
     return distributed
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):   # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 class DaskExecutor:
     """Computes images as Dask tasks (:func:`run_image`), one task per image; results are
     small and come back to this process, which writes them.
@@ -734,9 +746,9 @@ class DaskExecutor:
     @classmethod
     def local(cls, n_workers: int, threads: int | None = None, memory_limit="auto") -> DaskExecutor:
         distributed = _dask()
-        n = int(n_workers)
-        if n < 1:
-            raise InputMismatchError(f"--workers must be >= 1, got {n}")
+        from .checks import as_int, max_workers
+
+        n = as_int("workers", n_workers, 1, max_workers())     # this machine's cores and open files
         th = int(threads) if threads else max(1, cores() // n)
         import dask
 
@@ -765,13 +777,12 @@ class DaskExecutor:
         ``distributed.comm.timeouts.connect``, 30 s)."""
         distributed = _dask()
         kw = {"timeout": timeout} if timeout is not None else {}
+        target = scheduler_address(address)
         try:
-            if os.path.isfile(address):
-                client = distributed.Client(scheduler_file=address, **kw)
-            else:
-                client = distributed.Client(address, **kw)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {_one_line(exc)}") from None
+            client = distributed.Client(target, **kw)
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, a malformed address: one line
+            raise ClusterError(f"cannot reach the Dask scheduler at {printable(target)}: "
+                               f"{first_line(exc, with_type=True)}") from None
         n = len(client.scheduler_info().get("workers", {}))
         try:
             from ._dask_plugins import TuneAllocator
@@ -779,7 +790,8 @@ class DaskExecutor:
             client.register_plugin(TuneAllocator())
         except Exception as exc:  # noqa: BLE001 - workers that cannot import seg_explain fail per image
             client.close()
-            raise ClusterError(f"the Dask workers at {address} cannot run seg_explain: {_one_line(exc)}") from None
+            raise ClusterError(f"the Dask workers at {printable(address)} cannot run seg_explain: "
+                               f"{first_line(exc, with_type=True)}") from None
         return cls(client, None, threads,
                    f"on the Dask cluster at {client.scheduler.address} ({n} worker(s) now"
                    + ("; waiting for workers" if n == 0 else "") + ")")
@@ -813,7 +825,8 @@ class DaskExecutor:
                             exc = e
                         why = ("the worker computing it died" if type(exc).__name__ == "KilledWorker"
                                else "the task did not finish")
-                        out = {"name": rec.name, "status": "failed", "error": f"{why} ({_one_line(exc)})"}
+                        out = {"name": rec.name, "status": "failed",
+                               "error": f"{why} ({first_line(exc, with_type=True)})"}
                     f.release()
                     yield ("result", rec, out)
         finally:
@@ -833,6 +846,29 @@ class DaskExecutor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def scheduler_address(spec: str) -> str:
+    """``--scheduler``: an address (``tcp://host:8786``) as is, or the address in a scheduler
+    file (``dask scheduler --scheduler-file``), read here as untrusted JSON: a file that is not
+    one, or has no ``address``, is one line, not Dask's assertion."""
+    from .files import read_json
+
+    if not os.path.exists(spec):
+        if "://" not in spec and ":" not in spec:
+            raise ClusterError(f"--scheduler {printable(spec)} is neither an address (tcp://host:8786) nor "
+                               "an existing scheduler file")
+        return spec
+    try:
+        info = read_json(spec, "scheduler file", error=ClusterError, max_bytes=1024 * 1024)
+    except ClusterError as exc:
+        raise ClusterError(f"{first_line(exc)}; give the file `dask scheduler --scheduler-file` wrote, "
+                           "or the address (tcp://host:8786)") from None
+    addr = info.get("address")
+    if not isinstance(addr, str) or "://" not in addr:
+        raise ClusterError(f"scheduler file {printable(spec)} has no scheduler address (an 'address' such as "
+                           "tcp://host:8786); is the scheduler running?")
+    return addr
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None, client=None,
@@ -857,95 +893,6 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, clie
     if workers:
         return DaskExecutor.local(workers, threads)
     return InProcess(model)
-
-
-# ---------------------------------------------------------------------- results --
-class ResultStore:
-    """``OUT/run.json`` + ``OUT/images/<key><suffix>`` (done) / ``<key>.failed.json`` (failed).
-
-    Every file is written atomically (:func:`seg_explain.files.atomic_write`). A finished
-    image counts as done in a later run only if the run settings (``run.json``) and the
-    image's input files (path, size, date; ground truth; RoIs) are unchanged."""
-
-    def __init__(self, out: str | os.PathLike, job: _Job, overwrite: bool = False):
-        self.out = Path(out)
-        self.dir = self.out / RESULTS_DIR
-        self.job = job
-        self.overwrite = overwrite
-        self.run_id = job.run_id()
-        self.previous_failures: list[str] = []
-
-    def open(self) -> None:
-        from .files import OutputError, atomic_write, read_json
-
-        if self.dir.exists() and not self.dir.is_dir():
-            raise OutputError(f"{self.dir} exists and is not a folder")
-        fp = self.job.fingerprint()
-        run_file = self.out / RUN_FILE
-        if run_file.exists() and not self.overwrite:
-            try:
-                old = read_json(run_file, "run file", error=InputMismatchError)
-            except InputMismatchError:
-                old = {}
-            old_fp = old.get("settings")
-            if old_fp is not None and old_fp != json.loads(json.dumps(fp)):
-                diff = [k for k in sorted(set(fp) | set(old_fp)) if fp.get(k) != old_fp.get(k)]
-                raise InputMismatchError(
-                    f"{self.out} holds results of a run with other settings ({', '.join(diff)} differ); "
-                    "use --overwrite to replace them, or another --out")
-        if self.overwrite and self.dir.is_dir():
-            for f in self.dir.iterdir():
-                if f.is_file() and re.fullmatch(r".+-[0-9a-f]{10}(\.npz|\.json|\.failed\.json)", f.name):
-                    f.unlink()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        from . import __version__
-
-        with atomic_write(run_file) as tmp:
-            tmp.write_text(json.dumps({"settings": fp, "run_id": self.run_id, "seg_explain": __version__},
-                                      indent=1, sort_keys=True))
-
-    def path(self, rec: ImageRecord, failed: bool = False) -> Path:
-        return self.dir / (rec.key + (".failed.json" if failed else self.job.suffix))
-
-    def load(self, rec: ImageRecord) -> dict | None:
-        """The image's finished row, or None (not done, done with other settings or inputs,
-        or unreadable: then it is computed again)."""
-        from .files import regular_file
-
-        if self.overwrite:
-            return None
-        p = self.path(rec)
-        if not p.exists():
-            if self.path(rec, failed=True).exists():
-                self.previous_failures.append(rec.name)
-            return None
-        try:
-            regular_file(p, "result file", error=ValueError)
-            if p.stat().st_size > RESULT_MAX_BYTES:
-                return None
-            row, meta = self.job.read(p)
-        except Exception:  # noqa: BLE001 - a damaged result file is recomputed, never trusted
-            return None
-        if (meta.get("run") != self.run_id or meta.get("inputs") != inputs_digest(rec)
-                or meta.get("name") != rec.name):
-            return None
-        return row
-
-    def save(self, rec: ImageRecord, outcome: dict) -> None:
-        from .files import atomic_write
-
-        meta = {"format": FORMAT, "run": self.run_id, "inputs": inputs_digest(rec), "name": rec.name,
-                "seconds": outcome.get("seconds"), "host": outcome.get("host"), "pid": outcome.get("pid"),
-                "peak_rss": outcome.get("peak_rss"),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if outcome["status"] == "done":
-            with atomic_write(self.path(rec)) as tmp:
-                self.job.write(tmp, outcome["row"], meta)
-            with contextlib.suppress(OSError):
-                self.path(rec, failed=True).unlink()
-        else:
-            with atomic_write(self.path(rec, failed=True)) as tmp:
-                tmp.write_text(json.dumps({"meta": meta, "error": outcome.get("error", "")}))
 
 
 # --------------------------------------------------------------------------- runs --
@@ -989,7 +936,7 @@ class DatasetRun:
         self.outcomes: list[dict] = []      # this run's outcomes (timings, worker pid, peak memory)
         self.resumed: list[str] = []
         if self.store is not None:
-            self.store.open()
+            self.store.open(self.records)
             for rec in self.records:
                 row = self.store.load(rec)
                 if row is not None:
@@ -997,6 +944,7 @@ class DatasetRun:
                     self.resumed.append(rec.name)
         self.todo = [r for r in self.records if r.name not in self.rows]
         self.previous_failures = list(self.store.previous_failures) if self.store is not None else []
+        self.rejected = list(self.store.rejected) if self.store is not None else []
 
     @property
     def n_total(self) -> int:
@@ -1035,6 +983,12 @@ class DatasetRun:
                 if kind == "progress":
                     yield event("running", rec.name, payload)
                     continue
+                if payload["status"] == "done":    # the NaN policy: a NaN row is a failure, never a result
+                    try:
+                        self.job.validate(payload["row"], f"the result of {rec.name!r}")
+                    except SegExplainError as exc:
+                        payload = {k: v for k, v in payload.items() if k != "row"}
+                        payload.update(status="failed", error=first_line(exc, with_type=True))
                 self.outcomes.append({k: v for k, v in payload.items() if k != "row"})
                 if self.store is not None:
                     self.store.save(rec, payload)
@@ -1284,12 +1238,39 @@ def add_dataset_arguments(p) -> None:
 
 
 def check_dataset_arguments(args) -> None:
-    from .checks import as_int
+    """Bounds of ``--workers`` / ``--threads`` from this machine (cores, open-file limit)."""
+    from .checks import as_int, cpu_cores, max_threads, max_workers, open_files_limit
 
     if args.workers is not None:
-        as_int("--workers", args.workers, 1)
+        hi = max_workers()
+        try:
+            as_int("--workers", args.workers, 1, hi)
+        except SegExplainError:
+            raise InputMismatchError(
+                f"--workers must be a whole number in [1, {hi}], got {args.workers!r}: this machine has "
+                f"{cpu_cores()} core(s) and allows {open_files_limit()} open files (each worker process "
+                "computes one image at a time)") from None
     if args.threads is not None:
-        as_int("--threads", args.threads, 1)
+        remote = bool(getattr(args, "scheduler", None))
+        hi = max_threads(remote)
+        try:
+            as_int("--threads", args.threads, 1, hi)
+        except SegExplainError:
+            where = "a remote worker" if remote else f"this machine has {cpu_cores()} core(s)"
+            raise InputMismatchError(f"--threads must be a whole number in [1, {hi}] ({where}), "
+                                     f"got {args.threads!r}") from None
+
+
+def check_inputs_outside_results(inputs: Sequence, out: str | os.PathLike) -> None:
+    """No input may lie in ``OUT/images``: that folder is the run's own (``--overwrite``
+    replaces what is there)."""
+    from .files import OutputError
+
+    res = Path(out) / RESULTS_DIR
+    for i in inputs:
+        if isinstance(i, (str, os.PathLike)) and _inside(Path(i), res):
+            raise OutputError(f"the input {printable(i)} lies in {printable(res)}, the results folder this run "
+                              "writes; move it or choose another --out (nothing was written)")
 
 
 def run_command(run: DatasetRun, desc: str, quiet: bool, out: Path, what: str = "image") -> Any:
@@ -1297,8 +1278,11 @@ def run_command(run: DatasetRun, desc: str, quiet: bool, out: Path, what: str = 
     ``failures.csv``; on Ctrl-C / SIGTERM say what is kept. Returns the result."""
     if run.resumed:
         k = len(run.resumed)
-        print(f"seg-explain: skipping {k} {what}{'s' if k != 1 else ''} already done in {out} "
+        print(f"seg-explain: skipping {k} {what}{'s' if k != 1 else ''} already done in {printable(out)} "
               f"(--overwrite recomputes them)", file=sys.stderr)
+    for name, why in run.rejected:
+        print(f"seg-explain: recomputing {printable(name)}: its stored result is not trusted ({why})",
+              file=sys.stderr)
     if run.previous_failures:
         print(f"seg-explain: retrying {len(run.previous_failures)} {what}(s) that failed before", file=sys.stderr)
     if not quiet:
@@ -1314,21 +1298,26 @@ def run_command(run: DatasetRun, desc: str, quiet: bool, out: Path, what: str = 
                 res = stop.value
                 break
             if ev.state == "failed":
-                bar.write(f"seg-explain: failed: {ev.image}: {ev.error}")
+                bar.write(f"seg-explain: failed: {printable(ev.image)}: {printable(ev.error)}")
             bar.update(ev)
     except BaseException as exc:
         bar.close()
+        done = len(run.rows)
+        kept = (f"{done} {what}(s) finished are kept in {printable(out / RESULTS_DIR)}; rerun the same "
+                "command to resume")
         if not isinstance(exc, Exception) or isinstance(exc, Cancelled):   # Ctrl-C, SIGTERM
-            done = len(run.rows)
-            print(f"seg-explain: {done} {what}(s) finished are kept in {out / RESULTS_DIR}; "
-                  "rerun the same command to resume", file=sys.stderr)
+            print(f"seg-explain: {kept}", file=sys.stderr)
+        elif isinstance(exc, OSError):          # a full disk, a folder gone: say what is kept
+            from .files import OutputError
+
+            raise OutputError(f"{first_line(exc)}; {kept}; no table was written") from exc
         raise
     bar.close()
-    run.write_failures(out)
     return res
 
 
 __all__ = ["ImageRecord", "collect_images", "records_from", "read_manifest", "image_seed", "file_key",
            "Agg2ExpJob", "EvaluateJob", "run_image", "worker_model", "InProcess", "DaskExecutor",
            "make_executor", "ResultStore", "DatasetRun", "ImageProgress", "TerminalProgress", "prepare_run",
-           "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_SOME_FAILED", "ClusterError"]
+           "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_SOME_FAILED", "ClusterError", "RUN_FILE", "RESULTS_DIR",
+           "FAILURES_FILE", "inputs_digest", "model_digest", "check_template", "scheduler_address"]

@@ -16,13 +16,20 @@ Writing (the user's files):
   only after minutes of work.
 - :func:`atomic_write`: write to a temporary file in the same folder, then ``os.replace``
   onto the target. An interrupted run (Ctrl-C, SIGTERM, a full disk) leaves the previous
-  file intact and no half-written one; the temporary file is removed.
+  file intact and no half-written one; the temporary file is removed. A run killed with
+  SIGKILL cannot remove it: :func:`remove_stale_parts` (called when a rerun checks its
+  outputs) does.
+- :func:`model_paths`: what a model reads (a bundle or nnU-Net folder, a TorchScript/.pt2
+  file and its JSON sidecar); :func:`check_output` refuses an output there.
+- :class:`WriteLog`: the writing phase of a command, after every request was validated;
+  a failure says exactly which files were written before it and which were not.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -94,17 +101,60 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def model_paths(model: str | os.PathLike | None) -> list[Path]:
+    """Files and folders a model reads, resolved: a model folder (a bundle, an nnU-Net
+    trainer folder and, for a ``fold_N`` folder, the trainer folder holding its plans) or
+    a model file with its JSON sidecar (and the bundle around a bundle's ``models/`` file)."""
+    if model is None or not isinstance(model, (str, os.PathLike)):
+        return []
+    p = Path(model).expanduser()
+    try:
+        p = p.resolve()
+    except OSError:
+        return [p]
+    out = [p]
+    if p.is_dir():
+        for up in (p.parent, p.parent.parent):     # fold_N / DatasetXXX inside a trainer folder
+            if (up / "plans.json").exists() and (up / "dataset.json").exists():
+                out.append(up)
+    else:
+        out.append(p.with_suffix(".json"))
+        if p.parent.name == "models" and (p.parent.parent / "configs").is_dir():
+            out.append(p.parent.parent)           # a bundle's models/model.ts
+    return out
+
+
+def _inside_any(target: Path, protected: Iterable[Path]) -> Path | None:
+    try:
+        t = target.resolve()
+    except OSError:
+        t = target.absolute()
+    for q in protected:
+        if t == q or (q.is_dir() and q in t.parents):
+            return q
+    return None
+
+
 def check_output(path: str | os.PathLike, inputs: Iterable = (), folder: bool = False,
-                 names: Iterable[str] = ()) -> Path:
+                 names: Iterable[str] = (), model=None, what: str = "--out") -> Path:
     """Check an output before computing; return it as a Path.
 
     ``inputs``: paths the run reads (image, RoI, bank, reference, model ...); the output may
-    be none of them. ``folder=True``: ``path`` is an output folder and ``names`` the files
-    that will be written inside it (none of which may be an input either).
+    be none of them. ``model``: the model path; the output may not lie in what it reads
+    (:func:`model_paths`). ``folder=True``: ``path`` is an output folder and ``names`` the
+    files that will be written inside it (none of which may be an input either). Leftover
+    temporary files of a killed earlier run are removed (:func:`remove_stale_parts`).
     """
     out = Path(path).expanduser()
     ins = [Path(i).expanduser() for i in inputs if isinstance(i, (str, os.PathLike))]
+    names = list(names)
     targets = [out / n for n in names] if folder else [out]
+    protected = model_paths(model)
+    for t in ([out] if folder else []) + targets:
+        hit = _inside_any(t, protected)
+        if hit is not None:
+            raise OutputError(f"The output {t} lies in the model's files ({hit}); a run never writes into "
+                              "a model it reads — choose another output path (nothing was written)")
     for t in targets:
         for i in ins:
             if _same(t, i):
@@ -112,16 +162,71 @@ def check_output(path: str | os.PathLike, inputs: Iterable = (), folder: bool = 
                                   "(nothing was written)")
     if folder:
         if out.exists() and not out.is_dir():
-            raise OutputError(f"--out {out} exists and is not a folder")
+            raise OutputError(f"{what} {out} exists and is not a folder")
         parent = out
     else:
         if out.is_dir():
-            raise OutputError(f"--out {out} is a folder; give a file name (e.g. {out / 'attribution.nii.gz'})")
+            raise OutputError(f"{what} {out} is a folder; give a file name (e.g. {out / 'attribution.nii.gz'})")
         if out.exists() and not out.is_file():
-            raise OutputError(f"--out {out} is not a regular file")
+            raise OutputError(f"{what} {out} is not a regular file")
         parent = out.parent
     _writable_folder(parent)
+    remove_stale_parts(parent, names if folder else [out.name])
     return out
+
+
+_PART = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.part(\.[A-Za-z0-9.]*)?")
+
+
+def remove_stale_parts(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[str]:
+    """Remove the temporary files :func:`atomic_write` leaves when a run is killed with
+    SIGKILL (``.NAME.XXXXXXXX.part.ext``) for the given file ``names`` (None: any), and
+    our write probes. Returns the names removed."""
+    d = Path(folder)
+    wanted = None if names is None else {os.fspath(n) for n in names}
+    removed = []
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        m = _PART.fullmatch(f.name)
+        ours = (m is not None and (wanted is None or m.group("name") in wanted)) or (
+            re.fullmatch(r"\.seg-explain-probe-[A-Za-z0-9_]{8}", f.name) is not None)
+        if ours and f.is_file() and not f.is_symlink():
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f.name)
+    return removed
+
+
+class WriteLog:
+    """The writing phase of a run: ``log.write(path, fn)`` calls ``fn(path)`` and remembers
+    the file; a failure is re-raised as one :class:`OutputError` that says which files were
+    written before it and which were not (``planned``: every file the phase will write)."""
+
+    def __init__(self, planned: Iterable[str | os.PathLike] = ()):
+        self.planned = [Path(p) for p in planned]
+        self.written: list[Path] = []
+
+    def write(self, path: str | os.PathLike, fn):
+        p = Path(path)
+        try:
+            result = fn(p)
+        except (OSError, SegExplainError) as exc:
+            if not self.written:
+                raise
+            from .errors import first_line
+
+            rest = [q.name for q in self.planned if q not in self.written and q != p]
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
+            raise OutputError(
+                f"Cannot write {p}: {reason}; written before it: {', '.join(q.name for q in self.written)}"
+                + f"; not written: {', '.join([p.name, *rest])} (their previous versions, if any, are kept)"
+            ) from exc
+        self.written.append(p)
+        return result
 
 
 def _writable_folder(folder: Path) -> None:

@@ -37,7 +37,7 @@ def add_parser(sub):
                    help="ground-truth label maps, e.g. 'labels/{stem}_seg.nii.gz' (adds Dice to outliers.csv)")
     p.add_argument("--classes", default=None, help="comma-separated classes to explain (default: all predicted)")
     p.add_argument("--top-k", type=int, default=3, help="incoming edges per class in graph.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     from ..dataset import add_dataset_arguments
@@ -68,7 +68,7 @@ def parse_extra_rois(items) -> dict[str, str]:
 
 def run(args) -> int:
     from ..checks import as_int
-    from ..cli import parse_params
+    from ..cli import common_params, parse_params
     from ..dataset import (
         EXIT_OK,
         EXIT_SOME_FAILED,
@@ -78,27 +78,29 @@ def run(args) -> int:
         Agg2ExpJob,
         DatasetRun,
         check_dataset_arguments,
+        check_inputs_outside_results,
         collect_images,
         make_executor,
         model_digest,
         run_command,
     )
-    from ..errors import InputMismatchError
+    from ..errors import InputMismatchError, printable
     from ..explainers.registry import resolve_params
-    from ..files import check_output
+    from ..files import WriteLog, check_output
     from ..models import load_model
 
     params = parse_params(args.param, args.method)
+    seed, batch_size = common_params(params, args.seed)
     resolve_params(args.method, params)       # unknown or bad parameters fail before any image
-    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
-    as_int("--top-k", args.top_k, 1)
+    top_k = as_int("--top-k", args.top_k, 1, 10_000)
     check_dataset_arguments(args)
     extra = parse_extra_rois(args.extra_roi)
     records, roi_names, manifests = collect_images(args.images, args.ground_truth, extra, exclude=args.out)
     inputs = [p for r in records for p in r.paths()] + manifests + [args.model] + [
         v for v in extra.values() if "{" not in v]
-    out = check_output(args.out, inputs, folder=True,
+    out = check_output(args.out, inputs, folder=True, model=args.model,
                        names=OUTPUTS + (RUN_FILE, FAILURES_FILE, RESULTS_DIR))   # before any computation
+    check_inputs_outside_results(inputs, out)
     distributed = bool(args.workers or args.scheduler)
     # the class names (and an early, clear error for a bad model) come from a copy loaded here;
     # on a cluster each worker loads its own, once, on --device
@@ -106,8 +108,9 @@ def run(args) -> int:
     classes = None
     if args.classes:
         classes = [model.class_index(c.strip()) for c in args.classes.split(",")]
+    as_int("--top-k", top_k, 1, len(model.class_names) + len(roi_names))   # edges come from the regions
     job = Agg2ExpJob(model=os.path.abspath(args.model), device=args.device, threads=args.threads,
-                     method=args.method, params=params, classes=classes, seed=seed,
+                     method=args.method, params=params, classes=classes, seed=seed, batch_size=batch_size,
                      row_names=list(model.class_names), roi_names=roi_names,
                      with_dice=any(r.ground_truth is not None for r in records),
                      model_digest=model_digest(args.model))
@@ -116,37 +119,42 @@ def run(args) -> int:
         res = run_command(run_, "[agg2exp]", args.quiet, out)
     n = len(records)
     if res.n_images == 0:
-        raise InputMismatchError(f"none of the {n} images could be explained (see the messages above)")
+        raise InputMismatchError(f"none of the {n} images could be explained (see the messages above); "
+                                 "no table was written")
 
-    res.to_csv(out / "local_importance.csv")
-    res.global_to_csv(out / "global_importance.csv")
-    written = ["local_importance.csv", "global_importance.csv"]
+    # everything is computed and validated: only now are the tables and plots made, then written
+    det = None
     if res.n_images >= MIN_IMAGES_FOR_OUTLIERS:
         from ..outliers import detect_outliers
 
         det = detect_outliers(res, seed=seed)
-        det.to_csv(out / "outliers.csv")
-        written.append("outliers.csv")
-        if det.spearman and not args.quiet:
-            rho, pval, k = det.spearman["mean"]
-            print(f"[agg2exp] Spearman(decision function, Dice), per image averaged over classes "
-                  f"(the paper's test; rho > 0: unusual explanations go with lower Dice), {k} images: "
-                  f"rho={rho:.3f} (p={pval:.3g}); per class in outliers.csv", file=sys.stderr)
-    else:
-        if (out / "outliers.csv").exists():     # from an earlier run on more images: stale now
-            (out / "outliers.csv").unlink()
-        if not args.quiet:
-            print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
     from ..plots import plot_graph, plot_heatmap, save_figure
 
     title = f"Agg2Exp ({res.method}), {res.n_images} image(s)"
-    save_figure(plot_heatmap(res, title=title, drop_empty_rows=True), out / "heatmap.png")
-    save_figure(plot_graph(res, top_k=args.top_k, title=title), out / "graph.png")
-    written += ["heatmap.png", "graph.png"]
-    print(f"[agg2exp] wrote {', '.join(written)} to {out}", file=sys.stderr)
+    figs = {"heatmap.png": plot_heatmap(res, title=title, drop_empty_rows=True),
+            "graph.png": plot_graph(res, top_k=top_k, title=title)}
+    names = ["local_importance.csv", "global_importance.csv"] + (["outliers.csv"] if det else []) + list(figs)
+    log = WriteLog([out / nm for nm in names])
+    log.write(out / "local_importance.csv", res.to_csv)
+    log.write(out / "global_importance.csv", res.global_to_csv)
+    if det is not None:
+        log.write(out / "outliers.csv", det.to_csv)
+    elif (out / "outliers.csv").exists():     # from an earlier run on more images: stale now
+        (out / "outliers.csv").unlink()
+    for nm, fig in figs.items():
+        log.write(out / nm, lambda p, fig=fig: save_figure(fig, p))
+    log.write(out / FAILURES_FILE, lambda _p: run_.write_failures(out))
+    if det is not None and det.spearman and not args.quiet:
+        rho, pval, k = det.spearman["mean"]
+        print(f"[agg2exp] Spearman(decision function, Dice), per image averaged over classes "
+              f"(the paper's test; rho > 0: unusual explanations go with lower Dice), {k} images: "
+              f"rho={rho:.3f} (p={pval:.3g}); per class in outliers.csv", file=sys.stderr)
+    elif det is None and not args.quiet:
+        print(f"[agg2exp] outliers.csv needs >= {MIN_IMAGES_FOR_OUTLIERS} images; skipped", file=sys.stderr)
+    print(f"[agg2exp] wrote {', '.join(names)} to {printable(out)}", file=sys.stderr)
     if res.skipped:
         print(f"seg-explain: warning: {len(res.skipped)} of {n} image(s) failed (listed in "
-              f"{out / FAILURES_FILE}; a rerun retries them): " + ", ".join(nm for nm, _ in res.skipped),
-              file=sys.stderr)
+              f"{printable(out / FAILURES_FILE)}; a rerun retries them): "
+              + ", ".join(printable(nm) for nm, _ in res.skipped), file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK

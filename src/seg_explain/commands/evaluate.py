@@ -13,6 +13,7 @@ rerun with the same --out skips the images already done (--overwrite recomputes 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -30,14 +31,14 @@ def add_parser(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--param", action="append", default=[], metavar="K=V")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: all predicted)")
-    p.add_argument("--n-faithfulness", type=int, default=100, help="random subsets (default 100)")
+    p.add_argument("--n-faithfulness", default=100, metavar="N", help="random subsets (default 100, at most 10000)")
     p.add_argument("--subset", type=float, default=0.05,
                    help="voxels per subset: a fraction (<1) or a count (default 0.05)")
-    p.add_argument("--n-sensitivity", type=int, default=3, help="noisy copies (default 3)")
+    p.add_argument("--n-sensitivity", default=3, metavar="N", help="noisy copies (default 3, at most 1000)")
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--theta", type=float, default=0.1)
     p.add_argument("--baseline", default="min")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     from ..dataset import add_dataset_arguments
@@ -47,8 +48,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..checks import as_int
-    from ..cli import parse_params
+    from ..cli import common_params, parse_params
     from ..dataset import (
         EXIT_OK,
         EXIT_SOME_FAILED,
@@ -58,30 +58,33 @@ def run(args) -> int:
         DatasetRun,
         EvaluateJob,
         check_dataset_arguments,
+        check_inputs_outside_results,
         collect_images,
         make_executor,
         model_digest,
         run_command,
     )
-    from ..errors import InputMismatchError
-    from ..files import check_output
+    from ..errors import InputMismatchError, printable
+    from ..files import WriteLog, check_output
     from ..metrics import plan_evaluation
     from ..models import load_model
 
     params = parse_params(args.param)
-    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
+    seed, batch_size = common_params(params, args.seed)
     check_dataset_arguments(args)
+    n_faith, n_sens = check_metric_bounds(args)
     records, _rois, manifests = collect_images(args.images, exclude=args.out)
     inputs = [r.image for r in records if isinstance(r.image, str)] + manifests + [args.model]
-    out = check_output(args.out, inputs, folder=True,
+    out = check_output(args.out, inputs, folder=True, model=args.model,
                        names=OUTPUTS + (RUN_FILE, FAILURES_FILE, RESULTS_DIR))   # before any computation
+    check_inputs_outside_results(inputs, out)
     distributed = bool(args.workers or args.scheduler)
     model = load_model(args.model, device="cpu" if distributed else args.device)
     subset = args.subset   # a fraction (< 1) or a whole number of voxels (checked by the plan)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=args.n_faithfulness,
-                           subset=subset, n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
-                           baseline=_number_or_text(args.baseline), **params)
+    plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=n_faith,
+                           subset=subset, n_sensitivity=n_sens, noise=args.noise, theta=args.theta,
+                           baseline=_number_or_text(args.baseline), batch_size=batch_size, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}
@@ -92,18 +95,52 @@ def run(args) -> int:
         res = run_command(run_, "[evaluate]", args.quiet, out)
     n = len(records)
     if not res.rows and res.settings.get("skipped"):
-        raise InputMismatchError(f"none of the {n} images could be evaluated (see the messages above)")
+        raise InputMismatchError(f"none of the {n} images could be evaluated (see the messages above); "
+                                 "no table was written")
     for nm, cls, meth, msg in res.settings.get("failed", []):
-        print(f"seg-explain: {meth} could not explain {cls} in {nm}: {msg}", file=sys.stderr)
-    res.to_csv(out / "metrics.csv")
-    res.summary_to_csv(out / "metrics_summary.csv")
+        print(f"seg-explain: {printable(meth)} could not explain {printable(cls)} in {printable(nm)}: "
+              f"{printable(msg)}", file=sys.stderr)
+    # everything is computed and validated: only now are the tables written
+    log = WriteLog([out / nm for nm in OUTPUTS])
+    log.write(out / "metrics.csv", res.to_csv)
+    log.write(out / "metrics_summary.csv", res.summary_to_csv)
+    log.write(out / FAILURES_FILE, lambda _p: run_.write_failures(out))
     print(res.table())
-    print(f"[evaluate] wrote metrics.csv, metrics_summary.csv to {out}", file=sys.stderr)
+    print(f"[evaluate] wrote metrics.csv, metrics_summary.csv to {printable(out)}", file=sys.stderr)
     if res.settings.get("skipped"):
         print(f"seg-explain: warning: {len(res.settings['skipped'])} of {n} image(s) failed (listed in "
-              f"{out / FAILURES_FILE}; a rerun retries them)", file=sys.stderr)
+              f"{printable(out / FAILURES_FILE)}; a rerun retries them)", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+# upper bounds of the metric settings, from the method: each faithfulness subset is one
+# forward pass and one row of voxel indices, each sensitivity copy one whole explanation
+N_FAITHFULNESS_MAX = 10_000
+N_SENSITIVITY_MAX = 1_000
+NOISE_MAX = 10.0
+
+
+def check_metric_bounds(args) -> tuple[int, int]:
+    """Every numeric setting bounded before any image: ``--n-faithfulness``, ``--n-sensitivity``,
+    ``--noise``, ``--subset`` (a voxel count times the subsets must fit in memory)."""
+    from ..checks import as_float, as_int, memory_bytes
+    from ..errors import MethodError
+
+    # upper bounds here; the lower ones (and the typing of the rest) are plan_evaluation's
+    nf = as_int("n_faithfulness", args.n_faithfulness, hi=N_FAITHFULNESS_MAX)
+    ns = as_int("n_sensitivity", args.n_sensitivity, hi=N_SENSITIVITY_MAX)
+    if math.isfinite(args.noise) and args.noise > NOISE_MAX:
+        as_float("noise", args.noise, 0.0, NOISE_MAX)
+    sub = args.subset
+    if math.isfinite(sub) and sub >= 1 and nf >= 1:
+        budget = memory_bytes() // 4
+        hi = max(1, budget // (8 * nf))      # the subsets' voxel indices (int64) must fit
+        if sub != int(sub) or sub > hi:
+            raise MethodError(f"--subset must be a fraction in (0, 1) or a whole number of voxels <= {hi} "
+                              f"(with --n-faithfulness {nf}, the subsets' indices must fit in a quarter of "
+                              f"this machine's memory), got {args.subset!r}")
+    return nf, ns
 
 
 def _number_or_text(v: str):

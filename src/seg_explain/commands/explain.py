@@ -8,6 +8,7 @@ unless ``--per-channel`` is given.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def add_parser(sub):
                    help="RoI mask file on the image grid (default: the voxels predicted as the target)")
     p.add_argument("--roi-mode", default=None, choices=("mask", "intersection"),
                    help="use the mask as is (default) or intersect it with the predicted target")
-    p.add_argument("--roi-label", type=int, default=None, help="use only this label of a label-map RoI")
+    p.add_argument("--roi-label", default=None, metavar="K", help="use only this label of a label-map RoI")
     p.add_argument("--reference", default=None, metavar="LABELS",
                    help="PdCR: reference segmentation (label map on the image grid) the RoI Dice is "
                         "measured against; without it negative contributions cannot be measured")
@@ -35,7 +36,7 @@ def add_parser(sub):
     p.add_argument("--table", default=None, metavar="CSV",
                    help="also write the method's per-region table when it makes one (e.g. PdCR's blocks: "
                         "status, ATE in Dice points, CI, draws)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -71,31 +72,63 @@ def load_mask(path: str, img, what: str):
     return arr
 
 
+def parse_target(text, model) -> int:
+    """``--target``: a class index (ASCII digits) or a class name -> the class index."""
+    from ..errors import InputMismatchError, printable
+
+    t = str(text).strip()
+    if re.fullmatch(r"[+-]?[0-9]+", t):
+        return model.class_index(int(t))
+    if not any(ch.isdigit() for ch in t):
+        return model.class_index(t)            # a name (unknown: the model's own one line)
+    raise InputMismatchError(
+        f"Unknown target class {printable(t)!r} (digits other than 0-9 are not an index); give an index "
+        f"0..{len(model.class_names) - 1} or a name: " + ", ".join(f"{i}={printable(n)}"
+                                                                 for i, n in enumerate(model.class_names)))
+
+
+def check_table_request(method: str) -> None:
+    """``--table`` only for a method that makes a per-region table, refused before anything runs."""
+    from ..errors import MethodError
+    from ..explainers.registry import get_spec
+
+    if get_spec(method).caps.map_kind != "block":
+        raise MethodError(f"{method} makes no per-region table; drop --table (nothing was written)")
+
+
 def run(args) -> int:
     from ..checks import as_int
-    from ..cli import parse_params
+    from ..cli import common_params, parse_params
+    from ..errors import printable
     from ..explainers.base import drive, explain_iter
-    from ..files import check_output
+    from ..files import WriteLog, check_output
     from ..io import load_image, save_image
     from ..models import load_model
 
     params = parse_params(args.param, args.method)
-    seed = as_int("--seed", args.seed, 0, 2 ** 31 - 1)
+    seed, batch_size = common_params(params, args.seed)
+    roi_label = None if args.roi_label is None else as_int("--roi-label", args.roi_label, 0, 2 ** 31 - 1)
+    if args.table:
+        check_table_request(args.method)
     img = load_image(args.image, series=args.series, magnitude=args.magnitude)
     out = Path(args.out)
     inputs = [args.image, args.model, args.roi, args.reference,
               *(v for v in params.values() if isinstance(v, str))]
-    check_output(out, [i for i in inputs if i])     # before any computation
+    check_output(out, [i for i in inputs if i], model=args.model)     # before any computation
     if args.table:
-        check_output(args.table, [i for i in inputs if i] + [out])
+        check_output(args.table, [i for i in inputs if i] + [out], model=args.model, what="--table")
+        if Path(args.table).expanduser().absolute() == out.expanduser().absolute():
+            from ..files import OutputError
+
+            raise OutputError("--table and --out name the same file; give two names (nothing was written)")
     _check_out(out, img.spatial_dims)
     roi = load_mask(args.roi, img, "RoI") if args.roi else None
     if args.reference:
         params["reference"] = load_mask(args.reference, img, "reference")
     model = load_model(args.model, device=args.device)
-    target = int(args.target) if str(args.target).lstrip("-").isdigit() else args.target
-    gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed,
-                       roi_mode=args.roi_mode, roi_label=args.roi_label, **params)
+    target = parse_target(args.target, model)
+    gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed, batch_size=batch_size,
+                       roi_mode=args.roi_mode, roi_label=roi_label, **params)
     last = [-1]
 
     def progress(done, total):
@@ -106,30 +139,41 @@ def run(args) -> int:
 
     exp = drive(gen, progress)
     data = exp.per_channel if (args.per_channel and exp.per_channel is not None) else exp.attribution
-    path = save_image(out, data, like=img)
+    rows = _table_rows(exp) if args.table else None     # refused here, before anything is written
+    # everything is computed and validated: only now are the files written
+    log = WriteLog([out] + ([Path(args.table)] if args.table else []))
+    path = log.write(out, lambda p: save_image(p, data, like=img))
     if args.table:
-        _write_table(exp, Path(args.table))
+        log.write(Path(args.table), lambda p: _write_rows(rows, p))
+        print(f"[explain] wrote the per-region table ({len(rows)} rows) to {printable(args.table)}", file=sys.stderr)
     info = {k: v for k, v in exp.summary().items()
             if k not in ("method", "target") and not (isinstance(v, str) and ("\n" in v or len(v) > 200))}
-    print(f"[explain] {exp.method} of {exp.target_name!r} ({exp.roi.sum()} RoI voxels) -> {path}; "
-          + json.dumps(info), file=sys.stderr)
+    print(f"[explain] {exp.method} of {printable(exp.target_name)!r} ({exp.roi.sum()} RoI voxels) -> "
+          f"{printable(path)}; " + json.dumps(info), file=sys.stderr)
     report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
     if report:   # the result, not progress: printed with --quiet too
         print(str(report).rstrip(), file=sys.stderr)
     for w in (exp.extras.get("warnings") or []) if isinstance(exp.extras, dict) else []:
-        print(f"seg-explain: warning: {w}", file=sys.stderr)
+        print(f"seg-explain: warning: {printable(w)}", file=sys.stderr)
     return 0
 
 
-def _write_table(exp, path: Path) -> None:
-    """The explanation's per-region table (``extras["blocks"]``: one dict per region), as CSV."""
-    from ..aggregate import _write_csv
+def _table_rows(exp) -> list[dict]:
+    """The explanation's per-region table (``extras["blocks"]``: one dict per region), checked."""
+    from ..checks import require_finite_result
     from ..errors import MethodError
 
     rows = exp.extras.get("blocks") if isinstance(exp.extras, dict) else None
     if not rows:
-        raise MethodError(f"{exp.method} makes no per-region table; drop --table")
+        raise MethodError(f"{exp.method} made no per-region table here; drop --table (nothing was written)")
+    nums = [v for r in rows for v in r.values() if isinstance(v, float)]
+    require_finite_result(nums, f"the {exp.method} per-region table")     # the NaN policy: no NaN cell
+    return rows
+
+
+def _write_rows(rows: list[dict], path: Path) -> Path:
+    from ..aggregate import _write_csv
+
     cols = list(rows[0])
-    _write_csv(path, [{k: (";".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in r.items()}
-                      for r in rows], cols)
-    print(f"[explain] wrote the per-region table ({len(rows)} rows) to {path}", file=sys.stderr)
+    return _write_csv(path, [{k: (";".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                              for k, v in r.items()} for r in rows], cols)

@@ -280,6 +280,8 @@ def finalize(ctx: Context, method: str, attr_model, roi_img, params, t0, extras)
     The transfer depends on the method's registered map kind (:func:`to_image_grid`)."""
     a = attr_model.detach().cpu().numpy() if isinstance(attr_model, torch.Tensor) else np.asarray(attr_model)
     a = a.astype(np.float32)
+    from ..checks import require_finite_result  # the NaN policy for outputs: a NaN map is never returned
+    require_finite_result(a, f"the {method} map of {ctx.model.class_names[ctx.target]!r}", ctx.model)
     map_kind = get_spec(method).caps.map_kind
     sd = ctx.model.spatial_dims
     per_channel = None
