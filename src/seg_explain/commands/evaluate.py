@@ -31,12 +31,16 @@ def add_parser(sub):
     p.add_argument("--param", action="append", default=[], metavar="K=V")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: all predicted)")
     p.add_argument("--n-faithfulness", type=int, default=100, help="random subsets (default 100)")
-    p.add_argument("--subset", type=float, default=0.05,
-                   help="voxels per subset: a fraction (<1) or a count (default 0.05)")
+    p.add_argument("--protocol", choices=("default", "agg2exp"), default="default",
+                   help="default: RoI fixed from the clean prediction, noise × image range, 5 %% subsets; "
+                        "agg2exp: the Agg2Exp authors' Quantus settings (RoI recomputed from each perturbed "
+                        "prediction, fresh explainer noise, absolute noise, 224² voxels per subset)")
+    p.add_argument("--subset", type=float, default=None,
+                   help="voxels per subset: a fraction (<1) or a count (default: the protocol's, 0.05 / 50176)")
     p.add_argument("--n-sensitivity", type=int, default=3, help="noisy copies (default 3)")
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--theta", type=float, default=0.1)
-    p.add_argument("--baseline", default="min")
+    p.add_argument("--baseline", default=None, help="removed voxels (default: the protocol's, min / global_min)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -81,7 +85,8 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=args.n_faithfulness,
                            subset=subset, n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
-                           baseline=_number_or_text(args.baseline), **params)
+                           baseline=None if args.baseline is None else _number_or_text(args.baseline),
+                           protocol=args.protocol, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}
