@@ -116,6 +116,21 @@ def test_sensitivity_uses_absolute_noise_and_the_noisy_prediction():
     assert theirs != pytest.approx(avg_sensitivity(float(x.max() - x.min())), rel=1e-2)
 
 
+def test_kernel_shap_keeps_the_clean_segments_in_sensitivity():
+    """The authors' KernelSHAP wrapper kept the clean prediction (segments and RoI) for noisy
+    copies. On the threshold model, semantic KernelSHAP (2 segments, exact) then paints
+    φ = Σ_R x' on the clean region R only: every noisy map equals the clean one after
+    normalising (sensitivity 0), while the gradient, whose RoI follows the noisy prediction, moves."""
+    model = threshold_model()
+    x = planted_image()[:64, :64].copy()
+    methods = [("ks", "kernel_shap", {"features": "semantic", "n_samples": 2, "baseline": "zero"}), "gradient"]
+    res = evaluate(model, [x], methods, classes=[1], n_faithfulness=2, subset=0.05, n_sensitivity=2,
+                   protocol="agg2exp")
+    sens = {r["method"]: r["sensitivity"] for r in res.rows}
+    assert sens["ks"] == pytest.approx(0.0, abs=1e-12)
+    assert sens["gradient"] > 0.05
+
+
 def test_fresh_explainer_noise_on_the_sample_model(sample_bundle2d):
     """With no input noise at all, SmoothGrad with its own seed reproduces its map (sensitivity
     0); the authors' protocol draws new SmoothGrad noise for every copy (> 0). A deterministic
