@@ -161,6 +161,13 @@ def test_authors_subset_larger_than_the_image_is_a_clear_error(unet2d):
         plan_evaluation(unet2d, ["gradient"], protocol="quantus")
 
 
+def test_protocol_is_part_of_the_resume_fingerprint(unet2d):
+    ours = plan_evaluation(unet2d, ["gradient"], subset=0.05, baseline="min").describe()
+    theirs = plan_evaluation(unet2d, ["gradient"], subset=0.05, baseline="min", protocol="agg2exp").describe()
+    assert theirs == {**ours, "protocol": "agg2exp"}
+    assert "protocol" not in ours          # run folders written before protocols still resume
+
+
 def test_cli_protocol_option(bundle3d, tmp_path, capsys):
     import csv
 

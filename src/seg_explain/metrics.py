@@ -272,10 +272,11 @@ class EvalPlan:
 
     def describe(self) -> dict[str, Any]:
         """Everything the numbers depend on (for resuming: a run.json fingerprint)."""
-        return {"methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
+        extra = {} if self.protocol == "default" else {"protocol": self.protocol}   # old run folders still match
+        return {**extra, "methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
                 "n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
                 "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
-                "batch_size": self.batch_size, "protocol": self.protocol}
+                "batch_size": self.batch_size}
 
 
 def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
