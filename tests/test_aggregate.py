@@ -109,6 +109,11 @@ def test_row_matches_explain_and_predict(unet3d, rng):
                                    rtol=1e-4, atol=1e-7)
         dens = [ab[pred == b].mean() / ab.mean() if (pred == b).any() else np.nan for b in range(L)]
         np.testing.assert_allclose(res.local_per_voxel[0, c, :L], dens, rtol=1e-4)
+        np.testing.assert_array_equal(res.local_relative_mean_abs, res.local_per_voxel)
+        # the authors' raw per-region mean |e| (attribution units), extra RoIs included
+        raw = [ab[pred == b].mean() if (pred == b).any() else np.nan for b in range(L)] + [ab[lesion].mean()]
+        np.testing.assert_allclose(res.local_mean_abs[0, c], raw, rtol=1e-4)
+        np.testing.assert_allclose(res.matrix(0, "mean_abs")[c], raw, rtol=1e-4)
 
 
 def test_planted_cause_puts_class2_mass_on_region4():
@@ -206,6 +211,18 @@ def test_csv_and_dice(unet3d, rng, tmp_path):
     assert rows[0]["image"] == "case1"
     g = list(csv.DictReader(open(tmp_path / "global.csv")))
     assert len(g) == len(unet3d.class_names) ** 2
+    assert {"mass_per_voxel", "relative_mean_abs", "mean_abs"} <= set(g[0])
+    for r, want in zip(g, res.global_mean_abs.ravel()):
+        assert r["relative_mean_abs"] == r["mass_per_voxel"]
+        assert (r["mean_abs"] == "") if np.isnan(want) else float(r["mean_abs"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_raw_region_means_survive_a_resumed_data_set_run(unet3d, rng, tmp_path):
+    imgs = [rng.standard_normal((16, 16, 16)).astype(np.float32) for _ in range(2)]
+    first = agg2exp(unet3d, imgs, method="gradient", names=["a", "b"], out=tmp_path / "run")
+    again = agg2exp(unet3d, imgs, method="gradient", names=["a", "b"], out=tmp_path / "run")   # read back
+    assert np.isfinite(first.local_mean_abs[first.present]).any()
+    np.testing.assert_array_equal(again.local_mean_abs, first.local_mean_abs)
 
 
 def test_region_masses_and_dice_helpers():
@@ -218,6 +235,8 @@ def test_region_masses_and_dice_helpers():
     np.testing.assert_allclose(m["mass_pos"][:3], [1 / 3, 2 / 3, 0])
     np.testing.assert_allclose(m["mass_neg"][:3], [1, 0, 0])
     np.testing.assert_allclose(m["mass_per_voxel"][:3], [0.5 * 4 / 2, 0.5 * 4 / 1, 0.0])
+    np.testing.assert_allclose(m["mean_abs"][:4], [(1 + 1) / 2, 2 / 1, 0 / 1, (1 + 0) / 2])
+    assert np.isnan(m["mean_abs"][4])
     np.testing.assert_allclose(dice_per_class([0, 1, 1, 2], [0, 1, 2, 2], 4), [1, 2 / 3, 2 / 3, 1])
 
 

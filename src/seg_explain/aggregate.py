@@ -7,8 +7,12 @@ voxels, the shared target f̂_a) with one attribution method; the attribution ``
     local[a, b]      = Σ_{v∈b} |e_a(v)|     / Σ_v |e_a(v)|     ("mass accuracy", eq. 7)
     local_pos[a, b]  = Σ_{v∈b} max(e_a, 0)  / Σ_v max(e_a, 0)
     local_neg[a, b]  = Σ_{v∈b} max(−e_a, 0) / Σ_v max(−e_a, 0)
-    local_per_voxel[a, b] = local[a, b] · p / |b|   (per-voxel mean variant: the mean |e_a| in b
-                       relative to the mean over the whole image; 1 = as dense as average)
+    local_per_voxel[a, b] = local[a, b] · p / |b|   (relative mean, ``relative_mean_abs``: the
+                       mean |e_a| in b relative to the mean over the whole image; 1 = as dense
+                       as average; comparable across images and methods)
+    local_mean_abs[a, b]  = Σ_{v∈b} |e_a(v)| / |b|   (raw mean, ``mean_abs``: the mean |e_a| in
+                       b in the attribution's own units — the authors' per-region "mean",
+                       ``aggregate_explanations.py``; scales with the attribution)
 
 ``e_a`` is the attribution on the grid of the image passed in (``Explanation.attribution``;
 summed over channels for multi-channel inputs). Regions (columns) are the model's classes
@@ -21,8 +25,8 @@ the class columns and are *not* part of the sum-to-1.
 Missing values (NaN):
 
 - a class that is not predicted in an image has no RoI, so nothing to explain: its row
-  is NaN for that image (its *column* is 0: an empty region holds no mass; its per-voxel
-  mean column is NaN);
+  is NaN for that image (its *column* is 0: an empty region holds no mass; its two mean
+  columns are NaN);
 - a row whose attribution is identically 0 (or has no positive / negative part, for
   ``local_pos`` / ``local_neg``) is NaN (0/0);
 - an extra RoI that is not given for an image is a NaN column for that image.
@@ -74,8 +78,9 @@ def region_masses(attribution: np.ndarray, labels: np.ndarray, n_classes: int,
     """One row of every matrix: the mass of ``attribution`` in each region.
 
     ``labels`` is the predicted label map (image grid), ``extra_masks`` boolean masks (or
-    None: NaN). Returns ``mass``, ``mass_pos``, ``mass_neg``, ``mass_per_voxel`` of length
-    ``n_classes + len(extra_masks)`` (already normalised) and ``volume`` (voxels per region).
+    None: NaN). Returns ``mass``, ``mass_pos``, ``mass_neg``, ``mass_per_voxel`` (relative
+    mean), ``mean_abs`` (raw mean |attribution| per region) of length
+    ``n_classes + len(extra_masks)`` and ``volume`` (voxels per region).
     """
     e = np.asarray(attribution, dtype=np.float64).ravel()
     lab = np.asarray(labels).ravel().astype(np.int64)
@@ -112,6 +117,15 @@ def region_masses(attribution: np.ndarray, labels: np.ndarray, n_classes: int,
         dens = out["mass"] * lab.size / vol
     dens[~(vol > 0)] = np.nan
     out["mass_per_voxel"] = dens
+    sums = np.full(R, np.nan)
+    sums[:n_classes] = np.bincount(lab, weights=parts["mass"], minlength=n_classes)[:n_classes]
+    for j, fm in enumerate(flat_masks):
+        if fm is not None:
+            sums[n_classes + j] = parts["mass"][fm].sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = sums / vol
+    raw[~(vol > 0)] = np.nan
+    out["mean_abs"] = raw
     return out
 
 
@@ -157,6 +171,11 @@ class Agg2ExpResult:
     n_backward: np.ndarray | None = None   # (n_images,)
     dice: np.ndarray | None = None         # (n_images, L) vs ground truth, when given
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    local_mean_abs: np.ndarray | None = None   # (n_images, L, R) raw mean |e_a| per region (NaN: unknown)
+
+    def __post_init__(self):
+        if self.local_mean_abs is None:
+            self.local_mean_abs = np.full(self.local.shape, np.nan)
 
     # ---- shapes / names
     @property
@@ -196,6 +215,21 @@ class Agg2ExpResult:
         return self._nanmean(self.local_per_voxel)
 
     @property
+    def local_relative_mean_abs(self) -> np.ndarray:
+        """``(n_images, L, R)`` mean |e_a| in region b ÷ mean |e_a| over the image
+        (the same numbers as ``local_per_voxel``, named for what they are)."""
+        return self.local_per_voxel
+
+    @property
+    def global_relative_mean_abs(self) -> np.ndarray:
+        return self.global_per_voxel
+
+    @property
+    def global_mean_abs(self) -> np.ndarray:
+        """``(L, R)`` mean over images of the raw mean |e_a| per region (attribution units)."""
+        return self._nanmean(self.local_mean_abs)
+
+    @property
     def global_std(self) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,9 +253,11 @@ class Agg2ExpResult:
     def matrix(self, image: int | str | None = None, kind: str = "mass") -> np.ndarray:
         """The ``(L, R)`` matrix of one image (index or name), or the global one (None).
 
-        ``kind``: ``mass`` | ``mass_pos`` | ``mass_neg`` | ``mass_per_voxel``."""
+        ``kind``: ``mass`` | ``mass_pos`` | ``mass_neg`` | ``relative_mean_abs`` (also
+        ``mass_per_voxel``) | ``mean_abs``."""
         arr = {"mass": self.local, "mass_pos": self.local_pos, "mass_neg": self.local_neg,
-               "mass_per_voxel": self.local_per_voxel}[kind]
+               "mass_per_voxel": self.local_per_voxel, "relative_mean_abs": self.local_per_voxel,
+               "mean_abs": self.local_mean_abs}[kind]
         if image is None:
             return self._nanmean(arr)
         i = self.image_names.index(image) if isinstance(image, str) else int(image)
@@ -231,7 +267,8 @@ class Agg2ExpResult:
     def records(self) -> list[dict[str, Any]]:
         """Long table, one dict per (image, explained class, region).
 
-        Every cell is listed, NaN included (absent classes), so ``len == n·L·R``."""
+        Every cell is listed, NaN included (absent classes), so ``len == n·L·R``. (The
+        per-image means: ``local_mean_abs`` / ``local_relative_mean_abs``.)"""
         out = []
         for i, name in enumerate(self.image_names):
             for a, an in enumerate(self.row_names):
@@ -243,12 +280,17 @@ class Agg2ExpResult:
         return out
 
     def global_records(self) -> list[dict[str, Any]]:
-        """Long table of the global matrices (mean over images, sd, and how many images)."""
+        """Long table of the global matrices (mean over images, sd, and how many images).
+
+        ``relative_mean_abs`` (= the older name ``mass_per_voxel``): mean |e_a| in the region
+        ÷ the image mean; ``mean_abs``: the raw mean |e_a| in the region (the authors')."""
         g, gp, gn, gm, sd, n = (self.global_importance, self.global_pos, self.global_neg,
                                 self.global_per_voxel, self.global_std, self.n_present)
+        raw = self.global_mean_abs
         return [{"explained_class": an, "region": bn, "mass": float(g[a, b]),
                  "mass_pos": float(gp[a, b]), "mass_neg": float(gn[a, b]),
-                 "mass_per_voxel": float(gm[a, b]), "mass_sd": float(sd[a, b]), "n_images": int(n[a, b])}
+                 "mass_per_voxel": float(gm[a, b]), "relative_mean_abs": float(gm[a, b]),
+                 "mean_abs": float(raw[a, b]), "mass_sd": float(sd[a, b]), "n_images": int(n[a, b])}
                 for a, an in enumerate(self.row_names) for b, bn in enumerate(self.col_names)]
 
     def to_csv(self, path: str | os.PathLike) -> Path:
@@ -259,7 +301,7 @@ class Agg2ExpResult:
     def global_to_csv(self, path: str | os.PathLike) -> Path:
         return _write_csv(path, self.global_records(),
                           ["explained_class", "region", "mass", "mass_pos", "mass_neg",
-                           "mass_per_voxel", "mass_sd", "n_images"])
+                           "mass_per_voxel", "relative_mean_abs", "mean_abs", "mass_sd", "n_images"])
 
     def summary(self) -> str:
         s = (f"Agg2Exp ({self.method}): {self.n_images} image(s), {self.n_classes} classes, "
@@ -412,7 +454,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
     ``ground_truth``: a label map (array, LoadedImage or path) for Dice, or None;
     ``on_image(name, explanations, labels)`` is called with the image's maps (the only
     place voxel maps exist; they are not returned). Returns ``name``, the ``(L, R)`` rows
-    ``mass``/``mass_pos``/``mass_neg``/``mass_per_voxel``, ``present`` (L,), ``volume`` (R,),
+    ``mass``/``mass_pos``/``mass_neg``/``mass_per_voxel``/``mean_abs``, ``present`` (L,), ``volume`` (R,),
     ``dice`` ((L,) or None), ``elapsed``, ``n_forward``, ``n_backward``.
     """
     from .explainers.multiclass import explain_classes_iter
@@ -444,7 +486,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
         names = list(extra_names) if extra_names is not None else [f"roi_{j}" for j in range(len(extra))]
         masks = extra_masks(list(extra), names, shape, image)
     R = L + len(masks)
-    rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel")}
+    rows = {k: np.full((L, R), np.nan) for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "mean_abs")}
     present = np.zeros(L, bool)
     vol = region_masses(np.zeros(shape), labels, L, masks)["volume"]
     for e in exps:
@@ -496,7 +538,9 @@ def assemble_result(rows: Sequence[dict], row_names: Sequence[str], col_names: S
         elapsed_s=np.array([r["elapsed"] for r in rows], dtype=float),
         n_forward=np.array([r["n_forward"] for r in rows], dtype=np.int64),
         n_backward=np.array([r["n_backward"] for r in rows], dtype=np.int64),
-        dice=dice, skipped=list(skipped))
+        dice=dice, skipped=list(skipped),
+        local_mean_abs=(np.stack([r["mean_abs"] if r.get("mean_abs") is not None else np.full((L, R), np.nan)
+                                  for r in rows]) if rows else np.full((0, L, R), np.nan)))
 
 
 # --------------------------------------------------------------------------- the run --
@@ -524,10 +568,9 @@ class Agg2ExpRun:
         self.ground_truth = None if ground_truth is None else _as_list(ground_truth)
         if self.ground_truth is not None and len(self.ground_truth) != len(self.images):
             raise InputMismatchError(f"{len(self.ground_truth)} ground-truth maps for {len(self.images)} images")
-        if classes is not None:   # an unknown class is an error, not an empty table
-            classes = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
-            classes = [model.class_index(c) for c in classes]
-        self.classes = classes
+        from .checks import class_indices
+
+        self.classes = class_indices(model, classes)   # an unknown class is an error, not an empty table
         self.method, self.seed, self.batch_size, self.on_error = method, int(seed), batch_size, on_error
         self.params = dict(params)
         self.on_image = on_image     # (name, explanations, label map) of each finished image

@@ -230,3 +230,39 @@ def _bounds(lo, hi, lo_open: bool = False) -> str:
     if hi is not None:
         return f" <= {hi}"
     return ""
+
+
+# ------------------------------------------------------------------------ classes --
+def class_indices(model, classes) -> list[int] | None:
+    """``classes`` as the model's class indices, for every front end (agg2exp, evaluate,
+    data-set runs): None (every predicted class) stays None; otherwise one class or a list
+    (tuple, array) of them, each an int-like (``1``, ``np.int64(1)``, a 0-d integer array),
+    a class name or a digit string. Order is kept, repeats dropped. Anything else (a float,
+    a bool, an unknown name or index, an empty list) is an InputMismatchError of one line."""
+    if classes is None:
+        return None
+
+    def one(c) -> int:
+        if isinstance(c, (str, np.str_)):
+            return model.class_index(str(c))
+        if not isinstance(c, (bool, np.bool_)) and (isinstance(c, (int, np.integer)) or (
+                isinstance(c, np.ndarray) and c.ndim == 0 and c.dtype.kind in "iu")):
+            return model.class_index(int(c))
+        raise InputMismatchError(
+            f"classes: {c!r} ({type(c).__name__}) is not a class; give a class index, a class name, or a "
+            f"list of them (the model's classes: {', '.join(f'{i}={n}' for i, n in enumerate(model.class_names))})")
+
+    if isinstance(classes, np.ndarray) and classes.ndim > 0:
+        items = list(classes.ravel())
+    elif isinstance(classes, (list, tuple, range)):
+        items = list(classes)
+    else:
+        items = [classes]
+    if not items:
+        raise InputMismatchError("classes is empty: give at least one class, or None for every predicted class")
+    out: list[int] = []
+    for c in items:
+        i = one(c)
+        if i not in out:
+            out.append(i)
+    return out

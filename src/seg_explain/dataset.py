@@ -461,7 +461,7 @@ class Agg2ExpJob(_Job):
     ARRAYS: ClassVar[tuple[str, ...]] = ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")
 
     def write(self, path: Path, row: dict, meta: dict) -> None:
-        arrays = {k: np.asarray(row[k]) for k in self.ARRAYS}
+        arrays = {k: np.asarray(row[k]) for k in self.ARRAYS + ("mean_abs",)}
         if row.get("dice") is not None:
             arrays["dice"] = np.asarray(row["dice"], dtype=float)
         meta = {**meta, "elapsed": float(row["elapsed"]), "n_forward": int(row["n_forward"]),
@@ -474,10 +474,11 @@ class Agg2ExpJob(_Job):
             meta = json.loads(str(z["meta"]))
             row = {k: np.array(z[k]) for k in self.ARRAYS}
             row["dice"] = np.array(z["dice"]) if "dice" in z.files else None
+            L, R = len(self.row_names), len(self.col_names)   # raw means: NaN in files written before them
+            row["mean_abs"] = np.array(z["mean_abs"]) if "mean_abs" in z.files else np.full((L, R), np.nan)
         if not isinstance(meta, dict):
             raise ValueError("meta is not a JSON object")
-        L, R = len(self.row_names), len(self.col_names)
-        for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel"):
+        for k in ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "mean_abs"):
             if row[k].shape != (L, R) or row[k].dtype.kind != "f":
                 raise ValueError(f"{k} has shape {row[k].shape}, expected {(L, R)}")
         if row["present"].shape != (L,) or row["volume"].shape != (R,) or (
@@ -1074,7 +1075,7 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
     method's parameters) or :func:`seg_explain.metrics.evaluate`'s. Everything is checked here,
     before any image. Close the run (``with run:`` or ``run.close()``) to close a cluster it
     started."""
-    from .checks import as_int
+    from .checks import as_int, class_indices
 
     device = kw.pop("device", None)
     path, dev, digest = _model_identity(model)
@@ -1099,9 +1100,7 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
         batch_size = kw.pop("batch_size", None)
         resolve_params(method, kw)
         records, roi_names = records_from(images, names, ground_truth, extra_rois)
-        if classes is not None:
-            classes = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
-            classes = [loaded.class_index(c) for c in classes]
+        classes = class_indices(loaded, classes)
         job: _Job = Agg2ExpJob(model=path, device=dev, threads=threads, method=method, params=dict(kw),
                                classes=classes, seed=seed, batch_size=batch_size,
                                row_names=list(loaded.class_names), roi_names=roi_names,

@@ -5,6 +5,11 @@ model grid and the bundle's intensity preprocessing), the explainer runs on a
 :class:`~seg_explain.explainers.base.Context` and returns its model-grid attribution, and
 every perturbation is applied to the prepared tensor and scored with the shared target
 ``f̂_c`` (``ctx.f_hat``: the class-c logits summed over the RoI fixed from the clean image).
+
+``protocol`` picks the rules (:mod:`seg_explain.protocols`): ``"default"`` is described
+below; ``"agg2exp"`` is the Agg2Exp authors' Quantus setup (RoI recomputed from each
+perturbed prediction, fresh explainer noise, absolute noise, 224² voxels per subset,
+removed voxels set to the image minimum over all channels).
 "Voxel" below means a model-grid voxel; multi-channel attributions are summed over
 channels and a removed voxel has all its channels set to the baseline.
 
@@ -13,9 +18,9 @@ Attributions are normalised to ``max |a| = 1`` before each metric.
 - **Faithfulness** (↑): ``n`` (100) random subsets S of ``m`` voxels; Pearson correlation
   over the subsets of ``Σ_{v∈S} a_v`` and ``f̂(x) − f̂(x_S)``, where ``x_S`` sets S to the
   baseline (``"min"``: the per-channel image minimum; also ``"zero"``, ``"mean"``, a number).
-  ``m`` (``subset``) is an int or a fraction of the voxels; default 0.05 — the paper's
-  224² voxels relative to its 96³ training patch (≈ 5.7 %), since the paper does not
-  scale it to image size. A map whose supporting evidence is negative (PdCR: ATE < 0 =
+  ``m`` (``subset``) is an int or a fraction of the voxels; default 0.05 (the authors'
+  protocol: 224² = 50176 voxels whatever the image size; a count larger than the image is
+  an error). A map whose supporting evidence is negative (PdCR: ATE < 0 =
   support; the registry's ``orientation``) is negated here.
 - **Sensitivity** (↓): mean over ``n`` (3, as in the paper) noisy copies
   ``x' = x + U(−0.1, 0.1)·(max x − min x)`` of ``‖a − a'‖ / ‖a‖`` (both normalised; the
@@ -46,7 +51,7 @@ import torch
 from .errors import InputMismatchError, MethodError
 
 DEFAULTS = {"n_faithfulness": 100, "subset": 0.05, "n_sensitivity": 3, "noise": 0.1,
-            "theta": 0.1, "baseline": "min"}
+            "theta": 0.1, "baseline": "min"}   # protocol "default"; see seg_explain.protocols
 METRIC_COLUMNS = ["faithfulness", "sensitivity", "complexity", "seconds", "n_forward", "n_backward"]
 
 
@@ -95,6 +100,9 @@ def faithfulness(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, att
     p = a.size
     if tuple(x.shape[1:]) != tuple(np.shape(attribution)):
         raise InputMismatchError(f"attribution {np.shape(attribution)} and image {tuple(x.shape[1:])} differ")
+    if not (isinstance(subset, float) and subset < 1) and subset is not None and int(subset) > p:
+        raise InputMismatchError(f"faithfulness subset of {int(subset)} voxels is larger than the image "
+                                 f"({p} model-grid voxels); pass subset= a smaller count or a fraction")
     m = subset_size(p, subset)
     base = baseline_tensor(x, baseline)
     subsets = np.stack([rng.choice(p, size=m, replace=False) for _ in range(n)])
@@ -115,14 +123,18 @@ def faithfulness(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, att
 
 
 def sensitivity(explain_fn: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, attribution,
-                n: int = 3, noise: float = 0.1, rng: np.random.Generator | None = None) -> float:
-    """Mean ``‖a − a'‖ / ‖a‖`` over ``n`` copies ``x + U(−noise, noise)·range(x)``."""
+                n: int = 3, noise: float = 0.1, rng: np.random.Generator | None = None,
+                scale: str = "range") -> float:
+    """Mean ``‖a − a'‖ / ‖a‖`` over ``n`` copies ``x + U(−noise, noise)·range(x)``
+    (``scale="absolute"``: ``x + U(−noise, noise)``, Quantus' ``uniform_noise``)."""
+    if scale not in ("range", "absolute"):
+        raise ValueError(f"scale must be 'range' or 'absolute', got {scale!r}")
     rng = rng or np.random.default_rng(0)
     a = normalise(attribution)
     na = np.linalg.norm(a)
     if na == 0:
         return float("nan")
-    rngx = float(x.max() - x.min())
+    rngx = float(x.max() - x.min()) if scale == "range" else 1.0
     vals = []
     for _ in range(n):
         eps = rng.uniform(-noise, noise, size=tuple(x.shape)).astype(np.float32) * rngx
@@ -227,7 +239,8 @@ class EvalPlan:
 
     ``methods``: ``(label, method, full parameters)``; ``classes``: class indices (None:
     every predicted class); the metric settings; ``seed`` is the run's base seed (image
-    ``name`` uses :func:`seg_explain.dataset.image_seed` of it)."""
+    ``name`` uses :func:`seg_explain.dataset.image_seed` of it); ``protocol``: the rules
+    (:mod:`seg_explain.protocols`)."""
 
     methods: list[tuple[str, str, dict[str, Any]]]
     classes: list[int] | None = None
@@ -239,6 +252,7 @@ class EvalPlan:
     baseline: Any = "min"
     seed: int = 0
     batch_size: int | None = None
+    protocol: str = "default"
 
     @property
     def labels(self) -> list[str]:
@@ -246,7 +260,10 @@ class EvalPlan:
 
     def settings(self) -> dict[str, Any]:
         """The run settings as :attr:`MetricsResult.settings` reports them."""
-        return {"n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
+        from .protocols import get_protocol
+
+        return {"protocol": self.protocol, "protocol_rules": get_protocol(self.protocol).describe(),
+                "n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
                 "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
                 "seed_per_image": "seg_explain.dataset.image_seed(seed, image name)",
                 "method_params": {lab: {k: (f"<{type(v).__name__}>"
@@ -255,7 +272,8 @@ class EvalPlan:
 
     def describe(self) -> dict[str, Any]:
         """Everything the numbers depend on (for resuming: a run.json fingerprint)."""
-        return {"methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
+        extra = {} if self.protocol == "default" else {"protocol": self.protocol}   # old run folders still match
+        return {**extra, "methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
                 "n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
                 "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
                 "batch_size": self.batch_size}
@@ -263,12 +281,19 @@ class EvalPlan:
 
 def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
                     method_params: dict[str, dict] | None = None, seed: int = 0, batch_size: int | None = None,
-                    n_faithfulness: int = 100, subset=0.05, n_sensitivity: int = 3, noise: float = 0.1,
-                    theta: float = 0.1, baseline="min", **params) -> EvalPlan:
-    """Check every setting and method parameter (before any image) -> :class:`EvalPlan`."""
-    from .checks import as_float, as_int
-    from .explainers.base import get_spec, resolve_params
+                    n_faithfulness: int = 100, subset=None, n_sensitivity: int = 3, noise: float = 0.1,
+                    theta: float = 0.1, baseline=None, protocol: str = "default", **params) -> EvalPlan:
+    """Check every setting and method parameter (before any image) -> :class:`EvalPlan`.
 
+    ``subset`` / ``baseline`` None: the protocol's (default 0.05 / "min"; agg2exp 50176
+    voxels / the image minimum over all channels)."""
+    from .checks import as_float, as_int, class_indices
+    from .explainers.base import get_spec, resolve_params
+    from .protocols import get_protocol
+
+    proto = get_protocol(protocol)
+    subset = proto.subset if subset is None else subset
+    baseline = proto.baseline if baseline is None else baseline
     n_faithfulness = as_int("n_faithfulness", n_faithfulness, 2)   # a correlation needs >= 2 subsets
     if isinstance(subset, float) and subset < 1:
         subset = as_float("subset", subset, 0.0, 1.0, lo_open=True)
@@ -278,8 +303,7 @@ def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
     noise = as_float("noise", noise, 0.0)
     theta = as_float("theta", theta, 0.0, 1.0)
     seed = as_int("seed", seed, 0, 2 ** 31 - 1)
-    if classes is not None:   # an unknown class is an error, not an empty table
-        classes = [model.class_index(c) for c in ([classes] if isinstance(classes, (str, int)) else classes)]
+    classes = class_indices(model, classes)   # an unknown class is an error, not an empty table
     specs = [EvaluatedMethod.parse(m) for m in (methods if not isinstance(methods, str) else [methods])]
     method_params = method_params or {}
     resolved = []
@@ -295,7 +319,7 @@ def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
     if stray:
         raise MethodError(f"no evaluated method has parameter(s) {', '.join(sorted(stray))}")
     return EvalPlan(resolved, classes, n_faithfulness, subset, n_sensitivity, noise, theta, baseline, seed,
-                    batch_size)
+                    batch_size, proto.name)
 
 
 def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str = "skip"
@@ -308,7 +332,9 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     predicted raises; a method that cannot explain one class is listed in ``failed``
     (``on_error="skip"``) or raises (``"raise"``). Seeds: the explainer gets
     ``image_seed(plan.seed, name)``, the metric draws come from a generator seeded by
-    ``(plan.seed, that, class)``: nothing depends on the order of the images."""
+    ``(plan.seed, that, class)`` (and, under ``protocol="agg2exp"``, the noisy copies'
+    explainer seeds from one seeded by ``(plan.seed, that, class, 1)``): nothing depends on
+    the order of the images."""
     from .aggregate import _load
     from .dataset import image_seed
     from .errors import Cancelled, SegExplainError
@@ -316,7 +342,9 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     from .explainers.engine import f_hat_batch
     from .jobs import drive
     from .models.segmodel import Prepared
+    from .protocols import get_protocol
 
+    proto = get_protocol(plan.protocol)
     prep = model.prepare(_load(image))
     clean = model.logits_tensor(prep.x)
     labels = model.labels_from_logits(clean)
@@ -326,21 +354,33 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     seed = image_seed(plan.seed, name)
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str, str, str]] = []
+    baseline = float(prep.x.min()) if plan.baseline == "global_min" else plan.baseline   # Quantus "black"
     for k, (label, method, full) in enumerate(plan.methods):
         reg = get_spec(method)
         sign = reg.orientation   # a map whose red is negative (PdCR) is negated
         for c in todo:
             roi = labels == c
             rng = np.random.default_rng([int(plan.seed), seed, c])
+            fresh = np.random.default_rng([int(plan.seed), seed, c, 1])   # agg2exp: new explainer seeds
 
-            def run(x_t, _c=c, _roi=roi, _reg=reg, _full=full):
+            def run(x_t, _c=c, _roi=roi, _reg=reg, _full=full, _seed=seed, _clean=None):
                 p2 = prep if x_t is prep.x else Prepared(x_t, prep.grid, prep.image_shape)
-                ctx2 = Context(model, p2, _c, _roi, seed=seed, batch_size=plan.batch_size)
-                if x_t is prep.x:
-                    ctx2._clean_logits = clean
+                ctx2 = Context(model, p2, _c, _roi, seed=_seed, batch_size=plan.batch_size)
+                if x_t is prep.x or _clean is not None:
+                    ctx2._clean_logits = clean if _clean is None else _clean
                 t0 = time.perf_counter()
                 out = drive(_reg.fn(ctx2, **_full))
                 return _model_attr(out, sd), ctx2, time.perf_counter() - t0
+
+            def run_noisy(x_t, _c=c, _run=run, _fresh=fresh, _method=method):
+                """The explanation of a noisy copy under the protocol's rules."""
+                if proto.roi == "clean":
+                    return _run(x_t)[0]
+                s2 = int(_fresh.integers(0, 2 ** 31 - 1)) if proto.explainer_seed == "fresh" else seed
+                if _method == "kernel_shap":   # the authors' KernelSHAP kept the clean segments and RoI
+                    return _run(x_t, _seed=s2, _clean=clean)[0]
+                own = model.logits_tensor(x_t)
+                return _run(x_t, _roi=model.labels_from_logits(own) == _c, _seed=s2, _clean=own)[0]
 
             try:
                 a, ctx, secs = run(prep.x)
@@ -351,11 +391,14 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
                 continue
             fctx = Context(model, prep, c, roi, seed=seed, batch_size=plan.batch_size)
             bs = fctx.auto_batch(per_item_bytes=float(np.prod(prep.shape)) * 4 * 40 * model.in_channels, cap=32)
-            faith, _ = faithfulness(lambda xb, _f=fctx: f_hat_batch(_f, xb).numpy(), prep.x, sign * a,
-                                    n=plan.n_faithfulness, subset=plan.subset, baseline=plan.baseline, rng=rng,
-                                    batch_size=bs)
-            sens = (sensitivity(lambda xt, _run=run: _run(xt)[0], prep.x, a, n=plan.n_sensitivity,
-                                noise=plan.noise, rng=rng)
+            if proto.roi == "clean":
+                f_of = lambda xb, _f=fctx: f_hat_batch(_f, xb).numpy()  # noqa: E731
+            else:   # each perturbed input scored over its own class-c region
+                f_of = lambda xb, _c=c: _own_f_hat(model, xb, _c)  # noqa: E731
+            faith, _ = faithfulness(f_of, prep.x, sign * a, n=plan.n_faithfulness, subset=plan.subset,
+                                    baseline=baseline, rng=rng, batch_size=bs)
+            sens = (sensitivity(run_noisy, prep.x, a, n=plan.n_sensitivity, noise=plan.noise, rng=rng,
+                                scale=proto.noise_scale)
                     if plan.n_sensitivity > 0 else float("nan"))
             rows.append({"image": name, "class": model.class_names[c], "method": label,
                          "faithfulness": faith, "sensitivity": sens, "complexity": complexity(a, plan.theta),
@@ -364,17 +407,27 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     return {"name": name, "rows": rows, "failed": failed}
 
 
+def _own_f_hat(model, xb: torch.Tensor, c: int) -> np.ndarray:
+    """f̂_c of a batch with each row's RoI from its own prediction (protocol "agg2exp")."""
+    from .explainers.engine import blended_logits
+    from .protocols import own_roi_sum
+
+    with torch.inference_mode():
+        return own_roi_sum(blended_logits(model, xb), c, model.sigmoid).double().cpu().numpy()
+
+
 def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=None,
                   method_params: dict[str, dict] | None = None, names: Sequence[str] | None = None,
                   seed: int = 0, batch_size: int | None = None, n_faithfulness: int = 100,
-                  subset=0.05, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
-                  baseline="min", on_error: str = "raise", **params) -> Iterator[tuple[int, int]]:
+                  subset=None, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
+                  baseline=None, on_error: str = "raise", protocol: str = "default",
+                  **params) -> Iterator[tuple[int, int]]:
     """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, method)."""
     from .aggregate import _as_list, _name_of
     from .errors import Cancelled, SegExplainError
 
     plan = plan_evaluation(model, methods, classes, method_params, seed, batch_size, n_faithfulness, subset,
-                           n_sensitivity, noise, theta, baseline, **params)
+                           n_sensitivity, noise, theta, baseline, protocol, **params)
     imgs = _as_list(images)
     names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(imgs)]
     rows: list[dict[str, Any]] = []
@@ -415,10 +468,15 @@ def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
     ``methods``: names (``"smoothgrad"``), ``"name:k=v:k=v"`` strings, ``(label, name,
     params)`` tuples or dicts — e.g. a label "KernelSHAP (semantic)", the method's registry
     name (``seg-explain methods``) and ``{"features": "semantic"}``. ``classes``: explain these classes where predicted
-    (default: every predicted class, background included). ``method_params``:
+    (default: every predicted class, background included): an index, a name or a list of
+    them. ``method_params``:
     ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
-    to every method that has them. Metric settings: ``n_faithfulness`` (100), ``subset``
-    (0.05), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` ("min"),
+    to every method that has them. ``protocol``: ``"default"`` (RoI fixed from the clean
+    prediction, the explainer's seed kept, noise × image range, 5 % subsets) or
+    ``"agg2exp"`` (the Agg2Exp authors' Quantus settings; :mod:`seg_explain.protocols`).
+    Metric settings: ``n_faithfulness`` (100), ``subset`` (the protocol's: 0.05 / 50176
+    voxels), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` (the
+    protocol's: "min" / "global_min"),
     ``seed`` (0; image ``name`` uses ``image_seed(seed, name)``), ``batch_size``,
     ``on_error`` ("raise" | "skip": an unreadable image is listed in
     ``settings["skipped"]``, a method that cannot explain one class in

@@ -32,7 +32,8 @@ import numpy as np
 
 from .errors import InputMismatchError
 
-KINDS = {"mass": "local", "mass_pos": "local_pos", "mass_neg": "local_neg", "mass_per_voxel": "local_per_voxel"}
+KINDS = {"mass": "local", "mass_pos": "local_pos", "mass_neg": "local_neg", "mass_per_voxel": "local_per_voxel",
+         "relative_mean_abs": "local_per_voxel", "mean_abs": "local_mean_abs"}
 
 
 def _matrix(result, kind: str) -> np.ndarray:

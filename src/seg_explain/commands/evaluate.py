@@ -32,12 +32,16 @@ def add_parser(sub):
     p.add_argument("--param", action="append", default=[], metavar="K=V")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: all predicted)")
     p.add_argument("--n-faithfulness", default=100, metavar="N", help="random subsets (default 100, at most 10000)")
-    p.add_argument("--subset", type=float, default=0.05,
-                   help="voxels per subset: a fraction (<1) or a count (default 0.05)")
+    p.add_argument("--protocol", choices=("default", "agg2exp"), default="default",
+                   help="default: RoI fixed from the clean prediction, noise × image range, 5 %% subsets; "
+                        "agg2exp: the Agg2Exp authors' Quantus settings (RoI recomputed from each perturbed "
+                        "prediction, fresh explainer noise, absolute noise, 224² voxels per subset)")
+    p.add_argument("--subset", type=float, default=None,
+                   help="voxels per subset: a fraction (<1) or a count (default: the protocol's, 0.05 / 50176)")
     p.add_argument("--n-sensitivity", default=3, metavar="N", help="noisy copies (default 3, at most 1000)")
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--theta", type=float, default=0.1)
-    p.add_argument("--baseline", default="min")
+    p.add_argument("--baseline", default=None, help="removed voxels (default: the protocol's, min / global_min)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -84,7 +88,8 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=n_faith,
                            subset=subset, n_sensitivity=n_sens, noise=args.noise, theta=args.theta,
-                           baseline=_number_or_text(args.baseline), batch_size=batch_size, **params)
+                           baseline=None if args.baseline is None else _number_or_text(args.baseline),
+                           batch_size=batch_size, protocol=args.protocol, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}
@@ -133,7 +138,7 @@ def check_metric_bounds(args) -> tuple[int, int]:
     if math.isfinite(args.noise) and args.noise > NOISE_MAX:
         as_float("noise", args.noise, 0.0, NOISE_MAX)
     sub = args.subset
-    if math.isfinite(sub) and sub >= 1 and nf >= 1:
+    if sub is not None and math.isfinite(sub) and sub >= 1 and nf >= 1:
         budget = memory_bytes() // 4
         hi = max(1, budget // (8 * nf))      # the subsets' voxel indices (int64) must fit
         if sub != int(sub) or sub > hi:
