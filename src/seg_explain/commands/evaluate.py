@@ -38,6 +38,8 @@ def add_parser(sub):
     p.add_argument("--theta", type=float, default=0.1)
     p.add_argument("--baseline", default="min")
     p.add_argument("--seed", type=int, default=0)
+    from ..precision import HELP, PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     from ..dataset import add_dataset_arguments
@@ -81,7 +83,7 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=args.n_faithfulness,
                            subset=subset, n_sensitivity=args.n_sensitivity, noise=args.noise, theta=args.theta,
-                           baseline=_number_or_text(args.baseline), **params)
+                           baseline=_number_or_text(args.baseline), precision=args.precision, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}

@@ -34,6 +34,8 @@ def add_parser(sub):
                    help="also write the method's per-region table when it makes one (e.g. PdCR's blocks: "
                         "status, ATE in Dice points, CI, draws)")
     p.add_argument("--seed", type=int, default=0)
+    from ..precision import HELP, PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -93,7 +95,7 @@ def run(args) -> int:
     model = load_model(args.model, device=args.device)
     target = int(args.target) if str(args.target).lstrip("-").isdigit() else args.target
     gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed,
-                       roi_mode=args.roi_mode, roi_label=args.roi_label, **params)
+                       roi_mode=args.roi_mode, roi_label=args.roi_label, precision=args.precision, **params)
     last = [-1]
 
     def progress(done, total):
