@@ -42,6 +42,11 @@ def tune_allocator() -> bool:
     return ok
 
 
+def tuned() -> bool:
+    """Whether the settings are in effect in this process (changes nothing)."""
+    return _state.get("done", False)
+
+
 def _apply() -> bool:
     if os.environ.get(OPT_OUT, "").strip().lower() in ("0", "off", "no", "false"):
         return False
