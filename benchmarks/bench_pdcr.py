@@ -204,6 +204,8 @@ def compare_api_cli_reference(model, img, blocks8, threads: int, repeat: int) ->
             if p.returncode != 0:
                 raise SystemExit(f"CLI failed: {p.stderr.strip()[-500:]}")
             times["cli"].append(float(re.search(r'"elapsed_s": ([0-9.]+)', p.stderr).group(1)))
+            print(f"  reference {s:.1f} s, API {times['api'][-1]:.1f} s, CLI {times['cli'][-1]:.1f} s "
+                  f"(process {times['cli_process'][-1]:.1f} s)", flush=True)
         cli_map = load_image(Path(tmp) / "map.tif").data
     same = bool(np.array_equal(np.asarray(cli_map, np.float32), e.attribution))
     best = {k: min(v) for k, v in times.items()}
