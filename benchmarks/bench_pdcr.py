@@ -16,7 +16,8 @@ subprocess): no private tuning.
    of ``explain(...)`` in this process, of ``seg-explain explain`` in a fresh process (the
    whole process, and the explanation alone as the CLI reports it: ``elapsed_s``) and of
    the reference loop (:func:`reference_loop`), each the minimum of ``--repeat``, run
-   interleaved so that load on a shared machine hits all three alike.
+   interleaved so that load on a shared machine hits all three alike; plus the API with the
+   opt-in ``precision="bf16"``. Process CPU seconds beside the wall times.
 1. Cost at the paper's settings (8 px blocks, S = 3, N = 50, tau = 0.02 Dice points, default
    sample bank) on the shipped 2D sample image (``colin27_axial_t1``, its native 2 mm grid)
    and RoI (``colin27_axial_roi_frontal_L``): wall time, forward passes, and
@@ -185,8 +186,8 @@ def compare_api_cli_reference(model, img, blocks8, threads: int, repeat: int) ->
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     import resource
 
-    times = {"api": [], "cli": [], "cli_process": [], "reference": []}
-    cpu = {"api": [], "cli_process": [], "reference": []}   # process CPU s (robust to descheduling)
+    times = {"api": [], "api_bf16": [], "cli": [], "cli_process": [], "reference": []}
+    cpu = {"api": [], "api_bf16": [], "cli_process": [], "reference": []}   # process CPU s (robust to descheduling)
     with tempfile.TemporaryDirectory() as tmp:
         roi_path = Path(tmp) / "roi.tif"
         save_image(roi_path, roi.astype(np.uint8), like=img)
@@ -208,6 +209,10 @@ def compare_api_cli_reference(model, img, blocks8, threads: int, repeat: int) ->
             times["cli_process"].append(time.perf_counter() - t0)
             r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu["cli_process"].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+            t0, c0 = time.perf_counter(), time.process_time()
+            e16 = explain(model, img, "pdcr", target=cls, roi=roi, seed=0, precision="bf16", **params)
+            times["api_bf16"].append(time.perf_counter() - t0)
+            cpu["api_bf16"].append(time.process_time() - c0)
             if p.returncode != 0:
                 raise SystemExit(f"CLI failed: {p.stderr.strip()[-500:]}")
             times["cli"].append(float(re.search(r'"elapsed_s": ([0-9.]+)', p.stderr).group(1)))
@@ -226,6 +231,9 @@ def compare_api_cli_reference(model, img, blocks8, threads: int, repeat: int) ->
             ["CLI: whole process (start, load, explain, write)", f"{best['cli_process']:.1f}",
              f"{best['cli_process'] / ref:.2f}", f"{best['cli_process'] / best['api']:.2f}",
              f"{bc['cli_process']:.1f}", f"{bc['cli_process'] / rc:.2f}", ""],
+            ["Python API, precision='bf16' (opt-in)", f"{best['api_bf16']:.1f}", f"{best['api_bf16'] / ref:.2f}",
+             f"{best['api_bf16'] / best['api']:.2f}", f"{bc['api_bf16']:.1f}", f"{bc['api_bf16'] / rc:.2f}",
+             e16.n_forward],
             ["authors' loop (reference code, same model and bank)", f"{ref:.1f}", "1.00",
              f"{ref / best['api']:.2f}", f"{rc:.1f}", "1.00", _n]]
     print(f"\nPdCR through the Python API, the CLI and the authors' loop: {cls} 32² RoI at {tuple(o)}, "
