@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """What the malloc tuning of ``seg_explain.allocator`` buys: the same explanations in fresh
-processes with it (default) and without it (``SEG_EXPLAIN_MALLOC_TUNING=0``).
+processes with it (default: ``load_model`` applies it) and without it
+(``SEG_EXPLAIN_MALLOC_TUNING=0``). Each child calls the library as a user does.
 
     python benchmarks/bench_allocator.py [--repeat 2] [--threads 2]
 
@@ -46,11 +47,11 @@ def child(workload: str, threads: int) -> None:
     import torch
 
     from seg_explain import explain, load_image, load_model
-    from seg_explain.allocator import tune_allocator
+    from seg_explain.allocator import tuned as is_tuned
     from seg_explain.paths import sample_path
 
     torch.set_num_threads(threads)
-    tuned = tune_allocator()     # what the CLI and the docks do first; a no-op with SEG_EXPLAIN_MALLOC_TUNING=0
+    # as a user: load_model applies the tuning (a no-op with SEG_EXPLAIN_MALLOC_TUNING=0)
     if workload.startswith("smoothgrad3d"):
         model = load_model(sample_path("models", "brain3d"))
         img = load_image(sample_path("brain3d", "colin27_t1_2mm.nii.gz"))
@@ -60,6 +61,7 @@ def child(workload: str, threads: int) -> None:
         img = load_image(sample_path("brain2d", "colin27_axial_t1.tif"))
         roi = np.asarray(load_image(sample_path("brain2d", "colin27_axial_roi_frontal_L.tif")).data) > 0
         kw = dict(method="pdcr", target="frontal_L", roi=roi, batch_size=12)
+    tuned = is_tuned()
     explain(model, img, "gradient", target=kw["target"])  # warm-up: lazy imports, first allocations
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS

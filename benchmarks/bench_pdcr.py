@@ -2,12 +2,22 @@
 """PdCR cost, agreement with the reference code, adaptive draws and faithfulness (2D sample).
 
     python benchmarks/bench_pdcr.py [--n-rois 10] [--draws 10] [--threads 2] [--repeat 1]
-                                    [--skip-cost] [--skip-agreement] [--skip-adaptive]
-                                    [--skip-progressive]
+                                    [--skip-compare] [--skip-cost] [--skip-agreement]
+                                    [--skip-adaptive] [--skip-progressive]
                                     [--json out.json]
 
 All ATEs and tau are in **Dice points (0-100)**, as in the paper and the reference code.
+Everything calls the library as a user does (``load_model`` + ``explain``, the CLI in a
+subprocess): no private tuning.
 
+0. Python API vs CLI vs the authors' loop, in one run at the reference code's settings
+   (8 px blocks, S = 3, N = 50, tau = 0.02 points, a 32² square RoI on the predicted
+   ``occipital_R`` snapped to the block grid, the default sample bank, seed 0): wall time
+   of ``explain(...)`` in this process, of ``seg-explain explain`` in a fresh process (the
+   whole process, and the explanation alone as the CLI reports it: ``elapsed_s``) and of
+   the reference loop (:func:`reference_loop`), each the minimum of ``--repeat``, run
+   interleaved so that load on a shared machine hits all three alike; plus the API with the
+   opt-in ``precision="bf16"``. Process CPU seconds beside the wall times.
 1. Cost at the paper's settings (8 px blocks, S = 3, N = 50, tau = 0.02 Dice points, default
    sample bank) on the shipped 2D sample image (``colin27_axial_t1``, its native 2 mm grid)
    and RoI (``colin27_axial_roi_frontal_L``): wall time, forward passes, and
@@ -51,6 +61,7 @@ except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
 from seg_explain import InputMismatchError, explain, load_image, load_model, methods  # noqa: E402
+from seg_explain.allocator import tuned  # noqa: E402
 from seg_explain.bank import resolve_bank  # noqa: E402
 from seg_explain.paths import sample_path  # noqa: E402
 from seg_explain.progressive import progressive_perturbation  # noqa: E402
@@ -158,6 +169,82 @@ def square_roi(model, img, cls: str, side=32, b=8):
     return roi, o
 
 
+def compare_api_cli_reference(model, img, blocks8, threads: int, repeat: int) -> dict:
+    """Section 0: the same PdCR explanation through the Python API, the CLI and the
+    reference loop (see the module docstring); prints the table, returns the numbers."""
+    import re
+    import subprocess
+    import tempfile
+
+    from seg_explain import save_image
+
+    cls = "occipital_R"
+    roi, o = square_roi(model, img, cls)
+    x = model.prepare(img).x
+    params = {k: v for k, v in PAPER.items()}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    import resource
+
+    times = {"api": [], "api_bf16": [], "cli": [], "cli_process": [], "reference": []}
+    cpu = {"api": [], "api_bf16": [], "cli_process": [], "reference": []}   # process CPU s (robust to descheduling)
+    with tempfile.TemporaryDirectory() as tmp:
+        roi_path = Path(tmp) / "roi.tif"
+        save_image(roi_path, roi.astype(np.uint8), like=img)
+        cmd = [sys.executable, "-m", "seg_explain.cli", "explain", str(sample_path("brain2d", "colin27_axial_t1.tif")),
+               "--model", str(model.source or sample_path("models", "brain2d")), "--method", "pdcr",
+               "--target", cls, "--roi", str(roi_path), "--seed", "0", "--quiet", "--out", str(Path(tmp) / "map.tif"),
+               *(a for k, v in params.items() for a in ("--param", f"{k}={v}"))]
+        for _ in range(repeat):
+            s, _n, ref_map = reference_loop(model, x, torch.from_numpy(roi), model.class_index(cls), blocks8,
+                                            **{k: v for k, v in params.items() if k != "block_size"})
+            times["reference"].append(s)
+            cpu["reference"].append(reference_loop.cpu_s)
+            t0, c0 = time.perf_counter(), time.process_time()
+            e = explain(model, img, "pdcr", target=cls, roi=roi, seed=0, **params)
+            times["api"].append(time.perf_counter() - t0)
+            cpu["api"].append(time.process_time() - c0)
+            t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            times["cli_process"].append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu["cli_process"].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+            t0, c0 = time.perf_counter(), time.process_time()
+            e16 = explain(model, img, "pdcr", target=cls, roi=roi, seed=0, precision="bf16", **params)
+            times["api_bf16"].append(time.perf_counter() - t0)
+            cpu["api_bf16"].append(time.process_time() - c0)
+            if p.returncode != 0:
+                raise SystemExit(f"CLI failed: {p.stderr.strip()[-500:]}")
+            times["cli"].append(float(re.search(r'"elapsed_s": ([0-9.]+)', p.stderr).group(1)))
+            print(f"  reference {s:.1f} s, API {times['api'][-1]:.1f} s, CLI {times['cli'][-1]:.1f} s "
+                  f"(process {times['cli_process'][-1]:.1f} s); CPU s: reference {cpu['reference'][-1]:.1f}, "
+                  f"API {cpu['api'][-1]:.1f}, CLI process {cpu['cli_process'][-1]:.1f}", flush=True)
+        cli_map = load_image(Path(tmp) / "map.tif").data
+    same = bool(np.array_equal(np.asarray(cli_map, np.float32), e.attribution))
+    best = {k: min(v) for k, v in times.items()}
+    bc = {k: min(v) for k, v in cpu.items()}
+    ref, rc = best["reference"], bc["reference"]
+    rows = [["Python API: explain(model, img, 'pdcr', ...)", f"{best['api']:.1f}", f"{best['api'] / ref:.2f}",
+             "1.00", f"{bc['api']:.1f}", f"{bc['api'] / rc:.2f}", e.n_forward],
+            ["CLI: seg-explain explain (explanation, its elapsed_s)", f"{best['cli']:.1f}",
+             f"{best['cli'] / ref:.2f}", f"{best['cli'] / best['api']:.2f}", "", "", e.n_forward],
+            ["CLI: whole process (start, load, explain, write)", f"{best['cli_process']:.1f}",
+             f"{best['cli_process'] / ref:.2f}", f"{best['cli_process'] / best['api']:.2f}",
+             f"{bc['cli_process']:.1f}", f"{bc['cli_process'] / rc:.2f}", ""],
+            ["Python API, precision='bf16' (opt-in)", f"{best['api_bf16']:.1f}", f"{best['api_bf16'] / ref:.2f}",
+             f"{best['api_bf16'] / best['api']:.2f}", f"{bc['api_bf16']:.1f}", f"{bc['api_bf16'] / rc:.2f}",
+             e16.n_forward],
+            ["authors' loop (reference code, same model and bank)", f"{ref:.1f}", "1.00",
+             f"{ref / best['api']:.2f}", f"{rc:.1f}", "1.00", _n]]
+    print(f"\nPdCR through the Python API, the CLI and the authors' loop: {cls} 32² RoI at {tuple(o)}, "
+          f"8 px blocks, S = 3, N = 50, tau = 0.02 points, seed 0, {threads} threads, min of {repeat} "
+          f"(interleaved); malloc tuning {'on' if tuned() else 'off'}; CLI map identical to the API's: {same}")
+    print(table(rows, ["path", "wall s", "/ authors' loop", "/ Python API", "CPU s", "CPU / authors' loop",
+                       "forward passes"]))
+    return {"seconds": times, "cpu_seconds": cpu, "best": best, "api_vs_reference": best["api"] / ref,
+            "cli_vs_api": best["cli"] / best["api"], "cli_map_identical": same, "tuned": tuned()}
+
+
 def table(rows, head):
     w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
     line = lambda r: "| " + " | ".join(str(v).ljust(n) for v, n in zip(r, w)) + " |"  # noqa: E731
@@ -174,6 +261,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-rois", type=int, default=10)
     ap.add_argument("--draws", type=int, default=10, help="progressive-perturbation draws per k")
+    ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-adaptive", action="store_true")
@@ -194,8 +282,11 @@ def main(argv=None):
           f"bank {bank}; torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}; "
           "ATEs and tau in Dice points (0-100)")
 
-    # ---- 1. cost -----------------------------------------------------------------
     res = {"model": which, "unit": "Dice points (0-100)"}
+    if not args.skip_compare:
+        res["compare"] = compare_api_cli_reference(model, img, blocks8, args.threads, args.repeat)
+
+    # ---- 1. cost -----------------------------------------------------------------
     if not args.skip_cost:
         bare, bare_cpu = bare_forward(model, x)
         best_b = min(bare, key=bare.get)

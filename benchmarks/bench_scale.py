@@ -109,10 +109,8 @@ def main() -> int:
     import torch
 
     from seg_explain import load_model
-    from seg_explain.allocator import tune_allocator
     from seg_explain.dataset import Agg2ExpJob, DaskExecutor, InProcess, cores, model_digest
 
-    tune_allocator()   # as the CLI does for the serial run (the Dask workers get it from their plugin)
     model_path = str(SAMPLE / "models" / "brain2d")
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     records = make_images(tmp, args.images)

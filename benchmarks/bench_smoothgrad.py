@@ -274,9 +274,6 @@ def main() -> None:
     p.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from seg_explain.allocator import tune_allocator
-
-    tune_allocator()   # as the CLI and the docks do (both sides profit; SEG_EXPLAIN_MALLOC_TUNING=0 turns it off)
     if args.mem_child:
         return mem_child(args)
     if not args.no_time:

@@ -58,14 +58,9 @@ def test_freed_buffers_are_reused_in_a_worker_thread():
     assert steady_on < 0.2 * steady_off
 
 
-def test_library_leaves_malloc_alone_cli_tunes_it(bundle3d, tmp_path):
-    """load_model (the library) never changes process-wide malloc settings; the CLI does."""
-    from seg_explain import load_model
-    from seg_explain.allocator import _state
-
-    _state.clear()
-    load_model(bundle3d)
-    assert _state == {}
+def test_cli_tunes_malloc(tmp_path):
+    """The CLI tunes malloc before any command (load_model does too:
+    tests/test_allocator_default.py)."""
     code = ("import sys; from seg_explain.cli import main; from seg_explain.allocator import _state; "
             "rc = main(['methods']); print('TUNED', _state.get('done'))")
     env = dict(os.environ)

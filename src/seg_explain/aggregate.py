@@ -441,7 +441,8 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
                        classes: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
                        extra: Sequence | Callable = (), extra_names: Sequence[str] | None = None,
                        ground_truth=None, on_image: Callable | None = None,
-                       labels_fn: Callable | None = None) -> Iterator[tuple[int, int]]:
+                       labels_fn: Callable | None = None, precision: str | None = None
+                       ) -> Iterator[tuple[int, int]]:
     """Agg2Exp rows of one image: yields the explainer's ``(done, total)``, returns a dict.
 
     The single per-image computation behind :class:`Agg2ExpRun` (serial) and
@@ -455,10 +456,12 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
     ``on_image(name, explanations, labels)`` is called with the image's maps (the only
     place voxel maps exist; they are not returned). Returns ``name``, the ``(L, R)`` rows
     ``mass``/``mass_pos``/``mass_neg``/``mass_per_voxel``/``mean_abs``, ``present`` (L,), ``volume`` (R,),
-    ``dice`` ((L,) or None), ``elapsed``, ``n_forward``, ``n_backward``.
+    ``dice`` ((L,) or None), ``elapsed``, ``n_forward``, ``n_backward``. ``precision``: see
+    :mod:`seg_explain.precision` (None: the model's own).
     """
     from .explainers.multiclass import explain_classes_iter
 
+    model = model.with_precision(precision)
     t0 = time.perf_counter()
     params = dict(params or {})
     L = len(model.class_names)
@@ -554,10 +557,11 @@ class Agg2ExpRun:
     def __init__(self, model, images, method: str = "smoothgrad", extra_rois=None, *,
                  names: Sequence[str] | None = None, ground_truth=None, classes=None,
                  seed: int = 0, batch_size: int | None = None, on_error: str = "raise",
-                 on_image: Callable[[str, list, np.ndarray], Any] | None = None, **params):
+                 on_image: Callable[[str, list, np.ndarray], Any] | None = None, precision: str | None = None,
+                 **params):
         if on_error not in ("raise", "skip"):
             raise ValueError("on_error must be 'raise' or 'skip'")
-        self.model = model
+        self.model = model.with_precision(precision)   # seg_explain.precision (opt-in)
         self.images = _as_list(images)
         if not self.images:
             raise InputMismatchError("agg2exp needs at least one image")
@@ -630,8 +634,10 @@ class Agg2ExpRun:
         return labels
 
     def result(self) -> Agg2ExpResult:
-        return assemble_result(self._rows, self.row_names, self.col_names, method=self.method,
-                               params={**self.params, "seed": self.seed, "batch_size": self.batch_size},
+        run = {**self.params, "seed": self.seed, "batch_size": self.batch_size}
+        if self.model.precision != "fp32":
+            run["precision"] = self.model.precision
+        return assemble_result(self._rows, self.row_names, self.col_names, method=self.method, params=run,
                                with_dice=self.ground_truth is not None, skipped=self.skipped)
 
 
@@ -667,6 +673,8 @@ def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
     ground_truth : label maps (one per image; arrays or paths) -> ``result.dice``
     classes : explain only these classes (default: every class predicted in each image)
     seed, batch_size : passed to the explainer
+    precision : "bf16" / "fp16": the network under autocast (opt-in; :mod:`seg_explain.precision`);
+        default None: the model's own (fp32)
     on_error : ``"raise"`` (default) or ``"skip"`` (bad images are listed in ``result.skipped``)
     **params : the explainer's parameters (e.g. ``n_samples=20``)
     client : run one Dask task per image: a ``distributed.Client``, a scheduler address

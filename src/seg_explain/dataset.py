@@ -434,6 +434,7 @@ class Agg2ExpJob(_Job):
     roi_names: list[str] = field(default_factory=list)
     with_dice: bool = False
     model_digest: str = ""
+    precision: str | None = None     # network precision (seg_explain.precision; None: fp32)
 
     kind: ClassVar[str] = "agg2exp"
     suffix: ClassVar[str] = ".npz"
@@ -449,13 +450,14 @@ class Agg2ExpJob(_Job):
             model, rec.image, rec.name, self.method, params=self.params, classes=self.classes,
             seed=rec.seed(self.seed), batch_size=self.batch_size,
             extra=[rec.rois.get(n) for n in self.roi_names], extra_names=self.roi_names,
-            ground_truth=rec.ground_truth, on_image=on_image, labels_fn=labels_fn))
+            ground_truth=rec.ground_truth, on_image=on_image, labels_fn=labels_fn, precision=self.precision))
 
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",
                 "model_files": self.model_digest, "method": self.method, "params": jsonable(self.params),
                 "classes": self.classes, "seed": self.seed, "batch_size": self.batch_size,
-                "rows": list(self.row_names), "columns": self.col_names}
+                "rows": list(self.row_names), "columns": self.col_names,
+                **({"precision": self.precision} if self.precision not in (None, "fp32") else {})}
 
     # results: one .npz per image (matrices + a JSON "meta" string; no pickles)
     ARRAYS: ClassVar[tuple[str, ...]] = ("mass", "mass_pos", "mass_neg", "mass_per_voxel", "present", "volume")
@@ -1098,13 +1100,15 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
         classes = kw.pop("classes", None)
         seed = as_int("seed", kw.pop("seed", 0), 0, 2 ** 31 - 1)
         batch_size = kw.pop("batch_size", None)
+        precision = loaded.with_precision(kw.pop("precision", None)).precision
         resolve_params(method, kw)
         records, roi_names = records_from(images, names, ground_truth, extra_rois)
         classes = class_indices(loaded, classes)
         job: _Job = Agg2ExpJob(model=path, device=dev, threads=threads, method=method, params=dict(kw),
                                classes=classes, seed=seed, batch_size=batch_size,
                                row_names=list(loaded.class_names), roi_names=roi_names,
-                               with_dice=any(r.ground_truth is not None for r in records), model_digest=digest)
+                               with_dice=any(r.ground_truth is not None for r in records), model_digest=digest,
+                               precision=precision)
     elif kind == "evaluate":
         from .metrics import plan_evaluation
 

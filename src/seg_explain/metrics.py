@@ -253,6 +253,7 @@ class EvalPlan:
     seed: int = 0
     batch_size: int | None = None
     protocol: str = "default"
+    precision: str = "fp32"     # network precision (seg_explain.precision)
 
     @property
     def labels(self) -> list[str]:
@@ -268,7 +269,8 @@ class EvalPlan:
                 "seed_per_image": "seg_explain.dataset.image_seed(seed, image name)",
                 "method_params": {lab: {k: (f"<{type(v).__name__}>"
                                             if not isinstance(v, (int, float, str, bool, type(None))) else v)
-                                        for k, v in full.items()} for lab, _, full in self.methods}}
+                                        for k, v in full.items()} for lab, _, full in self.methods},
+                **self._precision()}
 
     def describe(self) -> dict[str, Any]:
         """Everything the numbers depend on (for resuming: a run.json fingerprint)."""
@@ -276,13 +278,17 @@ class EvalPlan:
         return {**extra, "methods": [[lab, m, full] for lab, m, full in self.methods], "classes": self.classes,
                 "n_faithfulness": self.n_faithfulness, "subset": self.subset, "n_sensitivity": self.n_sensitivity,
                 "noise": self.noise, "theta": self.theta, "baseline": self.baseline, "seed": self.seed,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, **self._precision()}
+
+    def _precision(self) -> dict[str, str]:
+        return {} if self.precision == "fp32" else {"precision": self.precision}
 
 
 def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
                     method_params: dict[str, dict] | None = None, seed: int = 0, batch_size: int | None = None,
                     n_faithfulness: int = 100, subset=None, n_sensitivity: int = 3, noise: float = 0.1,
-                    theta: float = 0.1, baseline=None, protocol: str = "default", **params) -> EvalPlan:
+                    theta: float = 0.1, baseline=None, protocol: str = "default",
+                    precision: str | None = None, **params) -> EvalPlan:
     """Check every setting and method parameter (before any image) -> :class:`EvalPlan`.
 
     ``subset`` / ``baseline`` None: the protocol's (default 0.05 / "min"; agg2exp 50176
@@ -319,7 +325,7 @@ def plan_evaluation(model, methods: Sequence = ("smoothgrad",), classes=None,
     if stray:
         raise MethodError(f"no evaluated method has parameter(s) {', '.join(sorted(stray))}")
     return EvalPlan(resolved, classes, n_faithfulness, subset, n_sensitivity, noise, theta, baseline, seed,
-                    batch_size, proto.name)
+                    batch_size, proto.name, model.with_precision(precision).precision)
 
 
 def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str = "skip"
@@ -345,6 +351,7 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     from .protocols import get_protocol
 
     proto = get_protocol(plan.protocol)
+    model = model.with_precision(plan.precision)
     prep = model.prepare(_load(image))
     clean = model.logits_tensor(prep.x)
     labels = model.labels_from_logits(clean)
@@ -478,6 +485,7 @@ def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
     voxels), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` (the
     protocol's: "min" / "global_min"),
     ``seed`` (0; image ``name`` uses ``image_seed(seed, name)``), ``batch_size``,
+    ``precision`` (None: the model's own, fp32; "bf16" runs the network under autocast, :mod:`seg_explain.precision`),
     ``on_error`` ("raise" | "skip": an unreadable image is listed in
     ``settings["skipped"]``, a method that cannot explain one class in
     ``settings["failed"]``; the rest is evaluated).

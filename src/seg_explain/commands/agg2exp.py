@@ -38,6 +38,8 @@ def add_parser(sub):
     p.add_argument("--classes", default=None, help="comma-separated classes to explain (default: all predicted)")
     p.add_argument("--top-k", type=int, default=3, help="incoming edges per class in graph.png")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
+    from ..precision import HELP, PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     from ..dataset import add_dataset_arguments
@@ -113,7 +115,8 @@ def run(args) -> int:
                      method=args.method, params=params, classes=classes, seed=seed, batch_size=batch_size,
                      row_names=list(model.class_names), roi_names=roi_names,
                      with_dice=any(r.ground_truth is not None for r in records),
-                     model_digest=model_digest(args.model))
+                     model_digest=model_digest(args.model),
+                     precision=model.with_precision(args.precision).precision)
     with make_executor(args.workers, args.scheduler, threads=args.threads, model=model) as executor:
         run_ = DatasetRun(job, records, executor=executor, out=out, overwrite=args.overwrite)
         res = run_command(run_, "[agg2exp]", args.quiet, out)

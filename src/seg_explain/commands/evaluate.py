@@ -43,6 +43,8 @@ def add_parser(sub):
     p.add_argument("--theta", type=float, default=0.1)
     p.add_argument("--baseline", default=None, help="removed voxels (default: the protocol's, min / global_min)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
+    from ..precision import HELP, PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     from ..dataset import add_dataset_arguments
@@ -89,7 +91,8 @@ def run(args) -> int:
     plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=n_faith,
                            subset=subset, n_sensitivity=n_sens, noise=args.noise, theta=args.theta,
                            baseline=None if args.baseline is None else _number_or_text(args.baseline),
-                           batch_size=batch_size, protocol=args.protocol, **params)
+                           batch_size=batch_size, protocol=args.protocol,
+                           precision=args.precision, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}

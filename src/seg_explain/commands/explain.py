@@ -37,6 +37,8 @@ def add_parser(sub):
                    help="also write the method's per-region table when it makes one (e.g. PdCR's blocks: "
                         "status, ATE in Dice points, CI, draws)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0; also --param seed=N)")
+    from ..precision import HELP, PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
@@ -128,7 +130,8 @@ def run(args) -> int:
     model = load_model(args.model, device=args.device)
     target = parse_target(args.target, model)
     gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed, batch_size=batch_size,
-                       roi_mode=args.roi_mode, roi_label=roi_label, **params)
+                       roi_mode=args.roi_mode, roi_label=roi_label,
+                       precision=args.precision, **params)
     last = [-1]
 
     def progress(done, total):

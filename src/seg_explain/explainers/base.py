@@ -169,11 +169,12 @@ def make_context(model: SegModel, image, target, roi=None, roi_mode: str | None 
 def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: int = 0,
                  batch_size: int | None = None, roi_mode: str | None = None,
                  roi_label: int | None = None, slice_index: int | None = None,
-                 **params) -> Iterator[Progress]:
+                 precision: str | None = None, **params) -> Iterator[Progress]:
     """Generator form of :func:`explain`: yields ``(done, total)``, returns the Explanation.
 
     Close it (``gen.close()``) or stop iterating to cancel between steps.
     """
+    model = model.with_precision(precision)   # every pass, clean one included (seg_explain.precision)
     spec, full = resolve_params(method, params)
     seed = as_int("seed", seed, 0, 2 ** 31 - 1)
     if batch_size is not None:
@@ -192,8 +193,10 @@ def explain_iter(model: SegModel, image, method: str, target=1, roi=None, seed: 
     extras: dict[str, Any] = {}
     if isinstance(result, tuple):
         result, extras = result
-    exp = finalize(ctx, spec.name, result, roi_img, {**full, "seed": seed, "batch_size": batch_size},
-                   t0, extras)
+    run = {**full, "seed": seed, "batch_size": batch_size}
+    if model.precision != "fp32":
+        run["precision"] = model.precision
+    exp = finalize(ctx, spec.name, result, roi_img, run, t0, extras)
     exp.prediction = pred_img
     if vol_image is not None:
         _embed(exp, model, vol_image, slice_index)
@@ -303,7 +306,9 @@ def explain(model: SegModel, image, method: str, target=1, roi=None, seed: int =
     returns; ``roi``: a mask of the image's spatial shape (default: voxels predicted as
     ``target``; ``roi_mode="intersection"`` intersects a mask with the prediction,
     ``roi_label=k`` picks one label of a label mask); ``slice_index=k``: a 2D model explains
-    axial slice ``k`` of a volume (results come back on the volume, other slices 0).
+    axial slice ``k`` of a volume (results come back on the volume, other slices 0);
+    ``precision="bf16"`` runs the network under autocast (opt-in, :mod:`seg_explain.precision`;
+    default None: the model's own, fp32 unless it is a ``with_precision`` view).
     Returns an :class:`Explanation` whose ``attribution`` lives on the image grid, raw and
     signed, and which carries the clean ``prediction``.
     """

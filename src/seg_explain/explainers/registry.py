@@ -27,6 +27,7 @@ from typing import Any
 
 from ..checks import as_bool, as_choice, as_float, as_int
 from ..errors import MethodError
+from ..precision import PRECISIONS
 
 PARAM_KINDS = ("int", "float", "bool", "choice", "baseline", "auto_int", "auto_ints", "layer",
                "bank", "label_map", "bool_or_fraction")
@@ -283,7 +284,9 @@ class MethodSpec:
 
 REGISTRY: dict[str, MethodSpec] = {}
 COMMON = (Param("seed", "int", 0, "random seed (noise, draws, coalitions)", lo=0, hi=2 ** 31 - 1),
-          Param("batch_size", "auto_int", None, "images per network pass (auto: from free memory)", lo=1))
+          Param("batch_size", "auto_int", None, "images per network pass (auto: from free memory)", lo=1),
+          Param("precision", "choice", "fp32", "network precision: bf16 = autocast bfloat16 (CPU or GPU), "
+                "fp16 = autocast float16 (GPU); opt-in, see seg_explain.precision", choices=PRECISIONS))
 
 
 def register(spec: MethodSpec) -> MethodSpec:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import tune_allocator
 from ..budget import check_bytes, check_zip_members
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
@@ -38,10 +39,14 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
     (``.ts``/``.pt``) or a ``torch.export`` program (``.pt2``) with a JSON sidecar of the same
     stem holding what metadata.json would hold (and optionally ``preprocessing``/``inferer``).
     ``device="auto"`` picks CUDA, then MPS, then CPU. Nothing is unpickled.
+
+    The first call in a process also applies :func:`seg_explain.allocator.tune_allocator`
+    (glibc keeps freed tensor buffers for reuse; opt out: ``SEG_EXPLAIN_MALLOC_TUNING=0``).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"No such model file or bundle folder: {p}")
+    tune_allocator()   # every caller (API, notebooks, Dask workers, CLI, docks) gets it
     try:
         if p.is_dir():
             from .nnunet import is_nnunet_folder, load_nnunet  # nnU-Net v2 model folders

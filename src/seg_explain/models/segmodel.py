@@ -27,6 +27,7 @@ from ..checks import require_finite
 from ..errors import InputMismatchError, MethodError
 from ..io import LoadedImage
 from ..model_grid import ModelGrid, model_shape_for, orientation_transform
+from ..precision import autocast, check_precision
 from ..windows import Tiling, WindowWeights, monai_importance_map, tile, whole
 
 
@@ -223,13 +224,30 @@ class SegModel:
             out.append((extra // 2, extra - extra // 2))
         return out
 
+    precision = "fp32"   # network precision of forward (seg_explain.precision); see with_precision
+
+    def with_precision(self, precision: str | None) -> SegModel:
+        """This model, or a shallow view of it (same network, same settings) whose
+        :meth:`forward` runs the network under autocast at ``precision`` ("fp32", "bf16",
+        "fp16"; see :mod:`seg_explain.precision`) and returns float32 logits. ``None``
+        keeps the model's own precision."""
+        p = self.precision if precision is None else check_precision(precision, self.device)
+        if p == self.precision:
+            return self
+        view = copy.copy(self)
+        view.precision = p
+        return view
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a ``(B, C, *S)`` batch (differentiable; padded to the size divisor)."""
         spatial = x.shape[2:]
         per_axis = self.pads_for(spatial)
         pads = [v for lo_hi in reversed(per_axis) for v in lo_hi]
         xp = F.pad(x, pads) if any(pads) else x
-        out = self._run(xp.to(self.device))
+        with autocast(self.device, self.precision):
+            out = self._run(xp.to(self.device))
+        if self.precision != "fp32":
+            out = out.float()
         if any(pads):
             sl = [slice(None), slice(None)]
             for (lo, _), n in zip(per_axis, spatial):
