@@ -95,6 +95,7 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     image, labels, roi = add_sample2d(viewer)
     before_img, before_roi = image.data.copy(), roi.data.copy()
     opacities = {ly.name: ly.opacity for ly in (labels, roi)}
+    assert labels.visible and roi.visible
     widget = open_dock(viewer, qtbot)
     choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     assert widget.image_combo.currentText() == image.name
@@ -119,9 +120,11 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     assert attr.colorbar.visible
     assert attr.colormap.name == "attribution ±"
     legend = widget.legend.text()
-    assert "red = evidence for frontal_L" in legend and "blue = evidence against frontal_L" in legend
-    assert "∂ logit sum / ∂ intensity" in legend
-    assert viewer.text_overlay.visible and "red: supports frontal_L" in viewer.text_overlay.text
+    # plain words first, with the colormap's own colour words, then the exact unit
+    assert legend.startswith("Red to yellow: brightening these voxels would make the model more sure this is "
+                             "frontal_L; blue to cyan: it would make the model less sure")
+    assert legend.index("∂ logit sum / ∂ intensity") > legend.index("less sure")
+    assert viewer.text_overlay.visible and "red to yellow: supports frontal_L" in viewer.text_overlay.text
     assert f"full colour at ±{attr.contrast_limits[1]:.3g}" in viewer.text_overlay.text
     attr.contrast_limits = (-0.5, 0.5)                   # the user narrows the range: the legend follows
     assert "full colour at ±0.5" in viewer.text_overlay.text
@@ -134,10 +137,11 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     assert outline.data.any() and not (outline.data.astype(bool) & ~(roi.data == 1)).any()
     # the sample already had this model's prediction: no second prediction layer
     assert len([ly for ly in viewer.layers if kind_of(ly) == "prediction"]) == 1
-    # the prediction and the RoI are dimmed while a result is shown ...
-    assert labels.opacity <= 0.15 and roi.opacity <= 0.15 and outline.opacity == 1.0
-    # ... and come back when the results go
+    # the prediction and the RoI are hidden (not dimmed: dimmed labels still tint the anatomy) ...
+    assert not labels.visible and not roi.visible and outline.visible and outline.opacity == 1.0
+    # ... and come back as they were when the results go
     viewer.layers.remove(attr)
+    assert labels.visible and roi.visible
     assert labels.opacity == pytest.approx(opacities[labels.name])
     assert roi.opacity == pytest.approx(opacities[roi.name])
     np.testing.assert_array_equal(image.data, before_img)
@@ -149,7 +153,7 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     cam = viewer.layers.selection.active
     assert cam.name.startswith("Seg-Grad-CAM · ") and cam.colormap.name == "attribution +"
     assert cam.contrast_limits[0] == 0.0 and cam.colormap.map(np.array([0.0]))[0, 3] == 0.0
-    assert "colour = where the layer's features support frontal_L" in widget.legend.text()
+    assert widget.legend.text().startswith("Red to yellow: the network's features here support frontal_L")
     # the same RoI explained again keeps one outline (visible, on top)
     outlines = [ly for ly in viewer.layers if kind_of(ly) == "roi_outline"]
     assert len(outlines) == 1 and outlines[0].visible and viewer.layers[-1] is outlines[0]
@@ -258,7 +262,8 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sam
     text = widget.summary.text()
     assert "Dice points" in text and "not measurable" in text and "Histogram" in text
     # without a reference M0 = 100 points, so ATE <= 0: a one-sided map, strongest at the low end
-    assert widget.legend.text().startswith("colour = blocks whose content supports frontal_L")
+    assert widget.legend.text().startswith("Red to yellow: replacing this block with tissue from other scans "
+                                           "lowers how well frontal_L is segmented")
     assert "Dice points" in widget.legend.text() and "blue" not in widget.legend.text()
     assert attr.colormap.name == "attribution −" and attr.contrast_limits[1] == 0.0 > attr.contrast_limits[0]
     assert attr.data.max() <= 0.0
@@ -273,6 +278,7 @@ def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer,
     widget.set_method("gradient")
     run_explain(widget, qtbot)
     attr = viewer.layers.selection.active
+    widget.raw_button.click()                   # the raw values are one click away
     raw = attr.data.copy()
     widget.top_spin.setValue(10.0)
     shown = attr.data

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..frontend.reading import legend
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -55,6 +56,7 @@ from .layers import (
 )
 from .model_picker import settings
 from .params import ParamForm, compact_all
+from .stage import ResultStage
 from .ui import ClosingDock, notify_error, notify_info
 from .workers import ModelCache, one_line, scalar_items, show_progress
 
@@ -360,7 +362,11 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         for c in (self.heat_canvas, self.graph_canvas):
             c.mpl_connect("resize_event", lambda _e: self.redraw())
         ev = self.viewer.layers.events
+        self.result_stage = ResultStage(self.viewer)    # one result, one colour bar, labels hidden
         self._viewer_hooks = [(ev.inserted, self._refresh_images), (ev.removed, self._refresh_images),
+                              (ev.removed, lambda _e=None: self.result_stage.release()),
+                              (self.viewer.layers.selection.events.active,
+                               lambda _e=None: self.result_stage.select(self.viewer.layers.selection.active)),
                               (self.viewer.events.theme, self._on_theme),
                               (self.viewer.dims.events.ndisplay, self._on_ndisplay)]
         for emitter, cb in self._viewer_hooks:
@@ -847,7 +853,9 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         mx = max(float(mx), float(lim))
         layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
         layer.contrast_limits = clim
-        layer.colorbar.visible = True
+        md[META_KEY]["legend"] = legend(spec, res.row_names[a], params)
+        self.result_stage.present(layer)
+        self.viewer.layers.selection.active = layer
         where = "global mean" if scope is None else self.scope_combo.currentText()
         self.status.setText(f"{res.row_names[a]} ← {res.col_names[b]}: {100 * val:.1f} % of "
                             f"{res.row_names[a]}'s |attribution| ({where}); layer shows {name}, "

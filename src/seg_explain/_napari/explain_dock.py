@@ -15,14 +15,18 @@ Cancel. It comes back as new layers (the user's layers are never changed or remo
   explanation; added once per model and image);
 - ``<Method> · <class> · <RoI>``: the attribution (Image) on the image's grid, raw values
   (display helpers change what is shown, never the data kept for saving), a colour bar, a
-  colormap transparent at 0 (diverging; one-sided for one-sided maps), and a legend line in
-  the dock and on the canvas saying what red and blue mean and in which unit;
+  colormap transparent at 0 (diverging; one-sided for one-sided maps), and a legend in the
+  dock and on the canvas saying in plain words what the colours mean, then the unit and
+  three values of the colour scale; each method opens with its display defaults
+  (:func:`seg_explain.frontend.reading.display_defaults`), "Show raw values" undoes them;
 - ``RoI outline · ...``: the RoI's outline for every method;
 - in the 3D view: the strongest supporting and opposing evidence as two surfaces (red / blue)
   instead of a signed cloud.
 
-While a result is shown, the prediction and RoI label layers are dimmed (their colours
-would clash with the map's hues) and restored when the result layers go.
+One result on stage (:class:`~seg_explain._napari.stage.ResultStage`): a new result hides the
+previous ones (kept in the list), only the selected result shows a colour bar, and label
+layers are hidden while a result is shown (their colours clash with the map's hues), shown
+again when no result is visible.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..frontend.reading import RAW, display_defaults, legend, legend_short, scale_text
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -59,6 +64,7 @@ from .layers import (
     body_mask,
     class_features,
     current_index,
+    display_limits,
     display_map,
     evidence_volumes,
     image_from_layer,
@@ -70,6 +76,7 @@ from .layers import (
 )
 from .model_picker import settings
 from .params import ParamForm, compact, compact_all, fit_to_dock
+from .stage import ResultStage
 from .ui import ClosingDock, notify_error, notify_info, notify_warning
 from .workers import ExplainRequest, explain_job, one_line, scalar_items, show_progress
 
@@ -83,7 +90,6 @@ ALL_LAYERS = "all other image layers"
 REF_PRED = "(none: the model's own prediction)"
 ROI_COLOR = (0.1, 0.9, 0.3, 1.0)       # the sample RoI's colour, also for "New RoI"
 OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
-DIM_OPACITY = 0.15
 EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
 EVIDENCE_SMOOTH = 1.5                   # σ (voxels) that turns speckled voxel maps into regions in 3D
 
@@ -98,13 +104,13 @@ class ExplainWidget(ClosingDock, QWidget):
         self._bank_folder: str | None = None
         self._updating = False
         self._raw: dict[str, dict[str, Any]] = {}      # result layer key -> raw map + spec + roi
-        self._dimmed: dict[str, float] = {}            # label layer key -> its opacity before dimming
         self._evidence: dict[str, list] = {}           # result layer key -> its 3D surface layers
         self._legend_for: str | None = None            # result layer key the canvas legend describes
         self.settings = settings()
         from ..explainers.registry import specs
 
         self._specs = {s.name: s for s in specs()}
+        self.result_stage = ResultStage(self.viewer)           # one result, one colour bar, labels hidden
         self._build_ui()
         compact_all(self)
         fit_to_dock(self, self._scroll)
@@ -285,6 +291,11 @@ class ExplainWidget(ClosingDock, QWidget):
                                        "opposing (blue) evidence as two surfaces instead of a signed cloud (voxel maps "
                                        f"smoothed with σ = {EVIDENCE_SMOOTH:g} voxels first)")
         df.addRow(self.surfaces_check)
+        self.raw_button = QPushButton("Show raw values")
+        self.raw_button.setObjectName("raw_button")
+        self.raw_button.setToolTip("no smoothing, no mask, every voxel: the values as computed (each method "
+                                   "opens with the display chosen for it; this undoes it)")
+        df.addRow(self.raw_button)
         rf.addLayout(df)
         lay.addWidget(rbox)
         lay.addStretch(1)
@@ -311,6 +322,7 @@ class ExplainWidget(ClosingDock, QWidget):
             w.valueChanged.connect(lambda _v: self._redisplay())
         self.body_check.toggled.connect(lambda _v: self._redisplay())
         self.surfaces_check.toggled.connect(lambda _v: self._sync_3d())
+        self.raw_button.clicked.connect(lambda: self.set_display(RAW))
         self._cost_timer = QTimer(self)
         self._cost_timer.setSingleShot(True)
         self._cost_timer.setInterval(150)
@@ -834,14 +846,13 @@ class ExplainWidget(ClosingDock, QWidget):
         mx = max(float(disp.max_abs), lim)
         layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
         layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
-        layer.colorbar.visible = True
         layer.events.contrast_limits.connect(self._on_limits_changed)   # (a bound method: held weakly)
         self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
                                 "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
         outline = self._add_outline(disp.outline, req, scale, translate, geo)
-        self._dim_labels(keep=[outline])
+        self.result_stage.present(layer, keep=[outline])
         self.viewer.layers.selection.active = layer
-        self._redisplay(layer)
+        self.set_display(display_defaults(spec), layer)     # the method's readable view (display only)
         self._show_legend(layer)
         self.status.setText(f"Done: {spec.title} of '{exp.target_name}' in {exp.elapsed_s:.1f} s "
                             f"({exp.n_forward} forward / {exp.n_backward} backward passes). "
@@ -880,15 +891,6 @@ class ExplainWidget(ClosingDock, QWidget):
                                       metadata={META_KEY: {"kind": "roi_outline", "roi": req.roi_name,
                                                            "image": req.image_layer_name}, **geo})
 
-    def _dim_labels(self, keep=()) -> None:
-        """Prediction and RoI label layers fade while a result is shown (their colours clash)."""
-        for ly in self._layers_of("labels"):
-            if (any(_key(ly) == _key(k) for k in keep) or is_result_layer(ly, ("roi_outline",))
-                    or _key(ly) in self._dimmed):
-                continue
-            self._dimmed[_key(ly)] = float(ly.opacity)
-            ly.opacity = min(float(ly.opacity), DIM_OPACITY)
-
     def _on_layer_removed(self, event=None) -> None:
         gone = getattr(event, "value", None)
         if gone is not None and _key(gone) in self._raw:
@@ -896,14 +898,11 @@ class ExplainWidget(ClosingDock, QWidget):
             for ly in self._evidence.pop(_key(gone), []):
                 if ly in self.viewer.layers:
                     self.viewer.layers.remove(ly)
-        if not self._raw and self._dimmed:   # the last result went: the label layers come back
-            for ly in self._layers_of("labels"):
-                if _key(ly) in self._dimmed:
-                    ly.opacity = self._dimmed[_key(ly)]
-            self._dimmed.clear()
+        self.result_stage.release()      # no result visible any more: the label layers come back
 
     def _on_active_changed(self, event=None) -> None:
         ly = self.viewer.layers.selection.active
+        self.result_stage.select(ly)
         if ly is not None and _key(ly) in self._raw:
             self._show_legend(ly)
 
@@ -916,15 +915,27 @@ class ExplainWidget(ClosingDock, QWidget):
         self.legend.setText(md.get("legend", ""))
         ov = self.viewer.text_overlay
         lo, hi = (float(v) for v in layer.contrast_limits)
-        # the colour bar's own ticks can be as sparse as a lone "0": say where full colour is
+        # the colour bar's own ticks can be as sparse as a lone "0": three values and the unit
         full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
-        shown = f"full colour at {full}"
+        shown = f"full colour at {full} · {scale_text(lo, hi, md.get('unit', ''))}"
         if self._evidence.get(_key(layer)):
             shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
         ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}"
         ov.visible = True
         ov.position = "top_left"
         ov.font_size = 9
+
+    def set_display(self, d, layer=None) -> None:
+        """Put display settings ``d`` (:class:`~seg_explain.frontend.reading.DisplayDefaults`)
+        in the controls and show the result with them (the raw values are kept)."""
+        for w in (self.smooth_spin, self.top_spin, self.body_check):
+            w.blockSignals(True)
+        self.smooth_spin.setValue(d.smooth)
+        self.top_spin.setValue(d.top_percent)
+        self.body_check.setChecked(d.body)
+        for w in (self.smooth_spin, self.top_spin, self.body_check):
+            w.blockSignals(False)
+        self._redisplay(layer)
 
     def _active_result(self):
         ly = self.viewer.layers.selection.active
@@ -944,6 +955,10 @@ class ExplainWidget(ClosingDock, QWidget):
                             spatial_dims=rec["raw"].ndim)
         if not np.array_equal(shown, layer.data):
             layer.data = shown
+            # colour limits from the displayed values (smoothing lowers the peaks: not faint)
+            spec, one = rec["spec"], rec["spec"].is_one_sided(rec["params"])
+            lim, _ = display_limits(shown if np.any(shown) else rec["raw"], spec.caps.map_kind)
+            layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
         self._update_evidence(layer)
 
     # ------------------------------------------------------------------ 3D --
@@ -1025,19 +1040,13 @@ def _key(layer) -> str:
 
 
 def _legend(spec, exp) -> str:
-    """One line: what the colours mean for this method and class, and the unit."""
-    from ..explainers.registry import legend
-
-    return f"{legend(spec, exp.target_name, exp.params)} · values: {spec.unit}"
+    """Plain words first (colour words that match the colormap), then the unit."""
+    return legend(spec, exp.target_name, exp.params)
 
 
 def _legend_short(spec, exp) -> str:
     """The canvas version: colours and unit in a few words."""
-    unit = spec.unit.split(" (")[0]
-    if spec.is_one_sided(exp.params):
-        return f"colour: supports {exp.target_name} · {unit}"
-    red, blue = ("supports", "opposes")
-    return f"red: {red} {exp.target_name} · blue: {blue} · {unit}"
+    return f"{legend_short(spec, exp.target_name, exp.params)} · {spec.unit.split(' (')[0]}"
 
 
 __all__ = ["ExplainWidget"]

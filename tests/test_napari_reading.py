@@ -1,0 +1,99 @@
+"""Reading a result at a glance (issue 23): one result and one colour bar on stage, labels
+hidden while it shows, a readable display by default with the raw values one click away,
+booleans as check boxes, legends whose colour words match the colormap."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seg_explain._napari._testing import ensure_display
+
+HAS_DISPLAY = ensure_display()
+pytestmark = pytest.mark.skipif(not HAS_DISPLAY, reason="napari needs OpenGL: no DISPLAY and no Xvfb installed")
+
+from test_napari_explain_dock import (  # noqa: E402
+    _plugin_main_thread,  # noqa: F401  (autouse fixture)
+    dock_on_sample2d,
+    kind_of,
+    run_explain,
+    set_combo,
+)
+
+
+def results(viewer):
+    return [ly for ly in viewer.layers if kind_of(ly) == "attribution"]
+
+
+def test_one_result_one_colour_bar_labels_hidden(make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    labels = [ly for ly in viewer.layers if ly.__class__.__name__ == "Labels"]
+    set_combo(widget.roi_combo, roi.name)
+    widget.set_method("gradient")
+    run_explain(widget, qtbot)
+    widget.set_method("seg_grad_cam")
+    run_explain(widget, qtbot)
+    first, second = results(viewer)
+    # the new result hides the previous one (kept in the list); one colour bar: the selected result's
+    assert second.visible and not first.visible
+    assert [ly.colorbar.visible for ly in (first, second)] == [False, True]
+    viewer.layers.selection.active = first
+    first.visible = True
+    assert [ly.colorbar.visible for ly in (first, second)] == [True, False]
+    # label layers are hidden while a result shows (the RoI outline stays), back when none is visible
+    assert labels and not any(ly.visible for ly in labels)
+    assert all(ly.visible for ly in viewer.layers if kind_of(ly) == "roi_outline")
+    viewer.layers.remove(first)
+    viewer.layers.remove(second)
+    assert all(ly.visible for ly in labels)
+
+
+def test_gradient_opens_readable_and_raw_is_one_click_away(make_napari_viewer, qtbot, sample_bundle2d,
+                                                           monkeypatch):
+    from scipy.ndimage import binary_fill_holes, gaussian_filter
+
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    set_combo(widget.roi_combo, roi.name)
+    widget.set_method("gradient")
+    run_explain(widget, qtbot)
+    attr = results(viewer)[-1]
+    shown = attr.data.copy()
+    pred = next(ly for ly in viewer.layers if kind_of(ly) == "prediction").data
+    head = binary_fill_holes(pred > 0)
+    # smoothed (an independent σ = 1.5 filter of the raw map has these values where shown), inside
+    # the head, the strongest 20 % of it; colour limits from what is shown, not from the raw peaks
+    widget.raw_button.click()
+    raw = attr.data.copy()
+    assert not np.any(shown[~head]) and np.any(raw[~head])
+    kept = shown != 0
+    np.testing.assert_allclose(shown[kept], gaussian_filter(raw, 1.5, mode="nearest")[kept], rtol=1e-4, atol=1e-7)
+    assert 0.18 * head.sum() <= kept.sum() <= 0.22 * head.sum()
+    assert np.count_nonzero(raw) > 2 * kept.sum()
+    assert attr.contrast_limits[1] > np.abs(np.percentile(np.abs(shown[kept]), 50))
+    assert widget.smooth_spin.value() == 0 and widget.top_spin.value() == 100 and not widget.body_check.isChecked()
+    # the canvas legend gives three values of the colour scale and the unit
+    assert viewer.text_overlay.text.count("|") >= 2 and "∂ logit sum / ∂ intensity" in viewer.text_overlay.text
+    # a block map (PdCR) opens raw: every block as measured
+    from seg_explain.explainers.registry import get_spec
+    from seg_explain.frontend.reading import display_defaults
+
+    assert display_defaults(get_spec("pdcr")).raw and not display_defaults(get_spec("smoothgrad")).raw
+
+
+def test_booleans_are_check_boxes(qtbot):
+    from qtpy.QtWidgets import QCheckBox
+
+    from seg_explain._napari.params import ParamForm
+    from seg_explain.explainers.registry import get_spec
+
+    form = ParamForm()
+    qtbot.addWidget(form)
+    form.set_method(get_spec("pdcr"), spatial_dims=3)
+    box = form.editors["adaptive"]
+    assert isinstance(box, QCheckBox) and box.isChecked()          # the 3D default: adaptive on
+    assert form.values()["adaptive"] is True
+    box.setChecked(False)
+    assert form.values()["adaptive"] is False
+    form.restore_defaults()
+    assert box.isChecked()
+    form.set_method(get_spec("seg_grad_cam"), spatial_dims=2)
+    assert isinstance(form.editors["relu"], QCheckBox)
