@@ -344,18 +344,22 @@ def test_explain_disabled_says_why(make_napari_viewer, qtbot, bundle3d_tiny, mon
     assert "3D model" in widget.stage.text()
 
 
-def test_new_roi_layer_uses_the_sample_colour_and_empty_label_is_a_notification(
+def test_new_roi_layer_takes_a_distinct_colour_and_empty_label_is_a_notification(
         make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    from seg_explain._napari.explain_dock import ROI_COLOR
-
     viewer, widget, image, _roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    drawn = [np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]
+             for ly in viewer.layers if ly.__class__.__name__ == "Labels" and ly.visible
+             for v in np.unique(ly.data) if v != 0]
     widget.new_roi_button.click()          # an empty RoI layer on the image's grid
     new = viewer.layers.selection.active
     assert new.name.startswith("RoI") and new.data.shape == image.data.shape
     np.testing.assert_allclose(new.scale, image.scale)
-    np.testing.assert_allclose(new.colormap.map(1), ROI_COLOR, atol=1e-6)
+    # strokes must show: its colour is far from every colour the visible label layers draw
+    # (the sample RoI's green among them)
+    mine = np.asarray(new.colormap.map(np.array([1]))).reshape(-1)[:3]
+    assert drawn and min(np.linalg.norm(mine - c) for c in drawn) > 0.3
     assert widget.roi_combo.currentText() == new.name
     seen: list = []
     notification_manager.notification_ready.connect(seen.append)

@@ -319,3 +319,40 @@ def cost_text(c, unit: str, secs: float | None, secs_min: float | None = None,
             rng.append(f"{hi:,}" + (f" ({human_seconds(secs_max)})" if secs_max is not None else ""))
         fw += " — " + " to ".join(rng) + " depending on how many blocks pass screening"
     return fw
+
+
+def estimate_agg2exp(model, method: str, params: dict, model_shape, n_classes: int, n_images: int = 1) -> Estimate:
+    """Expected cost of Agg2Exp: every predicted class of every image explained in its own
+    predicted region (regions spread over the image: every window counts). Methods that
+    share forward passes across classes (``MethodSpec.multi``) pay the forward passes once
+    and one backward per class; the others pay everything per class. ``n_classes``: the
+    classes expected (at most the model's foreground classes)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .explainers.registry import Cost, cost_input, get_spec, human_seconds
+
+    spec = get_spec(method)
+    k, n = max(1, int(n_classes)), max(1, int(n_images))
+    shape = tuple(int(s) for s in model_shape)
+    region = np.zeros(shape, bool)
+    region[tuple(slice(s // 3, s - s // 3) for s in shape)] = True     # a class's region: central third
+    info = cost_input(model, shape, region, k)
+    if spec.caps.multiclass:      # the classes' regions together cover the image: every window
+        info = dataclasses.replace(info, n_windows=info.n_windows_all)
+    full = {**spec.defaults, **{p: v for p, v in params.items() if p in spec.defaults}}
+    c = spec.estimate(info, full)
+    fwd = c.forward if spec.multi is not None else c.forward * k
+    per = Cost(fwd + info.n_windows_all, c.backward * k)
+    ps = model.meta.get("pass_s")
+    secs = None
+    if ps:
+        secs = n * (per.forward * ps["forward"] + per.backward * ps["backward"]) * info.window_voxels
+    unit = "window passes" if info.n_windows_all > 1 else "passes"
+    text = (f"≈ {per.forward * n:,} forward" + (f" + {per.backward * n:,} backward" if per.backward else "")
+            + f" {unit} (up to {k} classes x {n} image{'s' if n > 1 else ''})"
+            + (f", ≈ {human_seconds(secs)} here" if secs is not None else ""))
+    warning = f"this will take about {human_seconds(secs)}" if secs is not None and secs > SLOW_S else ""
+    return Estimate(per.forward * n, per.backward * n, None, secs, None, text, warning)
+

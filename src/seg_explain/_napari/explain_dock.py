@@ -55,7 +55,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..frontend.reading import RAW, display_defaults, legend, legend_short, scale_text
+from ..frontend.reading import RAW, display_defaults, distinct_colour, legend, legend_short, scale_text
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -70,6 +70,7 @@ from .layers import (
     image_from_layer,
     is_result_layer,
     make_loaded,
+    model_grid_shape,
     spatial_dims_of,
     spatial_shape_of,
     sync_attribution_colormaps,
@@ -88,7 +89,6 @@ ZERO_BANK = "zero occlusion"
 BANK_FOLDER = "folder…"
 ALL_LAYERS = "all other image layers"
 REF_PRED = "(none: the model's own prediction)"
-ROI_COLOR = (0.1, 0.9, 0.3, 1.0)       # the sample RoI's colour, also for "New RoI"
 OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
 EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
 EVIDENCE_SMOOTH = 1.5                   # σ (voxels) that turns speckled voxel maps into regions in 3D
@@ -460,7 +460,8 @@ class ExplainWidget(ClosingDock, QWidget):
         self._schedule_cost()
 
     def new_roi_layer(self):
-        """Add an empty Labels layer on the image's grid (the sample RoI's colour) to paint in."""
+        """Add an empty Labels layer on the image's grid to paint in, in a colour unlike every
+        visible Labels layer's (:func:`~seg_explain.frontend.reading.distinct_colour`)."""
         from napari.utils.colormaps import DirectLabelColormap
 
         img = self.image_layer()
@@ -469,7 +470,8 @@ class ExplainWidget(ClosingDock, QWidget):
             return None
         sd = spatial_dims_of(img)
         shape = spatial_shape_of(img)
-        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: ROI_COLOR})
+        colour = (*distinct_colour(self._label_colours()), 1.0)     # strokes must show over the labels
+        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
         n = sum(1 for ly in self._layers_of("labels") if ly.name.startswith("RoI"))
         layer = self.viewer.add_labels(
             np.zeros(shape, np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}", scale=tuple(img.scale)[-sd:],
@@ -483,6 +485,17 @@ class ExplainWidget(ClosingDock, QWidget):
         self.roi_combo.setCurrentText(layer.name)
         self.roi_label.setValue(1)
         return layer
+
+    def _label_colours(self) -> list:
+        """The colours the visible Labels layers draw (at most 64 labels each)."""
+        out = []
+        for ly in self._layers_of("labels"):
+            if not ly.visible:
+                continue
+            vals = np.unique(np.asarray(ly.data))
+            for v in vals[vals != 0][:64]:
+                out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
+        return out
 
     # --------------------------------------------------------------- model --
     def select_model(self, path) -> None:
@@ -568,22 +581,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self._cost_timer.start()
 
     def _model_grid_shape(self, img) -> tuple[int, ...] | None:
-        from ..model_grid import model_shape_for, orientation_transform
-
-        info = self.model_info
-        if info is None or img is None:
-            return None
-        isd, msd = spatial_dims_of(img), info["spatial_dims"]
-        shape = spatial_shape_of(img)
-        spacing = tuple(img.scale)[-isd:]
-        if isd == 3 and msd == 2:
-            shape, spacing = shape[1:], spacing[1:]
-        elif isd != msd:
-            return None
-        ornt = orientation_transform(info.get("axcodes")) if msd == 3 else None
-        li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
-        has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
-        return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
+        return model_grid_shape(img, self.model_info)
 
     def _update_cost(self) -> None:
         from ..jobs import estimate

@@ -334,3 +334,23 @@ def class_features(class_names: Sequence[str]) -> dict[str, list]:
 def is_result_layer(layer, kinds=("attribution", "roi_outline")) -> bool:
     md = layer.metadata if isinstance(layer.metadata, dict) else {}
     return isinstance(md.get(META_KEY), dict) and md[META_KEY].get("kind") in kinds
+
+
+def model_grid_shape(img, info: dict | None) -> tuple[int, ...] | None:
+    """The model-grid spatial shape an image layer gets for a loaded model (``info``: the
+    picker's model info), or None when they do not fit (a 2D model on a volume: one slice)."""
+    from ..model_grid import model_shape_for, orientation_transform
+
+    if info is None or img is None:
+        return None
+    isd, msd = spatial_dims_of(img), info["spatial_dims"]
+    shape = spatial_shape_of(img)
+    spacing = tuple(img.scale)[-isd:]
+    if isd == 3 and msd == 2:
+        shape, spacing = shape[1:], spacing[1:]
+    elif isd != msd:
+        return None
+    ornt = orientation_transform(info.get("axcodes")) if msd == 3 else None
+    li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
+    has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
+    return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)

@@ -119,3 +119,21 @@ def short_name(path: str, keep: int = 2, sep: str = ".") -> str:
     if len(parts) <= keep:
         return str(path)
     return "…" + sep.join(parts[-keep:])
+
+
+# candidate colours for a new RoI: saturated, unlike anatomy greys and the attribution ramps
+ROI_PALETTE = ((1.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 0.55, 0.0), (0.3, 1.0, 0.0),
+               (0.0, 0.4, 1.0), (1.0, 1.0, 0.0), (0.6, 0.2, 1.0))
+
+
+def distinct_colour(used, palette=ROI_PALETTE) -> tuple[float, float, float]:
+    """The palette colour farthest (RGB distance to the nearest) from every colour in ``used``
+    (e.g. the colours drawn by the visible label layers), so strokes in a new RoI show."""
+    import numpy as np
+
+    u = np.asarray([c[:3] for c in used], float).reshape(-1, 3)
+    if not len(u):
+        return tuple(palette[0])
+    pal = np.asarray(palette, float)
+    d = np.sqrt(((pal[:, None, :] - u[None, :, :]) ** 2).sum(-1)).min(1)
+    return tuple(float(v) for v in pal[int(np.argmax(d))])
