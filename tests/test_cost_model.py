@@ -78,5 +78,5 @@ def test_long_runs_warn_even_without_a_cheaper_setting():
     model, shape, _, roi = _corner_case()
     model.meta["pass_s"] = {"forward": 1.0, "backward": 2.0, "voxels": 256.0}
     est = estimate(model, "gradient", {}, shape, roi)
-    assert est.cheaper is None and est.warning.startswith("this will take about")
+    assert est.cheaper is None and est.warning.startswith("this may take about")
     assert get_spec("gradient").cheaper is None

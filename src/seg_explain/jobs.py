@@ -286,7 +286,7 @@ def estimate(model, method: str, params: dict, model_shape, roi=None, n_classes:
     text = cost_text(c, unit, secs, secs_min, secs_max)
     warning, cheaper = "", None
     if secs is not None and secs > SLOW_S:
-        warning = f"this will take about {human_seconds(secs)}"
+        warning = f"this may take about {human_seconds(secs)}"
         cheaper = spec.cheaper(full, model.spatial_dims) if spec.cheaper is not None else None
         if cheaper:
             alt = seconds(spec.estimate(info, {**full, **cheaper}))
@@ -353,6 +353,6 @@ def estimate_agg2exp(model, method: str, params: dict, model_shape, n_classes: i
     text = (f"≈ {per.forward * n:,} forward" + (f" + {per.backward * n:,} backward" if per.backward else "")
             + f" {unit} (up to {k} classes x {n} image{'s' if n > 1 else ''})"
             + (f", ≈ {human_seconds(secs)} here" if secs is not None else ""))
-    warning = f"this will take about {human_seconds(secs)}" if secs is not None and secs > SLOW_S else ""
+    warning = f"this may take about {human_seconds(secs)}" if secs is not None and secs > SLOW_S else ""
     return Estimate(per.forward * n, per.backward * n, None, secs, None, text, warning)
 
