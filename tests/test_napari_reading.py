@@ -97,3 +97,27 @@ def test_booleans_are_check_boxes(qtbot):
     assert box.isChecked()
     form.set_method(get_spec("seg_grad_cam"), spatial_dims=2)
     assert isinstance(form.editors["relu"], QCheckBox)
+
+
+def test_wrong_shape_layers_are_listed_disabled_and_layers_go_by_short_names(
+        make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    viewer.add_labels(np.zeros((20, 30), np.uint8), name="atlas elsewhere")
+    combo = widget.roi_combo
+    i = combo.findText("atlas elsewhere (other shape)")
+    assert i >= 0 and not combo.model().item(i).isEnabled()
+    why = combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+    assert "20 × 30" in why and " × ".join(str(s) for s in image.data.shape) in why
+    assert combo.findText(roi.name) >= 0 and combo.model().item(combo.findText(roi.name)).isEnabled()
+    # a CAM's layer: short names in the list, the module path in the tooltip and in the value
+    widget.set_method("seg_grad_cam")
+    box = widget.params.editors["layer"]
+    paths = [box.itemData(k) for k in range(1, box.count())]
+    assert paths and all("." in p for p in paths if p.count(".") > 1)
+    k = next(k for k in range(1, box.count()) if box.itemData(k).count(".") > 2)
+    assert len(box.itemText(k)) < len(box.itemData(k)) and box.itemData(k).endswith(box.itemText(k).lstrip("…"))
+    assert box.itemData(k, Qt.ItemDataRole.ToolTipRole) == box.itemData(k)
+    box.setCurrentIndex(k)
+    assert widget.params.values()["layer"] == box.itemData(k)

@@ -55,7 +55,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..frontend.reading import RAW, display_defaults, distinct_colour, legend, legend_short, scale_text
+from ..frontend.reading import (
+    RAW,
+    display_defaults,
+    distinct_colour,
+    legend,
+    legend_short,
+    scale_text,
+    shape_mismatch,
+)
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -402,9 +410,9 @@ class ExplainWidget(ClosingDock, QWidget):
     def _refresh_roi_choices(self) -> None:
         img = self.image_layer()
         shape = spatial_shape_of(img) if img is not None else None
-        labels = [ly for ly in self._layers_of("labels")
-                  if not is_result_layer(ly, ("roi_outline",))
-                  and (shape is None or tuple(np.shape(ly.data)) == shape)]
+        every = [ly for ly in self._layers_of("labels") if not is_result_layer(ly, ("roi_outline",))]
+        labels = [ly for ly in every if shape is None or tuple(np.shape(ly.data)) == shape]
+        wrong = [ly for ly in every if ly not in labels]
         names = [ly.name for ly in labels]
         old = self.roi_combo.currentText()
         pref = old if old in names else None
@@ -413,6 +421,13 @@ class ExplainWidget(ClosingDock, QWidget):
                     or "roi" in ly.name.lower()]
             pref = rois[-1] if rois else NO_ROI
         self._refill(self.roi_combo, names, pref, [NO_ROI])
+        # label layers of another shape: listed, greyed out, with why (not silently missing)
+        for ly in wrong:
+            self.roi_combo.addItem(f"{ly.name} (other shape)")
+            i = self.roi_combo.count() - 1
+            self.roi_combo.model().item(i).setEnabled(False)
+            self.roi_combo.setItemData(i, shape_mismatch(ly.name, np.shape(ly.data), shape),
+                                       Qt.ItemDataRole.ToolTipRole)
         refs = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") not in
                 ("roi", "prediction")]
         self._refill(self.reference_combo, refs, self.reference_combo.currentText(), [REF_PRED])

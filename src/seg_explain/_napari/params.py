@@ -184,12 +184,31 @@ class ParamForm(QWidget):
             w.addItems(list(p.choices))
             return w, w.currentText, lambda v: w.setCurrentText(p.text(v))
         if p.kind == "layer":
+            # network layers by a short name (the end of the module path), the full path in
+            # each entry's tooltip and in the value; a typed path is taken as typed
+            from ..frontend.reading import short_name
+
             w = compact(QComboBox())
             w.setEditable(True)
-            w.addItem("")
-            w.addItems(self.layer_names)
+            w.addItem("", "")
+            for full in self.layer_names:
+                w.addItem(short_name(full), full)
+                w.setItemData(w.count() - 1, full, Qt.ItemDataRole.ToolTipRole)
             w.lineEdit().setPlaceholderText("bottleneck (auto)")
-            return w, w.currentText, lambda v: w.setCurrentText("" if v is None else str(v))
+
+            def get():
+                i = w.currentIndex()
+                if i >= 0 and w.itemText(i) == w.currentText() and w.itemData(i) is not None:
+                    return w.itemData(i)
+                return w.currentText()
+
+            def put(v):
+                i = w.findData("" if v is None else str(v))
+                if i >= 0:
+                    w.setCurrentIndex(i)
+                else:
+                    w.setCurrentText("" if v is None else str(v))
+            return w, get, put
         w = QLineEdit()   # auto_int, auto_ints
         w.setPlaceholderText("auto" if p.kind.startswith("auto") else "")
         return w, w.text, lambda v: w.setText("" if v is None else p.text(v))

@@ -137,3 +137,10 @@ def distinct_colour(used, palette=ROI_PALETTE) -> tuple[float, float, float]:
     pal = np.asarray(palette, float)
     d = np.sqrt(((pal[:, None, :] - u[None, :, :]) ** 2).sum(-1)).min(1)
     return tuple(float(v) for v in pal[int(np.argmax(d))])
+
+
+def shape_mismatch(name: str, shape, image_shape) -> str:
+    """Why a label layer cannot be the RoI of this image (a disabled list entry's tooltip)."""
+    fmt = lambda s: " × ".join(str(int(v)) for v in s)  # noqa: E731
+    return (f"'{name}' is {fmt(shape)} but the image is {fmt(image_shape)}: a RoI must be painted on the "
+            "image's own grid (use New RoI)")
