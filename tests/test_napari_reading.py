@@ -48,7 +48,7 @@ def test_one_result_one_colour_bar_labels_hidden(make_napari_viewer, qtbot, samp
 
 
 def test_gradient_opens_readable_and_raw_is_one_click_away(make_napari_viewer, qtbot, sample_bundle2d,
-                                                           monkeypatch):
+                                                           monkeypatch, tmp_path):
     from scipy.ndimage import binary_fill_holes, gaussian_filter
 
     viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
@@ -61,8 +61,16 @@ def test_gradient_opens_readable_and_raw_is_one_click_away(make_napari_viewer, q
     head = binary_fill_holes(pred > 0)
     # smoothed (an independent σ = 1.5 filter of the raw map has these values where shown), inside
     # the head, the strongest 20 % of it; colour limits from what is shown, not from the raw peaks
+    # saving the layer writes the raw values, not the display
+    from seg_explain import load_image
+    from seg_explain._napari.writer import write_image
+
+    data, meta, _ = attr.as_layer_data_tuple()
+    saved = load_image(write_image(str(tmp_path / "map.tif"), data, meta)[0]).data
     widget.raw_button.click()
     raw = attr.data.copy()
+    np.testing.assert_array_equal(saved, raw)
+    assert not np.array_equal(saved, shown)
     assert not np.any(shown[~head]) and np.any(raw[~head])
     kept = shown != 0
     np.testing.assert_allclose(shown[kept], gaussian_filter(raw, 1.5, mode="nearest")[kept], rtol=1e-4, atol=1e-7)

@@ -67,6 +67,7 @@ from ..frontend.reading import (
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
+    RAW_KEY,
     attribution_colormap,
     attribution_limits,
     body_mask,
@@ -277,8 +278,8 @@ class ExplainWidget(ClosingDock, QWidget):
         self.smooth_spin.setObjectName("smooth_spin")
         self.smooth_spin.setRange(0.0, 10.0)
         self.smooth_spin.setSingleStep(0.5)
-        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); the saved "
-                                    "values stay raw")
+        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); File > Save "
+                                    "Layer writes the raw values")
         df.addRow("smooth (σ, voxels)", self.smooth_spin)
         self.top_spin = QDoubleSpinBox()
         self.top_spin.setObjectName("top_spin")
@@ -851,7 +852,7 @@ class ExplainWidget(ClosingDock, QWidget):
         lim = float(disp.limit)
         layer = self.viewer.add_image(
             np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
-            metadata={META_KEY: info, **geo},
+            metadata={META_KEY: info, RAW_KEY: np.asarray(exp.attribution, np.float32), **geo},
             colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
                                           one_sided=one),
             contrast_limits=attribution_limits(lim, one, spec.red_is_negative), blending="translucent",

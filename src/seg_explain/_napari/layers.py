@@ -21,6 +21,7 @@ import numpy as np
 
 GEOMETRY_KEY = "loaded_image"
 META_KEY = "seg_explain"
+RAW_KEY = "seg_explain_raw"   # metadata: the raw map of a result whose display differs (saved instead)
 
 # ----------------------------------------------------------------------- geometry --
 
