@@ -265,9 +265,13 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sam
     assert widget.legend.text().startswith("Red to yellow: replacing this block with tissue from other scans "
                                            "lowers how well frontal_L is segmented")
     assert "Dice points" in widget.legend.text() and "blue" not in widget.legend.text()
-    assert attr.colormap.name == "attribution −" and attr.contrast_limits[1] == 0.0 > attr.contrast_limits[0]
-    assert attr.data.max() <= 0.0
-    rgba = attr.colormap.map(np.array([0.0, 1.0]))
+    # shown as a positive "Dice lost when replaced" (= −ATE), strongest at the high end; saved as the ATE
+    assert "lost when the block is replaced" in widget.legend.text()
+    assert attr.colormap.name == "attribution +" and attr.contrast_limits[0] == 0.0 < attr.contrast_limits[1]
+    assert attr.data.min() >= 0.0 and attr.data.max() > 0.0
+    raw = attr.metadata["seg_explain_raw"]
+    assert raw.max() <= 0.0 and np.array_equal(attr.data, -raw)
+    rgba = attr.colormap.map(np.array([1.0, 0.0]))
     assert rgba[0, 0] > rgba[0, 2] and rgba[0, 3] > 0.8 and rgba[1, 3] == 0.0
     assert any(kind_of(ly) == "roi_outline" for ly in viewer.layers)
 

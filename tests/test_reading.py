@@ -33,7 +33,7 @@ def test_legend_colour_words_match_the_colormaps():
     for spec in specs():
         text = reading.legend(spec, "parietal_L", {})
         assert text.startswith("Red to yellow: ") and "parietal_L" in text, spec.name
-        assert text.endswith(f"Values: {spec.unit}.")
+        assert text.endswith(f"Values: {reading.shown_unit(spec)}.") and spec.unit.split(" (")[0] in text
         assert ("blue to cyan" in text) != spec.is_one_sided({}), spec.name
         for jargon in ("ATE", "M0", "tau", "φ", "class 3"):
             assert jargon not in text.split("Values:")[0], (spec.name, jargon)

@@ -63,6 +63,8 @@ from ..frontend.reading import (
     legend_short,
     scale_text,
     shape_mismatch,
+    shown_sign,
+    shown_unit,
 )
 from .layers import (
     GEOMETRY_KEY,
@@ -850,16 +852,18 @@ class ExplainWidget(ClosingDock, QWidget):
                 "slice_index": req.slice_index, "extras": scalar_items(exp.extras), "unit": spec.unit,
                 "legend": legend, "legend_short": _legend_short(spec, exp)}
         lim = float(disp.limit)
+        # shown so that positive = supports (PdCR: Dice lost when replaced); saved raw
+        sign = shown_sign(spec)
+        info["shown_unit"] = shown_unit(spec)
         layer = self.viewer.add_image(
-            np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
+            sign * np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
             metadata={META_KEY: info, RAW_KEY: np.asarray(exp.attribution, np.float32), **geo},
-            colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
-                                          one_sided=one),
-            contrast_limits=attribution_limits(lim, one, spec.red_is_negative), blending="translucent",
+            colormap=attribution_colormap(volume=self.viewer.dims.ndisplay == 3, one_sided=one),
+            contrast_limits=attribution_limits(lim, one, False), blending="translucent",
             rendering="translucent", opacity=1.0)
         mx = max(float(disp.max_abs), lim)
-        layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
-        layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
+        layer.contrast_limits_range = attribution_limits(mx, one, False)
+        layer.contrast_limits = attribution_limits(lim, one, False)
         layer.events.contrast_limits.connect(self._on_limits_changed)   # (a bound method: held weakly)
         self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
                                 "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
@@ -931,7 +935,7 @@ class ExplainWidget(ClosingDock, QWidget):
         lo, hi = (float(v) for v in layer.contrast_limits)
         # the colour bar's own ticks can be as sparse as a lone "0": three values and the unit
         full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
-        shown = f"full colour at {full} · {scale_text(lo, hi, md.get('unit', ''))}"
+        shown = f"full colour at {full} · {scale_text(lo, hi, md.get('shown_unit', md.get('unit', '')))}"
         if self._evidence.get(_key(layer)):
             shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
         ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}"
@@ -965,14 +969,14 @@ class ExplainWidget(ClosingDock, QWidget):
             return
         rec = self._raw[_key(layer)]
         mask = body_mask(rec["image"], rec["pred"]) if self.body_check.isChecked() else None
-        shown = display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(), mask,
-                            spatial_dims=rec["raw"].ndim)
+        shown = shown_sign(rec["spec"]) * display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(),
+                                                      mask, spatial_dims=rec["raw"].ndim)
         if not np.array_equal(shown, layer.data):
             layer.data = shown
             # colour limits from the displayed values (smoothing lowers the peaks: not faint)
             spec, one = rec["spec"], rec["spec"].is_one_sided(rec["params"])
             lim, _ = display_limits(shown if np.any(shown) else rec["raw"], spec.caps.map_kind)
-            layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
+            layer.contrast_limits = attribution_limits(lim, one, False)
         self._update_evidence(layer)
 
     # ------------------------------------------------------------------ 3D --
@@ -997,7 +1001,7 @@ class ExplainWidget(ClosingDock, QWidget):
             return
         spec = rec["spec"]
         sigma = EVIDENCE_SMOOTH if spec.caps.map_kind == "voxel" else 0.0
-        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), spec.red_is_negative, EVIDENCE_TOP,
+        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), False, EVIDENCE_TOP,  # shown: + = support
                                                   smooth=sigma)
         parts = [(sup, t_sup, "red", "supports")]
         if not spec.is_one_sided(rec["params"]):
@@ -1060,7 +1064,7 @@ def _legend(spec, exp) -> str:
 
 def _legend_short(spec, exp) -> str:
     """The canvas version: colours and unit in a few words."""
-    return f"{legend_short(spec, exp.target_name, exp.params)} · {spec.unit.split(' (')[0]}"
+    return f"{legend_short(spec, exp.target_name, exp.params)} · {shown_unit(spec).split(' (')[0]}"
 
 
 __all__ = ["ExplainWidget"]

@@ -77,12 +77,25 @@ def _plain(spec, cls: str, one_sided: bool) -> str:
     return text.format(warm=WARM, cool=COOL, cls=cls)
 
 
+def shown_sign(spec) -> float:
+    """The sign a viewer shows a map with, so that positive always means "supports": -1 for
+    maps whose supporting evidence is negative (PdCR's ATE < 0 = Dice lost), else +1."""
+    return -1.0 if spec.red_is_negative else 1.0
+
+
+def shown_unit(spec) -> str:
+    """The unit of the shown values (:func:`shown_sign` applied), the exact quantity named."""
+    if spec.red_is_negative:
+        return f"{spec.unit.split(' (')[0]} lost when the block is replaced (= −ATE; the saved map keeps the ATE)"
+    return spec.unit
+
+
 def legend(spec, class_name: str, params: dict | None = None) -> str:
     """``"<plain sentence>. Values: <exact unit>."`` for a result of ``spec`` on ``class_name``."""
     one = spec.is_one_sided(params or {})
     plain = _plain(spec, class_name, one)
     plain = plain[0].upper() + plain[1:]
-    return f"{plain}. Values: {spec.unit}."
+    return f"{plain}. Values: {shown_unit(spec)}."
 
 
 def legend_short(spec, class_name: str, params: dict | None = None) -> str:
