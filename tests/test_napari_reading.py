@@ -129,3 +129,46 @@ def test_wrong_shape_layers_are_listed_disabled_and_layers_go_by_short_names(
     assert box.itemData(k, Qt.ItemDataRole.ToolTipRole) == box.itemData(k)
     box.setCurrentIndex(k)
     assert widget.params.values()["layer"] == box.itemData(k)
+
+
+@pytest.mark.parametrize("size", [(320, 380), (600, 900)])
+def test_no_method_form_collapses_when_the_dock_is_resized(make_napari_viewer, qtbot, sample_bundle2d,
+                                                          monkeypatch, size):
+    """Every method's form keeps each field at least at its minimum height, visible and
+    reachable by scrolling, at a small and a tall dock size."""
+    from qtpy.QtWidgets import QApplication
+
+    from seg_explain.explainers.registry import specs
+
+    viewer, widget, _image, _roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    dock = widget.parentWidget()
+    while dock is not None and dock.__class__.__name__ != "QtViewerDockWidget":
+        dock = dock.parentWidget()
+    for spec in specs():
+        widget.set_method(spec.name)
+        (dock or widget).resize(*size)
+        for _ in range(3):
+            QApplication.processEvents()
+        for name, ed in widget.params.editors.items():
+            assert ed.isVisibleTo(widget), (spec.name, name)
+            assert ed.height() >= ed.minimumSizeHint().height() - 1, (spec.name, name, ed.height())
+            assert ed.width() >= 40, (spec.name, name, ed.width())
+        assert widget.explain_button.height() >= widget.explain_button.minimumSizeHint().height() - 1
+
+
+def test_eta_counts_down_between_progress_events(qtbot):
+    from qtpy.QtWidgets import QLabel, QProgressBar
+
+    from seg_explain._napari.workers import show_progress
+    from seg_explain.jobs import ProgressEvent
+
+    bar, stage = QProgressBar(), QLabel()
+    qtbot.addWidget(bar)
+    qtbot.addWidget(stage)
+    stage.show()
+    assert show_progress(ProgressEvent("Agg2Exp", 1, 4, 10.0, 30.0), bar, stage)
+    assert stage.text().endswith("about 30 s left")
+    qtbot.waitUntil(lambda: "about 2" in stage.text(), timeout=4000)      # 29 s, 28 s, ... no new event
+    show_progress(("status", "done"), bar, stage)
+    qtbot.wait(1300)
+    assert stage.text() == "done"
