@@ -73,6 +73,7 @@ from .layers import (
     attribution_colormap,
     attribution_limits,
     body_mask,
+    bounded_volume,
     class_features,
     current_index,
     display_limits,
@@ -1012,9 +1013,11 @@ class ExplainWidget(ClosingDock, QWidget):
         for arr, thr, cmap, what in parts:
             if not np.any(arr > 0):
                 continue
+            # bounded in size: software OpenGL ray-casts every voxel of every iso layer per frame
+            arr, sc, tr = bounded_volume(arr, layer.scale, layer.translate)
             made.append(self.viewer.add_image(
-                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=layer.scale,
-                translate=layer.translate, colormap=cmap, rendering="iso", iso_threshold=thr,
+                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=sc,
+                translate=tr, colormap=cmap, rendering="iso", iso_threshold=thr,
                 # the surface sits at the threshold: map it to the colormap's full colour
                 contrast_limits=(0.0, thr), blending="translucent", metadata=md))
         self._evidence[_key(layer)] = made

@@ -355,3 +355,24 @@ def model_grid_shape(img, info: dict | None) -> tuple[int, ...] | None:
     li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
     has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
     return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
+
+
+EVIDENCE_MAX_VOXELS = 48 ** 3     # an evidence volume drawn in 3D holds at most about this many voxels
+
+
+def bounded_volume(arr: np.ndarray, scale, translate, max_voxels: int = EVIDENCE_MAX_VOXELS):
+    """``(volume, scale, translate)`` with at most about ``max_voxels`` voxels: max-pooled by
+    an integer factor per axis (a thin region above an iso threshold stays above it), the
+    geometry moved to the pooled voxels' centres. Software OpenGL ray-casts every voxel of an
+    iso-surface layer for every frame: the full-resolution volumes took minutes per frame."""
+    a = np.asarray(arr)
+    f = max(1, int(np.ceil((a.size / max(int(max_voxels), 1)) ** (1.0 / a.ndim))))
+    if f == 1:
+        return a, tuple(scale), tuple(translate)
+    pad = [(0, (-n) % f) for n in a.shape]
+    p = np.pad(a, pad, constant_values=0)
+    shp = [v for n in p.shape for v in (n // f, f)]
+    out = p.reshape(shp).max(axis=tuple(range(1, 2 * a.ndim, 2)))
+    sc = tuple(float(s) * f for s in scale)
+    tr = tuple(float(t) + 0.5 * (f - 1) * float(s) for t, s in zip(translate, scale))
+    return out.astype(a.dtype), sc, tr
