@@ -172,3 +172,18 @@ def test_eta_counts_down_between_progress_events(qtbot):
     show_progress(("status", "done"), bar, stage)
     qtbot.wait(1300)
     assert stage.text() == "done"
+
+
+def test_3d_evidence_volumes_are_bounded_and_keep_where_the_evidence_is():
+    from seg_explain._napari.layers import EVIDENCE_MAX_VOXELS, bounded_volume
+
+    a = np.zeros((90, 108, 90), np.float32)
+    a[40, 50:52, 45] = 1.0                      # a thin planted region, one voxel wide
+    b, sc, tr = bounded_volume(a, (2.0, 2.0, 2.0), (-10.0, 0.0, 5.0))
+    assert b.size <= EVIDENCE_MAX_VOXELS * 1.1 and b.max() == 1.0    # still above any threshold < 1
+    world_old = np.array([-10 + 2 * 40, 0 + 2 * 50.5, 5 + 2 * 45])
+    world_new = np.array(tr) + np.array(sc) * np.argwhere(b).mean(0)
+    assert np.abs(world_new - world_old).max() <= max(sc) / 2 + 1e-6
+    small = np.ones((10, 10, 10), np.float32)
+    assert bounded_volume(small, (1, 1, 1), (0, 0, 0))[0] is small or \
+        bounded_volume(small, (1, 1, 1), (0, 0, 0))[0].shape == small.shape
