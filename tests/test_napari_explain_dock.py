@@ -266,7 +266,7 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sam
                                            "lowers how well frontal_L is segmented")
     assert "Dice points" in widget.legend.text() and "blue" not in widget.legend.text()
     # shown as a positive "Dice lost when replaced" (= −ATE), strongest at the high end; saved as the ATE
-    assert "lost when the block is replaced" in widget.legend.text()
+    assert "Dice points lost when replaced" in widget.legend.text()
     assert attr.colormap.name == "attribution +" and attr.contrast_limits[0] == 0.0 < attr.contrast_limits[1]
     assert attr.data.min() >= 0.0 and attr.data.max() > 0.0
     raw = attr.metadata["seg_explain_raw"]

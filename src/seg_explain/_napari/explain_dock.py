@@ -63,6 +63,7 @@ from ..frontend.reading import (
     legend_short,
     scale_text,
     shape_mismatch,
+    short_unit,
     shown_sign,
     shown_unit,
 )
@@ -936,10 +937,12 @@ class ExplainWidget(ClosingDock, QWidget):
         lo, hi = (float(v) for v in layer.contrast_limits)
         # the colour bar's own ticks can be as sparse as a lone "0": three values and the unit
         full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
-        shown = f"full colour at {full} · {scale_text(lo, hi, md.get('shown_unit', md.get('unit', '')))}"
+        shown = f"full colour at {full} · {scale_text(lo, hi)}"
         if self._evidence.get(_key(layer)):
             shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
-        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}"
+        # short lines: the canvas text must not run under the colour bar
+        unit = short_unit(md.get("shown_unit", md.get("unit", "")))
+        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}\nvalues: {unit}"
         ov.visible = True
         ov.position = "top_left"
         ov.font_size = 9
@@ -1066,8 +1069,8 @@ def _legend(spec, exp) -> str:
 
 
 def _legend_short(spec, exp) -> str:
-    """The canvas version: colours and unit in a few words."""
-    return f"{legend_short(spec, exp.target_name, exp.params)} · {shown_unit(spec).split(' (')[0]}"
+    """The canvas version: the colours in a few words (the unit has its own line)."""
+    return legend_short(spec, exp.target_name, exp.params)
 
 
 __all__ = ["ExplainWidget"]

@@ -86,7 +86,7 @@ def shown_sign(spec) -> float:
 def shown_unit(spec) -> str:
     """The unit of the shown values (:func:`shown_sign` applied), the exact quantity named."""
     if spec.red_is_negative:
-        return f"{spec.unit.split(' (')[0]} lost when the block is replaced (= −ATE; the saved map keeps the ATE)"
+        return f"{spec.unit.split(' (')[0]} lost when replaced (= −ATE; the saved map keeps the ATE)"
     return spec.unit
 
 
@@ -113,11 +113,16 @@ def scale_ticks(lo: float, hi: float, n: int = 3) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
-def scale_text(lo: float, hi: float, unit: str) -> str:
+def scale_text(lo: float, hi: float, unit: str = "") -> str:
     """A colour scale in words: ``"scale: -0.5 | 0 | 0.5 (unit)"`` (at least three values)."""
     vals = "  |  ".join(_num(v) for v in scale_ticks(lo, hi))
-    u = unit.split(" (")[0] if unit else ""
+    u = short_unit(unit)
     return f"scale: {vals}" + (f"  ({u})" if u else "")
+
+
+def short_unit(unit: str) -> str:
+    """A unit without its bracketed explanation (canvas text)."""
+    return unit.split(" (")[0] if unit else ""
 
 
 def _num(v: float) -> str:
