@@ -402,6 +402,7 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
         viewer.dims.set_current_step(0, z)
         shots.append(viewer.screenshot(canvas_only=True))
     assert not np.array_equal(shots[0], shots[1])
+    assert widget.surfaces_check.isVisibleTo(widget)       # a volume: the 3D option is offered
     viewer.dims.ndisplay = 3
     # in 3D: two iso surfaces (supporting red, opposing blue) replace the signed cloud
     ev = [ly for ly in viewer.layers if kind_of(ly) == "evidence"]

@@ -112,6 +112,7 @@ def test_wrong_shape_layers_are_listed_disabled_and_layers_go_by_short_names(
     from qtpy.QtCore import Qt
 
     viewer, widget, image, roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    assert not widget.surfaces_check.isVisibleTo(widget)     # no 3D option for a 2D image
     viewer.add_labels(np.zeros((20, 30), np.uint8), name="atlas elsewhere")
     combo = widget.roi_combo
     i = combo.findText("atlas elsewhere (other shape)")

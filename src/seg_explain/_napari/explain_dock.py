@@ -462,6 +462,8 @@ class ExplainWidget(ClosingDock, QWidget):
         """A new image never changes the model; a model that does not fit it is *said*."""
         self._refresh_roi_choices()
         self._refresh_bank_choices()
+        img = self.image_layer()      # the 3D-surfaces option only where there is a 3D view to use it
+        self.surfaces_check.setVisible(img is not None and spatial_dims_of(img) == 3)
         self._update_buttons()
         self._schedule_cost()
 
