@@ -61,16 +61,22 @@ DISPLAY = {
 }
 
 
+def _shapley_like(spec) -> bool:
+    """A region map whose positive values add to the score (KernelSHAP's cells), unlike
+    PdCR's blocks (support = Dice lost, ``red_is_negative``). From the registry, no names."""
+    return spec.caps.map_kind == "block" and not spec.red_is_negative
+
+
 def display_defaults(spec) -> DisplayDefaults:
     """The display a result of this method opens with (registry ``caps.map_kind``)."""
-    if spec.name == "kernel_shap":
-        return DisplayDefaults(body=True)
+    if _shapley_like(spec):
+        return DisplayDefaults(body=True)     # the cells cover the background too
     return DISPLAY.get(spec.caps.map_kind, RAW)
 
 
 def _plain(spec, cls: str, one_sided: bool) -> str:
     kind = spec.caps.map_kind
-    if spec.name == "kernel_shap":
+    if _shapley_like(spec):
         text = SHAP
     else:
         text = (PLAIN_ONE_SIDED if one_sided else PLAIN).get(kind, PLAIN["voxel"])
