@@ -87,7 +87,7 @@ def shot(viewer, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs")
-    ap.add_argument("--only", nargs="*", default=["2d", "3d", "pdcr", "agg"])
+    ap.add_argument("--only", nargs="*", default=["2d", "3d", "pdcr", "agg", "methods2d"])
     ap.add_argument("--size", default="1400x900")
     ap.add_argument("--view", default="-0.5,0.8,0.9",
                     help="3D view direction in data axes (S, P, L): from the right, front and above")
@@ -116,6 +116,24 @@ def main(argv=None) -> int:
         v.window._qt_window.move(0, 0)  # noqa: SLF001
         v.theme = "dark"
         return v
+
+    if "methods2d" in args.only:
+        # every method's default result on the 2D sample, untouched (docs/result_2d_<method>.png);
+        # PdCR with adaptive draws (the 3D default; its full-N map looks the same, ~3x the passes)
+        from seg_explain.explainers.registry import specs
+
+        v = new_viewer("napari-seg-explain: 2D defaults")
+        image, pred, roi = add_sample(v, sample_brain2d)
+        w = explain_dock(v)
+        w.select_model(str(sample_path("models", "brain2d")))
+        wait(lambda: w.model_info is not None)
+        w.roi_combo.setCurrentText(roi.name)
+        w.class_combo.setCurrentText("frontal_L")
+        v.reset_view()
+        for spec in specs():
+            run(w, spec.name, **({"adaptive": True} if spec.name == "pdcr" else {}))
+            shot(v, out / f"result_2d_{spec.name}.png")
+        v.close()
 
     if "2d" in args.only:
         v = new_viewer("napari-seg-explain: 2D")

@@ -95,6 +95,7 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     image, labels, roi = add_sample2d(viewer)
     before_img, before_roi = image.data.copy(), roi.data.copy()
     opacities = {ly.name: ly.opacity for ly in (labels, roi)}
+    assert labels.visible and roi.visible
     widget = open_dock(viewer, qtbot)
     choose_bundle(widget, sample_bundle2d, qtbot, monkeypatch)
     assert widget.image_combo.currentText() == image.name
@@ -119,9 +120,11 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     assert attr.colorbar.visible
     assert attr.colormap.name == "attribution ±"
     legend = widget.legend.text()
-    assert "red = evidence for frontal_L" in legend and "blue = evidence against frontal_L" in legend
-    assert "∂ logit sum / ∂ intensity" in legend
-    assert viewer.text_overlay.visible and "red: supports frontal_L" in viewer.text_overlay.text
+    # plain words first, with the colormap's own colour words, then the exact unit
+    assert legend.startswith("Red to yellow: brightening these voxels would make the model more sure this is "
+                             "frontal_L; blue to cyan: it would make the model less sure")
+    assert legend.index("∂ logit sum / ∂ intensity") > legend.index("less sure")
+    assert viewer.text_overlay.visible and "red to yellow: supports frontal_L" in viewer.text_overlay.text
     assert f"full colour at ±{attr.contrast_limits[1]:.3g}" in viewer.text_overlay.text
     attr.contrast_limits = (-0.5, 0.5)                   # the user narrows the range: the legend follows
     assert "full colour at ±0.5" in viewer.text_overlay.text
@@ -134,10 +137,11 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     assert outline.data.any() and not (outline.data.astype(bool) & ~(roi.data == 1)).any()
     # the sample already had this model's prediction: no second prediction layer
     assert len([ly for ly in viewer.layers if kind_of(ly) == "prediction"]) == 1
-    # the prediction and the RoI are dimmed while a result is shown ...
-    assert labels.opacity <= 0.15 and roi.opacity <= 0.15 and outline.opacity == 1.0
-    # ... and come back when the results go
+    # the prediction and the RoI are hidden (not dimmed: dimmed labels still tint the anatomy) ...
+    assert not labels.visible and not roi.visible and outline.visible and outline.opacity == 1.0
+    # ... and come back as they were when the results go
     viewer.layers.remove(attr)
+    assert labels.visible and roi.visible
     assert labels.opacity == pytest.approx(opacities[labels.name])
     assert roi.opacity == pytest.approx(opacities[roi.name])
     np.testing.assert_array_equal(image.data, before_img)
@@ -149,7 +153,7 @@ def test_explain_2d_sample_via_controls(make_napari_viewer, qtbot, sample_bundle
     cam = viewer.layers.selection.active
     assert cam.name.startswith("Seg-Grad-CAM · ") and cam.colormap.name == "attribution +"
     assert cam.contrast_limits[0] == 0.0 and cam.colormap.map(np.array([0.0]))[0, 3] == 0.0
-    assert "colour = where the layer's features support frontal_L" in widget.legend.text()
+    assert widget.legend.text().startswith("Red to yellow: the network's features here support frontal_L")
     # the same RoI explained again keeps one outline (visible, on top)
     outlines = [ly for ly in viewer.layers if kind_of(ly) == "roi_outline"]
     assert len(outlines) == 1 and outlines[0].visible and viewer.layers[-1] is outlines[0]
@@ -258,11 +262,16 @@ def test_pdcr_report_and_not_measurable_negatives(make_napari_viewer, qtbot, sam
     text = widget.summary.text()
     assert "Dice points" in text and "not measurable" in text and "Histogram" in text
     # without a reference M0 = 100 points, so ATE <= 0: a one-sided map, strongest at the low end
-    assert widget.legend.text().startswith("colour = blocks whose content supports frontal_L")
+    assert widget.legend.text().startswith("Red to yellow: replacing this block with tissue from other scans "
+                                           "lowers how well frontal_L is segmented")
     assert "Dice points" in widget.legend.text() and "blue" not in widget.legend.text()
-    assert attr.colormap.name == "attribution −" and attr.contrast_limits[1] == 0.0 > attr.contrast_limits[0]
-    assert attr.data.max() <= 0.0
-    rgba = attr.colormap.map(np.array([0.0, 1.0]))
+    # shown as a positive "Dice lost when replaced" (= −ATE), strongest at the high end; saved as the ATE
+    assert "Dice points lost when replaced" in widget.legend.text()
+    assert attr.colormap.name == "attribution +" and attr.contrast_limits[0] == 0.0 < attr.contrast_limits[1]
+    assert attr.data.min() >= 0.0 and attr.data.max() > 0.0
+    raw = attr.metadata["seg_explain_raw"]
+    assert raw.max() <= 0.0 and np.array_equal(attr.data, -raw)
+    rgba = attr.colormap.map(np.array([1.0, 0.0]))
     assert rgba[0, 0] > rgba[0, 2] and rgba[0, 3] > 0.8 and rgba[1, 3] == 0.0
     assert any(kind_of(ly) == "roi_outline" for ly in viewer.layers)
 
@@ -273,6 +282,7 @@ def test_display_helpers_change_what_is_shown_not_the_result(make_napari_viewer,
     widget.set_method("gradient")
     run_explain(widget, qtbot)
     attr = viewer.layers.selection.active
+    widget.raw_button.click()                   # the raw values are one click away
     raw = attr.data.copy()
     widget.top_spin.setValue(10.0)
     shown = attr.data
@@ -338,18 +348,22 @@ def test_explain_disabled_says_why(make_napari_viewer, qtbot, bundle3d_tiny, mon
     assert "3D model" in widget.stage.text()
 
 
-def test_new_roi_layer_uses_the_sample_colour_and_empty_label_is_a_notification(
+def test_new_roi_layer_takes_a_distinct_colour_and_empty_label_is_a_notification(
         make_napari_viewer, qtbot, sample_bundle2d, monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    from seg_explain._napari.explain_dock import ROI_COLOR
-
     viewer, widget, image, _roi = dock_on_sample2d(make_napari_viewer(), qtbot, sample_bundle2d, monkeypatch)
+    drawn = [np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]
+             for ly in viewer.layers if ly.__class__.__name__ == "Labels" and ly.visible
+             for v in np.unique(ly.data) if v != 0]
     widget.new_roi_button.click()          # an empty RoI layer on the image's grid
     new = viewer.layers.selection.active
     assert new.name.startswith("RoI") and new.data.shape == image.data.shape
     np.testing.assert_allclose(new.scale, image.scale)
-    np.testing.assert_allclose(new.colormap.map(1), ROI_COLOR, atol=1e-6)
+    # strokes must show: its colour is far from every colour the visible label layers draw
+    # (the sample RoI's green among them)
+    mine = np.asarray(new.colormap.map(np.array([1]))).reshape(-1)[:3]
+    assert drawn and min(np.linalg.norm(mine - c) for c in drawn) > 0.3
     assert widget.roi_combo.currentText() == new.name
     seen: list = []
     notification_manager.notification_ready.connect(seen.append)
@@ -388,6 +402,7 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
         viewer.dims.set_current_step(0, z)
         shots.append(viewer.screenshot(canvas_only=True))
     assert not np.array_equal(shots[0], shots[1])
+    assert widget.surfaces_check.isVisibleTo(widget)       # a volume: the 3D option is offered
     viewer.dims.ndisplay = 3
     # in 3D: two iso surfaces (supporting red, opposing blue) replace the signed cloud
     ev = [ly for ly in viewer.layers if kind_of(ly) == "evidence"]

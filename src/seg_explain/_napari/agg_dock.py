@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..frontend.reading import legend
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
@@ -51,10 +52,12 @@ from .layers import (
     display_limits,
     image_from_layer,
     is_result_layer,
+    model_grid_shape,
     spatial_dims_of,
 )
 from .model_picker import settings
 from .params import ParamForm, compact_all
+from .stage import ResultStage
 from .ui import ClosingDock, notify_error, notify_info
 from .workers import ModelCache, one_line, scalar_items, show_progress
 
@@ -239,6 +242,15 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         mf.addRow(self.params)
         lay.addWidget(mbox)
 
+        self.cost = QLabel("")
+        self.cost.setObjectName("agg_cost_label")
+        self.cost.setWordWrap(True)
+        self.cost.setStyleSheet("color: gray; font-size: 10px;")
+        lay.addWidget(self.cost)
+        self.cost_warning = QLabel("")
+        self.cost_warning.setObjectName("agg_cost_warning")
+        self.cost_warning.setWordWrap(True)
+        lay.addWidget(self.cost_warning)
         self.run_button = QPushButton("Run Agg2Exp")
         self.run_button.setObjectName("agg_run_button")
         self.run_button.setMinimumHeight(30)
@@ -340,6 +352,8 @@ class Agg2ExpWidget(ClosingDock, QWidget):
 
     def _connect(self) -> None:
         self.use_files.toggled.connect(self._show_files)
+        self.use_files.toggled.connect(lambda _on: self.update_cost())
+        self.image_combo.currentIndexChanged.connect(lambda _i: self.update_cost())
         self.add_files_button.clicked.connect(self._add_files)
         self.clear_files_button.clicked.connect(self.file_list.clear)
         self.picker.loaded.connect(self._on_model_loaded)
@@ -360,7 +374,11 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         for c in (self.heat_canvas, self.graph_canvas):
             c.mpl_connect("resize_event", lambda _e: self.redraw())
         ev = self.viewer.layers.events
+        self.result_stage = ResultStage(self.viewer)    # one result, one colour bar, labels hidden
         self._viewer_hooks = [(ev.inserted, self._refresh_images), (ev.removed, self._refresh_images),
+                              (ev.removed, lambda _e=None: self.result_stage.release()),
+                              (self.viewer.layers.selection.events.active,
+                               lambda _e=None: self.result_stage.select(self.viewer.layers.selection.active)),
                               (self.viewer.events.theme, self._on_theme),
                               (self.viewer.dims.events.ndisplay, self._on_ndisplay)]
         for emitter, cb in self._viewer_hooks:
@@ -435,7 +453,12 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         spec = self._specs[name]
         info = self.picker.info or {}
         self.params.set_method(spec, self._spatial_dims(), layer_choices=info.get("layers", []))
+        for w in self.params.editors.values():
+            for sig in ("valueChanged", "currentTextChanged", "textChanged", "toggled"):
+                if hasattr(w, sig):
+                    getattr(w, sig).connect(lambda *_a: self.update_cost())
         compact_all(self.params)
+        self.update_cost()
         self.method_combo.setToolTip(self.method_combo.itemData(self.method_combo.currentIndex(),
                                                                 Qt.ItemDataRole.ToolTipRole) or "")
         self.settings.setValue("agg_method", name)
@@ -454,6 +477,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
     def _on_model_loaded(self, info: dict) -> None:
         self._update_method_availability()
         self._on_method_changed()
+        self.update_cost()
 
     def wait_model(self, timeout_s: float = 60.0) -> bool:
         """Block (processing Qt events) until the model is loaded; for scripts and tests."""
@@ -486,6 +510,32 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         img = self.image_layer()
         if img is not None:
             self._choose_model(spatial_dims_of(img))
+        self.update_cost()
+
+    def update_cost(self) -> None:
+        """The estimate before running (on the chosen image layer; the file list's images are
+        taken to be of its size): passes, seconds on this machine, a warning when long."""
+        from ..jobs import estimate_agg2exp
+
+        if not hasattr(self, "cost"):
+            return
+        self.cost.setText("")
+        self.cost_warning.setText("")
+        info, img, name, path = self.picker.info, self.image_layer(), self.method_combo.currentData(), self.picker.path
+        model = self.cache.cached(str(path), self.picker.device_name) if info and path else None
+        shape = model_grid_shape(img, info)
+        if model is None or shape is None or not name:
+            return
+        try:
+            params = self.params.values()
+        except Exception as exc:  # noqa: BLE001 - a half-typed value: say it, no estimate
+            self.cost.setText(f"Cost: — ({one_line(exc)})")
+            return
+        n = self.file_list.count() if self.use_files.isChecked() else 1
+        est = estimate_agg2exp(model, name, params, shape, len(info["class_names"]) - 1, max(n, 1))
+        self.cost.setText(f"Cost: {est.text}")
+        if est.warning:
+            self.cost_warning.setText(f"⚠ {est.warning}")
 
     def _add_files(self) -> None:
         start = self.settings.value("agg_files_dir", str(Path.home()))
@@ -847,7 +897,9 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         mx = max(float(mx), float(lim))
         layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
         layer.contrast_limits = clim
-        layer.colorbar.visible = True
+        md[META_KEY]["legend"] = legend(spec, res.row_names[a], params)
+        self.result_stage.present(layer)
+        self.viewer.layers.selection.active = layer
         where = "global mean" if scope is None else self.scope_combo.currentText()
         self.status.setText(f"{res.row_names[a]} ← {res.col_names[b]}: {100 * val:.1f} % of "
                             f"{res.row_names[a]}'s |attribution| ({where}); layer shows {name}, "

@@ -15,14 +15,18 @@ Cancel. It comes back as new layers (the user's layers are never changed or remo
   explanation; added once per model and image);
 - ``<Method> · <class> · <RoI>``: the attribution (Image) on the image's grid, raw values
   (display helpers change what is shown, never the data kept for saving), a colour bar, a
-  colormap transparent at 0 (diverging; one-sided for one-sided maps), and a legend line in
-  the dock and on the canvas saying what red and blue mean and in which unit;
+  colormap transparent at 0 (diverging; one-sided for one-sided maps), and a legend in the
+  dock and on the canvas saying in plain words what the colours mean, then the unit and
+  three values of the colour scale; each method opens with its display defaults
+  (:func:`seg_explain.frontend.reading.display_defaults`), "Show raw values" undoes them;
 - ``RoI outline · ...``: the RoI's outline for every method;
 - in the 3D view: the strongest supporting and opposing evidence as two surfaces (red / blue)
   instead of a signed cloud.
 
-While a result is shown, the prediction and RoI label layers are dimmed (their colours
-would clash with the map's hues) and restored when the result layers go.
+One result on stage (:class:`~seg_explain._napari.stage.ResultStage`): a new result hides the
+previous ones (kept in the list), only the selected result shows a colour bar, and label
+layers are hidden while a result is shown (their colours clash with the map's hues), shown
+again when no result is visible.
 """
 from __future__ import annotations
 
@@ -51,25 +55,42 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..frontend.reading import (
+    RAW,
+    display_defaults,
+    distinct_colour,
+    legend,
+    legend_short,
+    scale_text,
+    shape_mismatch,
+    short_unit,
+    shown_sign,
+    shown_unit,
+)
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
+    RAW_KEY,
     attribution_colormap,
     attribution_limits,
     body_mask,
+    bounded_volume,
     class_features,
     current_index,
+    display_limits,
     display_map,
     evidence_volumes,
     image_from_layer,
     is_result_layer,
     make_loaded,
+    model_grid_shape,
     spatial_dims_of,
     spatial_shape_of,
     sync_attribution_colormaps,
 )
 from .model_picker import settings
 from .params import ParamForm, compact, compact_all, fit_to_dock
+from .stage import ResultStage
 from .ui import ClosingDock, notify_error, notify_info, notify_warning
 from .workers import ExplainRequest, explain_job, one_line, scalar_items, show_progress
 
@@ -81,9 +102,7 @@ ZERO_BANK = "zero occlusion"
 BANK_FOLDER = "folder…"
 ALL_LAYERS = "all other image layers"
 REF_PRED = "(none: the model's own prediction)"
-ROI_COLOR = (0.1, 0.9, 0.3, 1.0)       # the sample RoI's colour, also for "New RoI"
 OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
-DIM_OPACITY = 0.15
 EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
 EVIDENCE_SMOOTH = 1.5                   # σ (voxels) that turns speckled voxel maps into regions in 3D
 
@@ -98,13 +117,13 @@ class ExplainWidget(ClosingDock, QWidget):
         self._bank_folder: str | None = None
         self._updating = False
         self._raw: dict[str, dict[str, Any]] = {}      # result layer key -> raw map + spec + roi
-        self._dimmed: dict[str, float] = {}            # label layer key -> its opacity before dimming
         self._evidence: dict[str, list] = {}           # result layer key -> its 3D surface layers
         self._legend_for: str | None = None            # result layer key the canvas legend describes
         self.settings = settings()
         from ..explainers.registry import specs
 
         self._specs = {s.name: s for s in specs()}
+        self.result_stage = ResultStage(self.viewer)           # one result, one colour bar, labels hidden
         self._build_ui()
         compact_all(self)
         fit_to_dock(self, self._scroll)
@@ -263,8 +282,8 @@ class ExplainWidget(ClosingDock, QWidget):
         self.smooth_spin.setObjectName("smooth_spin")
         self.smooth_spin.setRange(0.0, 10.0)
         self.smooth_spin.setSingleStep(0.5)
-        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); the saved "
-                                    "values stay raw")
+        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); File > Save "
+                                    "Layer writes the raw values")
         df.addRow("smooth (σ, voxels)", self.smooth_spin)
         self.top_spin = QDoubleSpinBox()
         self.top_spin.setObjectName("top_spin")
@@ -285,6 +304,11 @@ class ExplainWidget(ClosingDock, QWidget):
                                        "opposing (blue) evidence as two surfaces instead of a signed cloud (voxel maps "
                                        f"smoothed with σ = {EVIDENCE_SMOOTH:g} voxels first)")
         df.addRow(self.surfaces_check)
+        self.raw_button = QPushButton("Show raw values")
+        self.raw_button.setObjectName("raw_button")
+        self.raw_button.setToolTip("no smoothing, no mask, every voxel: the values as computed (each method "
+                                   "opens with the display chosen for it; this undoes it)")
+        df.addRow(self.raw_button)
         rf.addLayout(df)
         lay.addWidget(rbox)
         lay.addStretch(1)
@@ -311,6 +335,7 @@ class ExplainWidget(ClosingDock, QWidget):
             w.valueChanged.connect(lambda _v: self._redisplay())
         self.body_check.toggled.connect(lambda _v: self._redisplay())
         self.surfaces_check.toggled.connect(lambda _v: self._sync_3d())
+        self.raw_button.clicked.connect(lambda: self.set_display(RAW))
         self._cost_timer = QTimer(self)
         self._cost_timer.setSingleShot(True)
         self._cost_timer.setInterval(150)
@@ -390,9 +415,9 @@ class ExplainWidget(ClosingDock, QWidget):
     def _refresh_roi_choices(self) -> None:
         img = self.image_layer()
         shape = spatial_shape_of(img) if img is not None else None
-        labels = [ly for ly in self._layers_of("labels")
-                  if not is_result_layer(ly, ("roi_outline",))
-                  and (shape is None or tuple(np.shape(ly.data)) == shape)]
+        every = [ly for ly in self._layers_of("labels") if not is_result_layer(ly, ("roi_outline",))]
+        labels = [ly for ly in every if shape is None or tuple(np.shape(ly.data)) == shape]
+        wrong = [ly for ly in every if ly not in labels]
         names = [ly.name for ly in labels]
         old = self.roi_combo.currentText()
         pref = old if old in names else None
@@ -401,6 +426,13 @@ class ExplainWidget(ClosingDock, QWidget):
                     or "roi" in ly.name.lower()]
             pref = rois[-1] if rois else NO_ROI
         self._refill(self.roi_combo, names, pref, [NO_ROI])
+        # label layers of another shape: listed, greyed out, with why (not silently missing)
+        for ly in wrong:
+            self.roi_combo.addItem(f"{ly.name} (other shape)")
+            i = self.roi_combo.count() - 1
+            self.roi_combo.model().item(i).setEnabled(False)
+            self.roi_combo.setItemData(i, shape_mismatch(ly.name, np.shape(ly.data), shape),
+                                       Qt.ItemDataRole.ToolTipRole)
         refs = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") not in
                 ("roi", "prediction")]
         self._refill(self.reference_combo, refs, self.reference_combo.currentText(), [REF_PRED])
@@ -430,6 +462,8 @@ class ExplainWidget(ClosingDock, QWidget):
         """A new image never changes the model; a model that does not fit it is *said*."""
         self._refresh_roi_choices()
         self._refresh_bank_choices()
+        img = self.image_layer()      # the 3D-surfaces option only where there is a 3D view to use it
+        self.surfaces_check.setVisible(img is not None and spatial_dims_of(img) == 3)
         self._update_buttons()
         self._schedule_cost()
 
@@ -448,7 +482,8 @@ class ExplainWidget(ClosingDock, QWidget):
         self._schedule_cost()
 
     def new_roi_layer(self):
-        """Add an empty Labels layer on the image's grid (the sample RoI's colour) to paint in."""
+        """Add an empty Labels layer on the image's grid to paint in, in a colour unlike every
+        visible Labels layer's (:func:`~seg_explain.frontend.reading.distinct_colour`)."""
         from napari.utils.colormaps import DirectLabelColormap
 
         img = self.image_layer()
@@ -457,7 +492,8 @@ class ExplainWidget(ClosingDock, QWidget):
             return None
         sd = spatial_dims_of(img)
         shape = spatial_shape_of(img)
-        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: ROI_COLOR})
+        colour = (*distinct_colour(self._label_colours()), 1.0)     # strokes must show over the labels
+        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
         n = sum(1 for ly in self._layers_of("labels") if ly.name.startswith("RoI"))
         layer = self.viewer.add_labels(
             np.zeros(shape, np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}", scale=tuple(img.scale)[-sd:],
@@ -471,6 +507,17 @@ class ExplainWidget(ClosingDock, QWidget):
         self.roi_combo.setCurrentText(layer.name)
         self.roi_label.setValue(1)
         return layer
+
+    def _label_colours(self) -> list:
+        """The colours the visible Labels layers draw (at most 64 labels each)."""
+        out = []
+        for ly in self._layers_of("labels"):
+            if not ly.visible:
+                continue
+            vals = np.unique(np.asarray(ly.data))
+            for v in vals[vals != 0][:64]:
+                out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
+        return out
 
     # --------------------------------------------------------------- model --
     def select_model(self, path) -> None:
@@ -556,22 +603,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self._cost_timer.start()
 
     def _model_grid_shape(self, img) -> tuple[int, ...] | None:
-        from ..model_grid import model_shape_for, orientation_transform
-
-        info = self.model_info
-        if info is None or img is None:
-            return None
-        isd, msd = spatial_dims_of(img), info["spatial_dims"]
-        shape = spatial_shape_of(img)
-        spacing = tuple(img.scale)[-isd:]
-        if isd == 3 and msd == 2:
-            shape, spacing = shape[1:], spacing[1:]
-        elif isd != msd:
-            return None
-        ornt = orientation_transform(info.get("axcodes")) if msd == 3 else None
-        li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
-        has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
-        return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
+        return model_grid_shape(img, self.model_info)
 
     def _update_cost(self) -> None:
         from ..jobs import estimate
@@ -824,24 +856,25 @@ class ExplainWidget(ClosingDock, QWidget):
                 "slice_index": req.slice_index, "extras": scalar_items(exp.extras), "unit": spec.unit,
                 "legend": legend, "legend_short": _legend_short(spec, exp)}
         lim = float(disp.limit)
+        # shown so that positive = supports (PdCR: Dice lost when replaced); saved raw
+        sign = shown_sign(spec)
+        info["shown_unit"] = shown_unit(spec)
         layer = self.viewer.add_image(
-            np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
-            metadata={META_KEY: info, **geo},
-            colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
-                                          one_sided=one),
-            contrast_limits=attribution_limits(lim, one, spec.red_is_negative), blending="translucent",
+            sign * np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
+            metadata={META_KEY: info, RAW_KEY: np.asarray(exp.attribution, np.float32), **geo},
+            colormap=attribution_colormap(volume=self.viewer.dims.ndisplay == 3, one_sided=one),
+            contrast_limits=attribution_limits(lim, one, False), blending="translucent",
             rendering="translucent", opacity=1.0)
         mx = max(float(disp.max_abs), lim)
-        layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
-        layer.contrast_limits = attribution_limits(lim, one, spec.red_is_negative)
-        layer.colorbar.visible = True
+        layer.contrast_limits_range = attribution_limits(mx, one, False)
+        layer.contrast_limits = attribution_limits(lim, one, False)
         layer.events.contrast_limits.connect(self._on_limits_changed)   # (a bound method: held weakly)
         self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
                                 "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
         outline = self._add_outline(disp.outline, req, scale, translate, geo)
-        self._dim_labels(keep=[outline])
+        self.result_stage.present(layer, keep=[outline])
         self.viewer.layers.selection.active = layer
-        self._redisplay(layer)
+        self.set_display(display_defaults(spec), layer)     # the method's readable view (display only)
         self._show_legend(layer)
         self.status.setText(f"Done: {spec.title} of '{exp.target_name}' in {exp.elapsed_s:.1f} s "
                             f"({exp.n_forward} forward / {exp.n_backward} backward passes). "
@@ -880,15 +913,6 @@ class ExplainWidget(ClosingDock, QWidget):
                                       metadata={META_KEY: {"kind": "roi_outline", "roi": req.roi_name,
                                                            "image": req.image_layer_name}, **geo})
 
-    def _dim_labels(self, keep=()) -> None:
-        """Prediction and RoI label layers fade while a result is shown (their colours clash)."""
-        for ly in self._layers_of("labels"):
-            if (any(_key(ly) == _key(k) for k in keep) or is_result_layer(ly, ("roi_outline",))
-                    or _key(ly) in self._dimmed):
-                continue
-            self._dimmed[_key(ly)] = float(ly.opacity)
-            ly.opacity = min(float(ly.opacity), DIM_OPACITY)
-
     def _on_layer_removed(self, event=None) -> None:
         gone = getattr(event, "value", None)
         if gone is not None and _key(gone) in self._raw:
@@ -896,14 +920,11 @@ class ExplainWidget(ClosingDock, QWidget):
             for ly in self._evidence.pop(_key(gone), []):
                 if ly in self.viewer.layers:
                     self.viewer.layers.remove(ly)
-        if not self._raw and self._dimmed:   # the last result went: the label layers come back
-            for ly in self._layers_of("labels"):
-                if _key(ly) in self._dimmed:
-                    ly.opacity = self._dimmed[_key(ly)]
-            self._dimmed.clear()
+        self.result_stage.release()      # no result visible any more: the label layers come back
 
     def _on_active_changed(self, event=None) -> None:
         ly = self.viewer.layers.selection.active
+        self.result_stage.select(ly)
         if ly is not None and _key(ly) in self._raw:
             self._show_legend(ly)
 
@@ -916,15 +937,29 @@ class ExplainWidget(ClosingDock, QWidget):
         self.legend.setText(md.get("legend", ""))
         ov = self.viewer.text_overlay
         lo, hi = (float(v) for v in layer.contrast_limits)
-        # the colour bar's own ticks can be as sparse as a lone "0": say where full colour is
+        # the colour bar's own ticks can be as sparse as a lone "0": three values and the unit
         full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
-        shown = f"full colour at {full}"
+        shown = f"full colour at {full} · {scale_text(lo, hi)}"
         if self._evidence.get(_key(layer)):
             shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
-        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}"
+        # short lines: the canvas text must not run under the colour bar
+        unit = short_unit(md.get("shown_unit", md.get("unit", "")))
+        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}\nvalues: {unit}"
         ov.visible = True
         ov.position = "top_left"
         ov.font_size = 9
+
+    def set_display(self, d, layer=None) -> None:
+        """Put display settings ``d`` (:class:`~seg_explain.frontend.reading.DisplayDefaults`)
+        in the controls and show the result with them (the raw values are kept)."""
+        for w in (self.smooth_spin, self.top_spin, self.body_check):
+            w.blockSignals(True)
+        self.smooth_spin.setValue(d.smooth)
+        self.top_spin.setValue(d.top_percent)
+        self.body_check.setChecked(d.body)
+        for w in (self.smooth_spin, self.top_spin, self.body_check):
+            w.blockSignals(False)
+        self._redisplay(layer)
 
     def _active_result(self):
         ly = self.viewer.layers.selection.active
@@ -940,10 +975,14 @@ class ExplainWidget(ClosingDock, QWidget):
             return
         rec = self._raw[_key(layer)]
         mask = body_mask(rec["image"], rec["pred"]) if self.body_check.isChecked() else None
-        shown = display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(), mask,
-                            spatial_dims=rec["raw"].ndim)
+        shown = shown_sign(rec["spec"]) * display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(),
+                                                      mask, spatial_dims=rec["raw"].ndim)
         if not np.array_equal(shown, layer.data):
             layer.data = shown
+            # colour limits from the displayed values (smoothing lowers the peaks: not faint)
+            spec, one = rec["spec"], rec["spec"].is_one_sided(rec["params"])
+            lim, _ = display_limits(shown if np.any(shown) else rec["raw"], spec.caps.map_kind)
+            layer.contrast_limits = attribution_limits(lim, one, False)
         self._update_evidence(layer)
 
     # ------------------------------------------------------------------ 3D --
@@ -968,7 +1007,7 @@ class ExplainWidget(ClosingDock, QWidget):
             return
         spec = rec["spec"]
         sigma = EVIDENCE_SMOOTH if spec.caps.map_kind == "voxel" else 0.0
-        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), spec.red_is_negative, EVIDENCE_TOP,
+        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), False, EVIDENCE_TOP,  # shown: + = support
                                                   smooth=sigma)
         parts = [(sup, t_sup, "red", "supports")]
         if not spec.is_one_sided(rec["params"]):
@@ -979,9 +1018,11 @@ class ExplainWidget(ClosingDock, QWidget):
         for arr, thr, cmap, what in parts:
             if not np.any(arr > 0):
                 continue
+            # bounded in size: software OpenGL ray-casts every voxel of every iso layer per frame
+            arr, sc, tr = bounded_volume(arr, layer.scale, layer.translate)
             made.append(self.viewer.add_image(
-                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=layer.scale,
-                translate=layer.translate, colormap=cmap, rendering="iso", iso_threshold=thr,
+                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=sc,
+                translate=tr, colormap=cmap, rendering="iso", iso_threshold=thr,
                 # the surface sits at the threshold: map it to the colormap's full colour
                 contrast_limits=(0.0, thr), blending="translucent", metadata=md))
         self._evidence[_key(layer)] = made
@@ -1025,19 +1066,13 @@ def _key(layer) -> str:
 
 
 def _legend(spec, exp) -> str:
-    """One line: what the colours mean for this method and class, and the unit."""
-    from ..explainers.registry import legend
-
-    return f"{legend(spec, exp.target_name, exp.params)} · values: {spec.unit}"
+    """Plain words first (colour words that match the colormap), then the unit."""
+    return legend(spec, exp.target_name, exp.params)
 
 
 def _legend_short(spec, exp) -> str:
-    """The canvas version: colours and unit in a few words."""
-    unit = spec.unit.split(" (")[0]
-    if spec.is_one_sided(exp.params):
-        return f"colour: supports {exp.target_name} · {unit}"
-    red, blue = ("supports", "opposes")
-    return f"red: {red} {exp.target_name} · blue: {blue} · {unit}"
+    """The canvas version: the colours in a few words (the unit has its own line)."""
+    return legend_short(spec, exp.target_name, exp.params)
 
 
 __all__ = ["ExplainWidget"]

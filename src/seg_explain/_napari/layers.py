@@ -21,6 +21,7 @@ import numpy as np
 
 GEOMETRY_KEY = "loaded_image"
 META_KEY = "seg_explain"
+RAW_KEY = "seg_explain_raw"   # metadata: the raw map of a result whose display differs (saved instead)
 
 # ----------------------------------------------------------------------- geometry --
 
@@ -334,3 +335,44 @@ def class_features(class_names: Sequence[str]) -> dict[str, list]:
 def is_result_layer(layer, kinds=("attribution", "roi_outline")) -> bool:
     md = layer.metadata if isinstance(layer.metadata, dict) else {}
     return isinstance(md.get(META_KEY), dict) and md[META_KEY].get("kind") in kinds
+
+
+def model_grid_shape(img, info: dict | None) -> tuple[int, ...] | None:
+    """The model-grid spatial shape an image layer gets for a loaded model (``info``: the
+    picker's model info), or None when they do not fit (a 2D model on a volume: one slice)."""
+    from ..model_grid import model_shape_for, orientation_transform
+
+    if info is None or img is None:
+        return None
+    isd, msd = spatial_dims_of(img), info["spatial_dims"]
+    shape = spatial_shape_of(img)
+    spacing = tuple(img.scale)[-isd:]
+    if isd == 3 and msd == 2:
+        shape, spacing = shape[1:], spacing[1:]
+    elif isd != msd:
+        return None
+    ornt = orientation_transform(info.get("axcodes")) if msd == 3 else None
+    li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
+    has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
+    return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
+
+
+EVIDENCE_MAX_VOXELS = 48 ** 3     # an evidence volume drawn in 3D holds at most about this many voxels
+
+
+def bounded_volume(arr: np.ndarray, scale, translate, max_voxels: int = EVIDENCE_MAX_VOXELS):
+    """``(volume, scale, translate)`` with at most about ``max_voxels`` voxels: max-pooled by
+    an integer factor per axis (a thin region above an iso threshold stays above it), the
+    geometry moved to the pooled voxels' centres. Software OpenGL ray-casts every voxel of an
+    iso-surface layer for every frame: the full-resolution volumes took minutes per frame."""
+    a = np.asarray(arr)
+    f = max(1, int(np.ceil((a.size / max(int(max_voxels), 1)) ** (1.0 / a.ndim))))
+    if f == 1:
+        return a, tuple(scale), tuple(translate)
+    pad = [(0, (-n) % f) for n in a.shape]
+    p = np.pad(a, pad, constant_values=0)
+    shp = [v for n in p.shape for v in (n // f, f)]
+    out = p.reshape(shp).max(axis=tuple(range(1, 2 * a.ndim, 2)))
+    sc = tuple(float(s) * f for s in scale)
+    tr = tuple(float(t) + 0.5 * (f - 1) * float(s) for t, s in zip(translate, scale))
+    return out.astype(a.dtype), sc, tr

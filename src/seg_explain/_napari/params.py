@@ -1,8 +1,8 @@
 """A form for one explainer's parameters, built from the method registry.
 
 Each :class:`~seg_explain.explainers.registry.Param` picks its editor from its kind: ``int``
--> spin box (range from the registry), ``float`` -> double spin box, ``bool`` -> check
-box, ``choice`` -> combo box, ``baseline`` -> editable combo (a name or a number), the
+-> spin box (range from the registry), ``float`` -> double spin box, ``bool`` and
+``bool_or_fraction`` -> check box, ``choice`` -> combo box, ``baseline`` -> editable combo (a name or a number), the
 "auto" kinds -> a line edit with an "auto" placeholder; parameters whose values are objects
 (``bank``, ``label_map``, ``layer``) get choosers the dock owns (passed as ``extra_rows``,
 keyed by the parameter kind). Every editor carries the parameter's help, range and unit as
@@ -66,6 +66,12 @@ def fit_to_dock(dock: QWidget, scroll: QScrollArea) -> None:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     need = inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
     dock.setMinimumWidth(need)
+
+
+def _truthy(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() not in ("", "false", "no", "off", "0", "none")
+    return bool(v)
 
 
 def tooltip(p) -> str:
@@ -153,9 +159,10 @@ class ParamForm(QWidget):
             self._setters[p.name] = setter
 
     def _editor(self, p):
-        if p.kind == "bool":
+        if p.kind in ("bool", "bool_or_fraction"):
+            # a fraction (the CLI's adaptive=0.3) reads as "on" here; the box says true/false
             w = QCheckBox()
-            return w, w.isChecked, lambda v: w.setChecked(bool(v))
+            return w, w.isChecked, lambda v: w.setChecked(_truthy(v))
         if p.kind == "int":
             w = QSpinBox()
             w.setRange(int(p.lo) if p.lo is not None else -INT_MAX, int(min(p.hi, INT_MAX)) if p.hi is not None
@@ -177,13 +184,32 @@ class ParamForm(QWidget):
             w.addItems(list(p.choices))
             return w, w.currentText, lambda v: w.setCurrentText(p.text(v))
         if p.kind == "layer":
+            # network layers by a short name (the end of the module path), the full path in
+            # each entry's tooltip and in the value; a typed path is taken as typed
+            from ..frontend.reading import short_name
+
             w = compact(QComboBox())
             w.setEditable(True)
-            w.addItem("")
-            w.addItems(self.layer_names)
+            w.addItem("", "")
+            for full in self.layer_names:
+                w.addItem(short_name(full), full)
+                w.setItemData(w.count() - 1, full, Qt.ItemDataRole.ToolTipRole)
             w.lineEdit().setPlaceholderText("bottleneck (auto)")
-            return w, w.currentText, lambda v: w.setCurrentText("" if v is None else str(v))
-        w = QLineEdit()   # auto_int, auto_ints, bool_or_fraction
+
+            def get():
+                i = w.currentIndex()
+                if i >= 0 and w.itemText(i) == w.currentText() and w.itemData(i) is not None:
+                    return w.itemData(i)
+                return w.currentText()
+
+            def put(v):
+                i = w.findData("" if v is None else str(v))
+                if i >= 0:
+                    w.setCurrentIndex(i)
+                else:
+                    w.setCurrentText("" if v is None else str(v))
+            return w, get, put
+        w = QLineEdit()   # auto_int, auto_ints
         w.setPlaceholderText("auto" if p.kind.startswith("auto") else "")
         return w, w.text, lambda v: w.setText("" if v is None else p.text(v))
 

@@ -430,14 +430,48 @@ def _make_progress(desc: str, on_cancel: Callable[[], None]):
 def show_progress(msg, bar, stage) -> bool:
     """Show a job message on a dock's progress bar and stage label: a :class:`ProgressEvent`
     (fraction, stage text with the ETA) or a ``("status", text)`` line. False for any other
-    message (the dock's own, e.g. a partial result)."""
+    message (the dock's own, e.g. a partial result).
+
+    Between events the ETA counts down once a second (a long step, e.g. one image of an
+    Agg2Exp run, would otherwise leave it flat), never below "0 s"."""
     if isinstance(msg, ProgressEvent):
         if msg.total:
             bar.setRange(0, 1000)
             bar.setValue(int(1000 * msg.fraction))
         stage.setText(msg.text())
+        _count_down(stage, msg)
         return True
     if isinstance(msg, tuple) and msg and msg[0] == "status":
+        _count_down(stage, None)
         stage.setText(str(msg[1]))
         return True
     return False
+
+
+def _count_down(stage, ev) -> None:
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    timer = getattr(stage, "_eta_timer", None)
+    if timer is None:
+        timer = QTimer(stage)
+        timer.setInterval(1000)
+        timer.timeout.connect(lambda: _tick(stage))
+        stage._eta_timer = timer
+    stage._eta_event = (ev, time.perf_counter())
+    if ev is not None and ev.eta_s is not None and ev.fraction < 1:
+        timer.start()
+    else:
+        timer.stop()
+
+
+def _tick(stage) -> None:
+    import dataclasses
+    import time
+
+    ev, t0 = getattr(stage, "_eta_event", (None, 0.0))
+    if ev is None or ev.eta_s is None or not stage.isVisible():
+        stage._eta_timer.stop()
+        return
+    stage.setText(dataclasses.replace(ev, eta_s=max(0.0, ev.eta_s - (time.perf_counter() - t0))).text())

@@ -33,8 +33,13 @@ def _like(data: np.ndarray, meta: dict[str, Any]):
 
 def _write(path: str, data: Any, meta: dict[str, Any], labels: bool) -> list[str]:
     from ..io import save_image
+    from .layers import RAW_KEY
 
     arr = np.asarray(data)
+    md = meta.get("metadata") or {}
+    raw = md.get(RAW_KEY) if isinstance(md, dict) else None
+    if not labels and raw is not None and np.shape(raw) == arr.shape:
+        arr = np.asarray(raw)       # a result is saved with its raw values, whatever its display
     if labels:
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)

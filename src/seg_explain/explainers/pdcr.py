@@ -109,7 +109,7 @@ import torch
 from ..checks import as_bool, as_float, as_int
 from ..errors import InputMismatchError, MethodError
 from .base import Context
-from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
+from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, block_reach, register
 from .roi_dice import RoIDiceEngine, make_blocks, reference_positive
 
 UNIT = "Dice points (0-100)"
@@ -442,32 +442,42 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
 
 
 # ------------------------------------------------------------------------ registry --
+def adaptive_draws_expected(n_draws: int, rel: float) -> float:
+    """Draws per screened-in block that ``adaptive`` is expected to take (cost estimates).
+
+    :func:`adaptive_draws` takes ``ceil((z s / h)^2)`` clamped to ``[ADAPTIVE_MIN, n_draws]``
+    with ``h = rel x`` the map's range: every block but those with the largest effects sits
+    at the floor (sample cases, ``rel = 0.1``: 11.9 draws per block of at most 50); the part
+    above the floor grows as ``1 / rel^2``."""
+    lo = min(ADAPTIVE_MIN, n_draws)
+    return float(min(n_draws, lo + 0.05 * (n_draws - lo) * (ADAPTIVE_REL / max(rel, 1e-6)) ** 2))
+
+
 def _cost(info: CostInput, p: dict) -> Cost:
-    """Forward passes: S screening + N ATE draws per perturbable block (one per block for
-    zero occlusion), each 1 image or about 2^(D-1) RoI windows. Data-dependent: at the
-    default tau (0.02 Dice points) nearly every block the network sees passes screening, so
-    the estimate assumes all do (``forward_max``); adaptive draws take about 0.3 N."""
-    b = max(1, int(p.get("block_size") or 8))
-    g = [math.ceil(s / b) for s in info.shape]
-    n_blocks = int(np.prod(g))
-    # the RoI as a cube of its volume: the blocks it overlaps (half a block more per axis on
-    # average, for its position relative to the grid)
-    side = [max(info.roi_fraction, 0.0) ** (1 / info.spatial_dims) * s for s in info.shape]
-    n_roi = round(float(np.prod([min(n, w / b + 0.5) for n, w in zip(g, side)]))) if info.roi_fraction > 0 else 0
-    n_pert = max(n_blocks - n_roi, 0)
-    rows = 1 if info.n_windows <= 1 else min(info.n_windows, 2 ** (info.spatial_dims - 1))
+    """Forward passes: S screening draws on every block the RoI's windows see, then N ATE
+    draws (adaptive: :func:`adaptive_draws_expected`) on each block that passes screening;
+    a draw costs one pass per RoI window holding the block (one when the image fits the
+    network), plus one clean pass per RoI window when the image is windowed; blocks no RoI
+    window sees cost nothing. Data-dependent: the expected count
+    assumes every reachable block passes screening (the sample RoIs: 146 of 150 at the
+    default tau); ``forward_min`` = none does (screening only)."""
+    reach = block_reach(info, int(p.get("block_size") or 8))
+    rows = reach.rows
+    clean = info.n_windows if info.n_windows_all > 1 else 0    # the RoI windows' clean outputs
     if str(p.get("bank")).lower() == "zero":
-        return Cost(n_pert * rows, 0, note="zero occlusion: one pass per block")
+        return Cost(clean + rows, 0, note="zero occlusion: one pass per block the RoI's windows see")
     s_, n_ = int(p.get("n_screen", 3)), int(p.get("n_draws", 50))
-    ada = p.get("adaptive") not in (None, False, 0, "false")
-    n_eff = min(n_, max(ADAPTIVE_MIN, round(0.3 * n_))) if ada and s_ > 0 else n_
-    return Cost(n_pert * (s_ + n_eff) * rows, 0, forward_max=n_pert * (s_ + n_) * rows,
-                note="data-dependent: blocks screened out at tau skip the N draws")
+    rel = _adaptive_rel(p.get("adaptive"))
+    n_eff = adaptive_draws_expected(n_, rel) if rel > 0 and s_ > 0 else float(n_)
+    screen = clean + s_ * rows
+    return Cost(screen + round(n_eff * rows), 0, forward_max=screen + n_ * rows,
+                forward_min=screen if s_ > 0 else screen + round(n_eff * rows),
+                note="data-dependent: blocks screened out at tau skip their ATE draws")
 
 
 def _cheaper(p: dict, spatial_dims: int) -> dict:
     out: dict = {}
-    if p.get("adaptive") in (None, False, 0, "false"):
+    if not _adaptive_rel(p.get("adaptive")):
         out["adaptive"] = True
     if spatial_dims == 3 and int(p.get("block_size") or 8) < 16:
         out["block_size"] = 16

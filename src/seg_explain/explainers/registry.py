@@ -191,7 +191,12 @@ def _listish(value):
 # ------------------------------------------------------------------------- costs --
 @dataclass(frozen=True)
 class CostInput:
-    """What a cost model may look at: the model-grid shape, its windows, the RoI."""
+    """What a cost model may look at: the model-grid shape, its windows, the RoI.
+
+    ``roi`` (model-grid boolean mask) and ``roi_boxes`` (the image-grid boxes of the sliding
+    windows that hold RoI voxels, ``((lo, hi), ...)`` per axis) let a cost model count only
+    what the RoI can reach (:func:`block_reach`); None / () = unknown (the RoI is assumed to
+    be a cube of ``roi_fraction`` of the image, inside one window)."""
 
     shape: tuple[int, ...]            # model-grid spatial shape
     spatial_dims: int
@@ -200,16 +205,70 @@ class CostInput:
     window_voxels: int = 1            # voxels of one network pass (window or whole image)
     roi_fraction: float = 0.1         # share of the image the RoI covers (model grid)
     n_classes: int = 1                # classes explained together (Agg2Exp)
+    roi: Any = field(default=None, compare=False, repr=False)
+    roi_boxes: tuple = ()
 
 
 @dataclass(frozen=True)
 class Cost:
-    """Network passes an explanation costs (each pass = one window or image of the batch)."""
+    """Network passes an explanation costs (each pass = one window or image of the batch).
+
+    ``forward``: the expected count; ``forward_max`` / ``forward_min``: bounds when the count
+    depends on the data (PdCR: every reachable block passes screening / none does)."""
 
     forward: int
     backward: int = 0
     forward_max: int | None = None    # upper bound when data-dependent (PdCR's relevant blocks)
     note: str = ""
+    forward_min: int | None = None    # lower bound when data-dependent
+
+
+@dataclass(frozen=True)
+class BlockReach:
+    """Blocks of a block partition seen from the RoI (see :func:`block_reach`)."""
+
+    n_blocks: int
+    n_roi: int                        # blocks holding RoI voxels (never perturbed)
+    n_perturbable: int
+    n_reachable: int                  # perturbable blocks some RoI window sees
+    rows: int                         # window passes of one draw on every reachable block
+
+
+def block_reach(info: CostInput, block_size: int) -> BlockReach:
+    """Which blocks of edge ``block_size`` (cubes, from the origin, the last ones cut by the
+    image edge) a perturbation method must run, from the RoI alone, without the network.
+
+    A block outside the RoI is *reachable* when it intersects a sliding window that holds
+    RoI voxels (a block no such window sees cannot change the RoI's prediction: it costs no
+    pass); one draw on it costs one pass per such window (one pass when the image fits the
+    network). Without a RoI mask the RoI is taken as a cube of ``roi_fraction`` of the image,
+    every block reachable."""
+    import numpy as np
+
+    b = max(1, int(block_size))
+    shape = tuple(int(s) for s in info.shape)
+    g = tuple(math.ceil(s / b) for s in shape)
+    n_blocks = int(np.prod(g))
+    if info.roi is not None:
+        r = np.zeros(tuple(n * b for n in g), bool)
+        r[tuple(slice(0, s) for s in shape)] = np.asarray(info.roi, bool)
+        in_roi = r.reshape([v for n in g for v in (n, b)]).any(axis=tuple(range(1, 2 * len(g), 2)))
+    else:
+        # the RoI as a cube of its volume: the blocks it overlaps (half a block more per axis on
+        # average, for its position relative to the grid)
+        side = [max(info.roi_fraction, 0.0) ** (1 / info.spatial_dims) * s for s in shape]
+        n_roi = round(float(np.prod([min(n, w / b + 0.5) for n, w in zip(g, side)]))) if info.roi_fraction > 0 else 0
+        n_pert = max(n_blocks - n_roi, 0)
+        return BlockReach(n_blocks, n_roi, n_pert, n_pert, n_pert)
+    seen = np.zeros(g, np.int64)
+    if info.roi_boxes:
+        for box in info.roi_boxes:
+            seen[tuple(slice(lo // b, -(-hi // b)) for lo, hi in box)] += 1
+    else:
+        seen[...] = 1
+    seen[in_roi] = 0
+    n_roi = int(in_roi.sum())
+    return BlockReach(n_blocks, n_roi, n_blocks - n_roi, int((seen > 0).sum()), int(seen.sum()))
 
 
 # -------------------------------------------------------------------------- specs --
@@ -398,15 +457,22 @@ def cost_input(model, shape: Sequence[int], roi=None, n_classes: int = 1) -> Cos
     shape = tuple(int(s) for s in shape)
     n_all = n_roi = 1
     win_vox = int(np.prod(shape))
+    boxes: tuple = ()
+    mask = None if roi is None else np.asarray(roi, bool)
     if model.needs_windows(shape):
         from ..windows import model_tiling
 
         tiling = model_tiling(model, shape)
         n_all = len(tiling.windows)
-        n_roi = len(tiling.touching(torch_mask(roi))) if roi is not None else 1
         win_vox = int(np.prod(model.patch_size))
-    frac = float(np.mean(roi)) if roi is not None else 0.05
-    return CostInput(shape, model.spatial_dims, max(1, n_roi), n_all, win_vox, frac, n_classes)
+        if mask is not None:
+            touching = tiling.touching(torch_mask(mask))
+            n_roi = len(touching)
+            boxes = tuple(tuple((s.start, s.stop) for s in tiling.inner(tiling.windows[i])[0])
+                          for i in touching)
+    frac = float(np.mean(mask)) if mask is not None else 0.05
+    return CostInput(shape, model.spatial_dims, max(1, n_roi), n_all, win_vox, frac, n_classes,
+                     mask, boxes)
 
 
 def torch_mask(roi):

@@ -1,0 +1,82 @@
+"""The cost the docks show before running: only what the RoI can reach, adaptive on its own."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from conftest import make_unet, wrap
+
+from seg_explain import explain
+from seg_explain.explainers.registry import block_reach, cost_input, get_spec
+from seg_explain.jobs import estimate
+from seg_explain.windows import model_tiling
+
+
+def _corner_case():
+    model = wrap(make_unet(2), 2, patch=(16, 16))
+    shape = (48, 40)
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    roi = np.zeros(shape, bool)
+    roi[2:7, 3:9] = True             # a corner: most of the image lies in no RoI window
+    return model, shape, x, roi
+
+
+def test_block_reach_counts_blocks_and_window_rows_like_an_independent_loop():
+    """Reachable blocks and rows per draw, against a plain loop over blocks x RoI windows."""
+    model, shape, _, roi = _corner_case()
+    info = cost_input(model, shape, roi)
+    tiling = model_tiling(model, shape)
+    wins = [tiling.inner(w)[0] for w in tiling.windows]
+    wins = [w for w in wins if roi[w].any()]
+    b = 8
+    n_reach = rows = n_roi = 0
+    for i in range(0, shape[0], b):
+        for j in range(0, shape[1], b):
+            blk = (slice(i, min(i + b, shape[0])), slice(j, min(j + b, shape[1])))
+            if roi[blk].any():
+                n_roi += 1
+                continue
+            hits = sum(all(max(s.start, w.start) < min(s.stop, w.stop) for s, w in zip(blk, win)) for win in wins)
+            n_reach += hits > 0
+            rows += hits
+    r = block_reach(info, b)
+    assert (r.n_roi, r.n_reachable, r.rows) == (n_roi, n_reach, rows)
+    assert r.n_reachable < r.n_perturbable          # the corner RoI does not see the whole image
+
+
+def test_pdcr_estimate_equals_the_passes_a_windowed_run_makes():
+    """Zero occlusion (one draw per block): the estimate is exact, blocks no RoI window sees
+    cost nothing (the old model charged every perturbable block)."""
+    model, shape, x, roi = _corner_case()
+    e = explain(model, x, "pdcr", target=1, roi=roi, bank="zero", block_size=8)
+    est = estimate(model, "pdcr", {"bank": "zero", "block_size": 8}, shape, roi)
+    assert e.extras["n_outside_window"] > 0
+    assert est.forward == e.n_forward            # both count the clean prediction as one pass
+    # screening and draws: the run lies within the estimate's range
+    rng = np.random.default_rng(1)
+    bank = [rng.random(shape).astype(np.float32) for _ in range(3)]
+    e = explain(model, x, "pdcr", target=1, roi=roi, bank=bank, block_size=8, n_screen=1, n_draws=2)
+    est = estimate(model, "pdcr", {"block_size": 8, "n_screen": 1, "n_draws": 2}, shape, roi)
+    assert est.forward_min <= e.n_forward <= est.forward_max
+
+
+def test_adaptive_has_its_own_estimate_and_the_warning_quotes_it():
+    model, shape, _, roi = _corner_case()
+    model.meta["pass_s"] = {"forward": 1e-2, "backward": 2e-2, "voxels": 256.0}   # a slow machine
+    full = estimate(model, "pdcr", {"block_size": 8}, shape, roi)
+    ada = estimate(model, "pdcr", {"block_size": 8, "adaptive": True}, shape, roi)
+    assert ada.forward_min == full.forward_min and ada.forward_max == full.forward_max
+    assert full.forward_min < ada.forward < 0.5 * full.forward
+    assert full.cheaper == {"adaptive": True} and "adaptive=true would take about" in full.warning
+    said = re.search(r"adaptive=true would take about ([\d.]+) (s|min|h)", full.warning)
+    scale = {"s": 1, "min": 60, "h": 3600}[said.group(2)]
+    assert abs(float(said.group(1)) * scale - ada.seconds) <= 0.05 * ada.seconds + 60
+    assert ada.seconds < 0.5 * full.seconds
+
+
+def test_long_runs_warn_even_without_a_cheaper_setting():
+    model, shape, _, roi = _corner_case()
+    model.meta["pass_s"] = {"forward": 1.0, "backward": 2.0, "voxels": 256.0}
+    est = estimate(model, "gradient", {}, shape, roi)
+    assert est.cheaper is None and est.warning.startswith("this may take about")
+    assert get_spec("gradient").cheaper is None
