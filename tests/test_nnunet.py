@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from seg_explain import explain, load_image, load_model, methods
-from seg_explain.errors import ModelLoadError, UnsafeConfigError
+from seg_explain.errors import InputMismatchError, ModelLoadError, UnsafeConfigError
 
 HERE = Path(__file__).parent
 FIX = HERE / "data" / "nnunet"
@@ -626,3 +626,49 @@ def test_live_resampling_functions_agree():
                                                force_separate_z=None)
         ours = Resampling.plan(shape, new, cur, tgt, order, oz, None).apply(d).astype(np.float32)
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------- a 2d configuration on a volume --
+VOL2D = {  # reference key -> image (nnUNetPredictor with the 2d folder, folds 0+1, on a volume)
+    "vol2d_mni152_6x4x4": FIX / "heldout" / "mni152_6x4x4.nii.gz",
+    "vol2d_mni152_6x4x4_gaps": FIX / "heldout" / "mni152_6x4x4_gaps.nii.gz",   # empty slice + zero border
+    "vol2d_kmeans_2x3x2": KMEANS,                                              # resampled in plane
+}
+
+
+@needs_dna
+@pytest.mark.parametrize("case", list(VOL2D))
+def test_2d_configuration_predicts_volumes_as_nnunet_predictor(case, ref):
+    """The volume is prepared once as nnU-Net prepares it (3D nonzero box, normalisation over
+    the cropped volume, in-plane resampling), each slice goes through the 2D windows, and
+    the label map on the image grid is the one nnUNetPredictor writes (float32 buffers)."""
+    m = model(T2)
+    img = load_image(VOL2D[case])
+    x3, _ = m._prepare_volume(img)
+    want = tuple(int(v) for v in ref[f"{case}/x_shape"])
+    assert x3.shape == want
+    np.testing.assert_allclose(x3.reshape(-1)[ref[f"{case}/x_idx"]], ref[f"{case}/x_val"], rtol=1e-5, atol=1e-5)
+    lg = np.stack([m.logits_tensor(torch.from_numpy(np.ascontiguousarray(x3[:, z]))).numpy()
+                   for z in range(x3.shape[1])], axis=1)
+    assert rel_err(lg.reshape(-1)[ref[f"{case}/idx"]], ref[f"{case}/wide_val"]) <= REL_TOL
+    np.testing.assert_array_equal(lg.argmax(0), ref[f"{case}/pred_model"])
+    pred = m.predict(img)
+    np.testing.assert_array_equal(pred, fp32_labels(ref, case))
+
+
+@needs_dna
+def test_2d_configuration_explains_the_slice_it_predicts():
+    """explain(..., slice_index=k) on a volume: the explanation's prediction is predict()'s
+    on that slice (0 voxels differ), the RoI is its class-c voxels, also on the empty slice
+    inside the box; a slice outside the nonzero box is refused in one line."""
+    m = model(T2)
+    img = load_image(VOL2D["vol2d_mni152_6x4x4_gaps"])
+    pred = m.predict(img)
+    _, grid3 = m._prepare_volume(img)
+    (z0, z1), _, _ = grid3.bbox
+    for k in (z0 + 9, 12 + 3):      # an ordinary slice; the all-zero slice inside the box
+        e = explain(m, img, "gradient", target=1, slice_index=k)
+        np.testing.assert_array_equal(m.slice_of(e.prediction, img, k), m.slice_of(pred, img, k))
+        np.testing.assert_array_equal(m.slice_of(e.roi, img, k), m.slice_of(pred, img, k) == 1)
+    with pytest.raises(InputMismatchError, match="outside the image's nonzero box"):
+        explain(m, img, "gradient", target=1, slice_index=z0 - 1)
