@@ -1,5 +1,6 @@
 """load_model / SegModel: bundle parsing, safety, geometry, sliding windows, compiled formats."""
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -187,3 +188,29 @@ def test_torch_export_pt2_with_sidecar(tmp_path):
 def test_device_auto_is_cpu_without_accelerator():
     expect = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type in (expect, "mps")
+
+
+def test_one_table_of_model_formats_read_by_loader_cli_and_picker(tmp_path, capsys):
+    """The formats table decides what load_model loads; the CLI help and the napari
+    picker's file filter are built from it (nnU-Net included)."""
+    from seg_explain.cli import main
+    from seg_explain.models.formats import FORMATS, file_suffixes, formats_help, model_format
+
+    here = Path(__file__).parent
+    nn = here / "data" / "nnunet" / "Dataset901_TinyBrain" / "nnUNetTrainer__nnUNetPlans__2d"
+    assert model_format(nn).name == "nnU-Net v2 folder"
+    assert model_format(nn / "fold_0").name == "nnU-Net v2 folder"
+    assert model_format(here.parent / "sample_data" / "models" / "brain2d").name == "MONAI bundle"
+    (tmp_path / "m.pt2").write_bytes(b"x")
+    (tmp_path / "m.ts").write_bytes(b"x")
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert model_format(tmp_path / "m.pt2").name == "torch.export program"
+    assert model_format(tmp_path / "m.ts").name == "TorchScript file"
+    assert model_format(tmp_path / "m.onnx") is None
+    with pytest.raises(ModelLoadError, match="Unsupported model 'm.onnx'.*nnU-Net v2 folder"):
+        load_model(tmp_path / "m.onnx")
+    assert set(file_suffixes()) == {s for f in FORMATS for s in f.suffixes} >= {".pt2", ".ts"}
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert " ".join(formats_help().split()) in out and "nnU-Net" in out

@@ -23,6 +23,7 @@ from typing import Any
 from qtpy.QtCore import QSettings, Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QSizePolicy, QWidget
 
+from ..models.formats import file_suffixes, formats_help
 from .params import compact
 from .workers import JobRunner, ModelCache, available_devices, load_model_job
 
@@ -75,9 +76,8 @@ class ModelPicker(QWidget):
         self.combo = compact(QComboBox(), chars=14)
         self.combo.setObjectName("model_combo")
         self.combo.setProperty("min_px", 150)          # the model's name stays readable in a narrow dock
-        self.combo.setToolTip("the segmentation model: a shipped sample, a recent model, a model folder (MONAI "
-                              "bundle or nnU-Net v2 trained model) or a TorchScript/.pt2 file with a JSON "
-                              "sidecar; remembered between sessions")
+        self.combo.setToolTip("the segmentation model: a shipped sample, a recent model, or "
+                              f"{formats_help()}; remembered between sessions")
         self.device = QComboBox()
         self.device.setObjectName("device_combo")
         self.device.setProperty("compact_chars", 4)
@@ -161,7 +161,8 @@ class ModelPicker(QWidget):
                 path = QFileDialog.getExistingDirectory(self, "Model folder (MONAI bundle or nnU-Net)", start)
             else:
                 path, _ = QFileDialog.getOpenFileName(
-                    self, "Model file", start, "Models (*.ts *.pt *.pth *.jit *.pt2);;All files (*)")
+                    self, "Model file", start, "Models (" + " ".join(f"*{x}" for x in file_suffixes())
+                    + ");;All files (*)")
             if not path:
                 self._back_to_last()
                 return

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..models.formats import formats_help
+
 MIN_IMAGES_FOR_OUTLIERS = 5
 OUTPUTS = ("local_importance.csv", "global_importance.csv", "outliers.csv", "heatmap.png", "graph.png")
 
@@ -26,7 +28,7 @@ def add_parser(sub):
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (NIfTI, TIFF, ...), folders, glob patterns or CSV manifests")
-    p.add_argument("--model", required=True, help="MONAI bundle folder or TorchScript/.pt2 file")
+    p.add_argument("--model", required=True, help=f"the model: {formats_help()}")
     p.add_argument("--method", default="smoothgrad", help="attribution method (default: smoothgrad)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter")

@@ -17,6 +17,8 @@ import math
 import os
 import sys
 
+from ..models.formats import formats_help
+
 OUTPUTS = ("metrics.csv", "metrics_summary.csv")
 
 
@@ -25,7 +27,7 @@ def add_parser(sub):
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders, glob patterns or CSV manifests")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help=f"the model: {formats_help()}")
     p.add_argument("--method", action="append", required=True, metavar="NAME[:k=v...]",
                    help="method to evaluate (repeat for several)")
     p.add_argument("--out", required=True, help="output folder")

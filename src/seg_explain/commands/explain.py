@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..models.formats import formats_help
+
 
 def add_parser(sub):
     p = sub.add_parser("explain", help="attribution map of one class in one image",
@@ -19,7 +21,7 @@ def add_parser(sub):
     p.add_argument("image", metavar="IMAGE", help="image file (NIfTI, TIFF, PNG, .npy, ...)")
     p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to read")
     p.add_argument("--magnitude", action="store_true", help="read a complex-valued image as its magnitude")
-    p.add_argument("--model", required=True, help="MONAI bundle folder or TorchScript/.pt2 file")
+    p.add_argument("--model", required=True, help=f"the model: {formats_help()}")
     p.add_argument("--method", required=True, help="attribution method (see `seg-explain methods`)")
     p.add_argument("--target", default="1", help="class index or name (default: 1)")
     p.add_argument("--roi", default=None, metavar="MASK",

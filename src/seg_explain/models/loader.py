@@ -23,6 +23,7 @@ from ..budget import check_bytes, check_zip_members
 from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
 from ..files import regular_file
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
+from .formats import formats_help, model_format
 from .network_size import check_network_size
 from .probe import forward_ok, probe, probe_isolated
 from .safe_config import instantiate
@@ -47,24 +48,27 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
     if not p.exists():
         raise ModelLoadError(f"No such model file or bundle folder: {p}")
     tune_allocator()   # every caller (API, notebooks, Dask workers, CLI, docks) gets it
-    try:
-        if p.is_dir():
-            from .nnunet import is_nnunet_folder, load_nnunet  # nnU-Net v2 model folders
-            if is_nnunet_folder(p):
-                return load_nnunet(p, device)
-            return _load_bundle(p, device)
+    fmt = model_format(p)           # the one table of formats (models/formats.py)
+    if fmt is None:
+        raise ModelLoadError(f"Unsupported model '{p.name}': give {formats_help()}")
+    if not p.is_dir():
         regular_file(p, "model file", error=ModelLoadError)
-        if p.suffix.lower() == ".pt2":
-            return _load_compiled(p, device, exported=True)
-        if p.suffix.lower() in (".ts", ".pt", ".pth", ".jit"):
-            return _load_compiled(p, device, exported=False)
+    try:
+        return fmt.load(p, device)
     except SegExplainError:
         raise
     except Exception as exc:  # anything unexpected: one line, cause chained
         raise ModelLoadError(f"Cannot load model {p.name}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    raise ModelLoadError(
-        f"Unsupported model '{p.name}': give a MONAI bundle folder, a TorchScript .ts/.pt file or "
-        "a torch.export .pt2 file (each with a JSON sidecar of the same name)")
+
+
+def load_torchscript_file(p: Path, device) -> SegModel:
+    """A TorchScript file with its JSON sidecar (scanned before anything of it runs)."""
+    return _load_compiled(Path(p), device, exported=False)
+
+
+def load_export_file(p: Path, device) -> SegModel:
+    """A torch.export ``.pt2`` program with its JSON sidecar (checked before it is loaded)."""
+    return _load_compiled(Path(p), device, exported=True)
 
 
 def _settings(meta: dict, cfg: dict | None, where: str) -> dict:
@@ -112,7 +116,8 @@ def _build(net, s: dict, where: str, device, hookable: bool, source: str,
         owns_network=True)
 
 
-def _load_bundle(p: Path, device) -> SegModel:
+def load_bundle(p: Path, device) -> SegModel:
+    """A MONAI bundle folder."""
     where = f"bundle {p.name}"
     root = p.resolve()
     meta = read_json(p / "configs" / "metadata.json", "Bundle metadata", inside=root)

@@ -84,6 +84,7 @@ from ..files import read_json, regular_file
 from ..io import LoadedImage
 from ..model_grid import ModelGrid, orientation_transform
 from .network_size import check_network_size
+from .nnunet_layout import has_plans, is_nnunet_folder, trainer_folders  # noqa: F401 (is_nnunet_folder: public here too)
 from .segmodel import Prepared, SegModel, resolve_device
 from .torch_errors import is_restricted_refusal, refused_global
 
@@ -125,39 +126,13 @@ def _q(path: str) -> str:
     return f"'{path}'"
 
 
-# ------------------------------------------------------------------- dispatch --
-def _has_plans(d: Path) -> bool:
-    return os.path.lexists(d / "plans.json") and os.path.lexists(d / "dataset.json")
-
-
-def _trainer_folders(d: Path) -> list[Path]:
-    try:
-        subs = sorted(s for s in d.iterdir() if s.is_dir() and s.name.count("__") >= 2)
-    except OSError:
-        return []
-    return [s for s in subs if _has_plans(s)]
-
-
-def is_nnunet_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an nnU-Net v2 trainer folder, one of its ``fold_*`` folders, or a
-    ``DatasetXXX_Name`` folder holding trainer folders."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    if _has_plans(p):
-        return True
-    if p.name.startswith("fold_") and _has_plans(p.parent):
-        return True
-    return bool(re.match(r"Dataset\d+_", p.name)) and bool(_trainer_folders(p))
-
-
 def _resolve_folder(p: Path) -> tuple[Path, list[str] | None]:
     """(trainer folder, folds named by the path or None)."""
-    if _has_plans(p):
+    if has_plans(p):
         return p, None
-    if p.name.startswith("fold_") and _has_plans(p.parent):
+    if p.name.startswith("fold_") and has_plans(p.parent):
         return p.parent, [p.name[len("fold_"):]]
-    found = _trainer_folders(p)
+    found = trainer_folders(p)
     if len(found) == 1:
         return found[0], None
     if not found:
