@@ -354,8 +354,8 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     model = model.with_precision(plan.precision)
     prep = model.prepare(_load(image))
     clean = model.logits_tensor(prep.x)
-    labels = model.labels_from_logits(clean)
-    present = [int(c) for c in torch.unique(labels)]
+    pred = model.image_labels(prep, clean)       # the one prediction (image grid), as model.predict
+    present = [int(c) for c in np.unique(pred)]
     todo = present if plan.classes is None else [c for c in plan.classes if c in present]
     sd = model.spatial_dims
     seed = image_seed(plan.seed, name)
@@ -366,7 +366,9 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
         reg = get_spec(method)
         sign = reg.orientation   # a map whose red is negative (PdCR) is negated
         for c in todo:
-            roi = labels == c
+            roi = torch.from_numpy(prep.roi_to_model(pred == c))
+            if not roi.any():        # smaller than one model voxel: nothing to evaluate
+                continue
             rng = np.random.default_rng([int(plan.seed), seed, c])
             fresh = np.random.default_rng([int(plan.seed), seed, c, 1])   # agg2exp: new explainer seeds
 
@@ -379,12 +381,12 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
                 out = drive(_reg.fn(ctx2, **_full))
                 return _model_attr(out, sd), ctx2, time.perf_counter() - t0
 
-            def run_noisy(x_t, _c=c, _run=run, _fresh=fresh, _method=method):
+            def run_noisy(x_t, _c=c, _run=run, _fresh=fresh, _reg=reg):
                 """The explanation of a noisy copy under the protocol's rules."""
                 if proto.roi == "clean":
                     return _run(x_t)[0]
                 s2 = int(_fresh.integers(0, 2 ** 31 - 1)) if proto.explainer_seed == "fresh" else seed
-                if _method == "kernel_shap":   # the authors' KernelSHAP kept the clean segments and RoI
+                if _reg.caps.clean_segments:   # the authors' KernelSHAP kept the clean segments and RoI
                     return _run(x_t, _seed=s2, _clean=clean)[0]
                 own = model.logits_tensor(x_t)
                 return _run(x_t, _roi=model.labels_from_logits(own) == _c, _seed=s2, _clean=own)[0]

@@ -211,7 +211,8 @@ register(MethodSpec(
                   "blur (Gaussian blur), or a number", choices=("min", "zero", "mean", "blur"), blur_sigma=True),
             Param("density", "bool", False, "paint φ / supervoxel size (the map then sums to f̂(x) − f̂(baseline)) "
                   "instead of φ on every voxel of the supervoxel (the paper's convention)")),
-    caps=Capabilities(dims=(2, 3), gradients=False, hooks=False, multiclass=True, map_kind="block"),
+    caps=Capabilities(dims=(2, 3), gradients=False, hooks=False, multiclass=True, map_kind="block",
+                      clean_segments=True),
     unit="logit-sum units (Shapley value φ of the supervoxel)",
     positive="supervoxels whose presence raises {cls}'s RoI logit sum", negative="supervoxels that lower it",
     summary_fields=("n_features", "n_coalitions", "exact", "efficiency_gap", "f_x", "f_baseline"),

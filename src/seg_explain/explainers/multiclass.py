@@ -38,7 +38,7 @@ def explain_classes_iter(model, image, method: str, classes=None, seed: int = 0,
     t0 = time.perf_counter()
     prep = model.prepare(image)
     clean = model.logits_tensor(prep.x)
-    pred = prep.to_image(model.labels_from_logits(clean).numpy().astype(np.int32), order=0)
+    pred = model.image_labels(prep, clean).astype(np.int32)     # the one prediction (model.predict's)
     present = set(int(c) for c in np.unique(pred))
     if classes is None:
         wanted = sorted(present)

@@ -279,6 +279,8 @@ class Capabilities:
     hooks: bool = False               # needs a hookable layer (not TorchScript / exported)
     multiclass: bool = False          # several classes share forward passes (Agg2Exp)
     map_kind: str = "voxel"           # voxel (gradient maps) | block | heatmap
+    clean_segments: bool = False      # its features come from the clean prediction (KernelSHAP's
+                                      # semantic supervoxels): kept for perturbed copies
 
 
 @dataclass(frozen=True)
