@@ -1305,7 +1305,7 @@ def run_command(run: DatasetRun, desc: str, quiet: bool, out: Path, what: str = 
             bar.update(ev)
     except BaseException as exc:
         bar.close()
-        done = len(run.rows)
+        done = run.store.n_finished() if run.store is not None else len(run.rows)
         kept = (f"{done} {what}(s) finished are kept in {printable(out / RESULTS_DIR)}; rerun the same "
                 "command to resume")
         if not isinstance(exc, Exception) or isinstance(exc, Cancelled):   # Ctrl-C, SIGTERM

@@ -184,6 +184,15 @@ class ResultStore:
             self.written.append(path.name)
             self._write_run_file()
 
+    def n_finished(self) -> int:
+        """Finished-image files on disk now (an interrupted run says how many are kept by
+        counting them, not by what it had booked: a signal may fall between the two)."""
+        suffix = self.job.suffix
+        try:
+            return sum(1 for p in self.dir.iterdir() if p.name.endswith(suffix) and not p.name.startswith("."))
+        except OSError:
+            return 0
+
     def path(self, rec, failed: bool = False) -> Path:
         return self.dir / (rec.key + (".failed.json" if failed else self.job.suffix))
 
