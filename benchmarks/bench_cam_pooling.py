@@ -41,6 +41,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--k-max", type=int, default=10)
+    ap.add_argument("--bank", default="zero", help='"zero" (zero occlusion) or a bank file, e.g. '
+                    "sample_data/pdcr_bank_3d.npz (real MNI152 blocks)")
+    ap.add_argument("--block-size", type=int, default=4)
+    ap.add_argument("--only", choices=("sample", "nnunet"), default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from seg_explain import explain
@@ -49,7 +53,9 @@ def main() -> None:
 
     rows = []
     for title, model, img, names in cases():
-        bank = "zero"
+        if a.only and not title.lower().startswith(a.only[:6].lower()):
+            continue
+        bank = a.bank
         for name in names:
             if name not in model.class_names:
                 continue
@@ -59,7 +65,7 @@ def main() -> None:
             for pool in ("image", "window"):
                 e = explain(model, img, "seg_grad_cam", target=c, alpha_pool=pool)
                 pp = progressive_perturbation(model, img, e.attribution, target=c, roi=e.roi, bank=bank,
-                                              block_size=4, k_max=a.k_max, n_draws=a.draws, method="seg_grad_cam")
+                                              block_size=a.block_size, k_max=a.k_max, n_draws=a.draws, method="seg_grad_cam")
                 m = evaluate(model, [img], methods=[f"seg_grad_cam:alpha_pool={pool}"], classes=[c],
                              n_faithfulness=50, n_sensitivity=0)
                 fc = float(np.nanmean([r["faithfulness"] for r in m.rows]))
