@@ -100,3 +100,13 @@ def sample_bundle2d():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def case(tmp_path):
+    """A small 2D MONAI bundle (random UNet) and one .npy image, for CLI checks."""
+    b = write_bundle(tmp_path / "b2", {**UNET_DEF, "spatial_dims": 2}, make_unet(2),
+                     ["bg", "a", "b", "c"], (32, 32))
+    img = tmp_path / "case0.npy"
+    np.save(img, np.random.default_rng(0).random((32, 28)).astype(np.float32))
+    return b, img

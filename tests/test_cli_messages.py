@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from conftest import UNET_DEF, make_unet, write_bundle
 
 from seg_explain.cli import main
 from seg_explain.errors import InputMismatchError
-
-
-@pytest.fixture
-def case(tmp_path):
-    b = write_bundle(tmp_path / "b2", {**UNET_DEF, "spatial_dims": 2}, make_unet(2),
-                     ["bg", "a", "b", "c"], (32, 32))
-    img = tmp_path / "case0.npy"
-    np.save(img, np.random.default_rng(0).random((32, 28)).astype(np.float32))
-    return b, img
 
 
 def _run(args, capsys) -> tuple[int, str]:
