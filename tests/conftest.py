@@ -110,3 +110,19 @@ def case(tmp_path):
     img = tmp_path / "case0.npy"
     np.save(img, np.random.default_rng(0).random((32, 28)).astype(np.float32))
     return b, img
+
+
+def oblique_affine(spacing=(1.5, 0.8, 3.0), flips=(-1, 1, -1), angles=(0.35, -0.2, 0.5),
+                   origin=(12.5, -30.0, 7.25)) -> np.ndarray:
+    """IJK→RAS with rotated (oblique) axes, anisotropic voxels and flipped storage."""
+    def rot(axis, a):
+        c, s = np.cos(a), np.sin(a)
+        r = np.eye(3)
+        i, j = [k for k in range(3) if k != axis]
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        return r
+
+    aff = np.eye(4)
+    aff[:3, :3] = rot(0, angles[0]) @ rot(1, angles[1]) @ rot(2, angles[2]) @ np.diag(np.multiply(spacing, flips))
+    aff[:3, 3] = origin
+    return aff

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import oblique_affine
 
 from seg_explain import LoadedImage, load_image
 from seg_explain.errors import InputMismatchError
@@ -17,22 +18,6 @@ ROOT = HERE.parent
 SAMPLES = sorted((ROOT / "sample_data").glob("**/*.nii.gz")) + sorted((HERE / "data" / "nnunet" / "heldout")
                                                                       .glob("*.nii.gz"))
 T3 = HERE / "data" / "nnunet" / "Dataset901_TinyBrain" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-
-
-def oblique_affine(spacing=(1.5, 0.8, 3.0), flips=(-1, 1, -1), angles=(0.35, -0.2, 0.5),
-                   origin=(12.5, -30.0, 7.25)) -> np.ndarray:
-    """IJK→RAS with rotated (oblique) axes, anisotropic voxels and flipped storage."""
-    def rot(axis, a):
-        c, s = np.cos(a), np.sin(a)
-        r = np.eye(3)
-        i, j = [k for k in range(3) if k != axis]
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        return r
-
-    aff = np.eye(4)
-    aff[:3, :3] = rot(0, angles[0]) @ rot(1, angles[1]) @ rot(2, angles[2]) @ np.diag(np.multiply(spacing, flips))
-    aff[:3, 3] = origin
-    return aff
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ except ImportError:   # pragma: no cover - the test extra installs slicer-core
     HAS_SLICER = False
 pytestmark = pytest.mark.skipif(not HAS_SLICER, reason="slicer-core is not installed (pip install slicer-core)")
 
+from conftest import oblique_affine  # noqa: E402
+
 from seg_explain import agg2exp, explain, load_image  # noqa: E402
 from seg_explain.errors import InputMismatchError, ModelLoadError, SegExplainError  # noqa: E402
 from seg_explain.explainers.registry import get_spec, legend  # noqa: E402
@@ -85,21 +87,6 @@ def ijk_of(node) -> np.ndarray:
     """A volume node's voxels in (i, j, k) order."""
     a = array_from_volume(node)
     return a.transpose(2, 1, 0, 3) if a.ndim == 4 else a.transpose(2, 1, 0)
-
-
-def oblique_affine() -> np.ndarray:
-    """Rotated axes, anisotropic voxels, left-handed (flipped) storage."""
-    def rot(axis, a):
-        c, s = np.cos(a), np.sin(a)
-        r = np.eye(3)
-        i, j = [k for k in range(3) if k != axis]
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        return r
-
-    aff = np.eye(4)
-    aff[:3, :3] = rot(0, 0.35) @ rot(1, -0.2) @ rot(2, 0.5) @ np.diag([-1.5, 0.8, -3.0])
-    aff[:3, 3] = (12.5, -30.0, 7.25)
-    return aff
 
 
 def assert_same_world(a, b) -> None:
