@@ -8,7 +8,7 @@ For the shipped samples (2D: ``colin27_axial_t1`` with the ``frontal_L`` RoI; 3D
 ``colin27_t1_2mm`` with the ``temporal_R`` RoI) and every registered method at the settings the
 Explain dock proposes for the model (``MethodSpec.gui_defaults``; PdCR also with
 ``adaptive=true`` and with zero occlusion), the table prints the estimate
-(:func:`seg_explain.jobs.estimate`, from the registry's cost model and the model's measured
+(:func:`seg_explain.explainers.cost.estimate`, from the registry's cost model and the model's measured
 pass times, exactly what the dock shows) next to the measured forward passes
 (``Explanation.n_forward``) and wall time, and their ratios (goal: within 2x, i.e. ratio in
 [0.5, 2]). ``--quick`` runs 3D PdCR with ``n_screen=1, n_draws=2`` instead of the dock's
@@ -36,8 +36,9 @@ except ImportError:  # running from a source checkout without an install
 
 from seg_explain import explain, load_image, load_model, methods  # noqa: E402
 from seg_explain.allocator import tune_allocator  # noqa: E402
+from seg_explain.explainers.cost import estimate  # noqa: E402
+from seg_explain.explainers.job import measure_pass_times  # noqa: E402
 from seg_explain.explainers.registry import get_spec  # noqa: E402
-from seg_explain.jobs import estimate, measure_pass_times  # noqa: E402
 from seg_explain.paths import sample_path  # noqa: E402
 
 SAMPLES = {2: ("models/brain2d", "brain2d/colin27_axial_t1.tif", "brain2d/colin27_axial_roi_frontal_L.tif",

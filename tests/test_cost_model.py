@@ -7,8 +7,8 @@ import numpy as np
 from conftest import make_unet, wrap
 
 from seg_explain import explain
+from seg_explain.explainers.cost import estimate
 from seg_explain.explainers.registry import block_reach, cost_input, get_spec
-from seg_explain.jobs import estimate
 from seg_explain.windows import model_tiling
 
 

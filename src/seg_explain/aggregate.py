@@ -53,7 +53,6 @@ runs through :mod:`seg_explain.dataset`.
 """
 from __future__ import annotations
 
-import csv
 import os
 import time
 import warnings
@@ -64,10 +63,11 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import image_seed
 from .errors import Cancelled, InputMismatchError, SegExplainError
-from .io import LoadedImage, load_image
+from .files import write_csv
+from .io import LoadedImage, as_loaded, image_list, image_name, image_stem, load_image
 from .jobs import relay
+from .seeds import image_seed
 
 STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
 
@@ -295,11 +295,11 @@ class Agg2ExpResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`records` (image, explained_class, region, mass, mass_pos, mass_neg)."""
-        return _write_csv(path, self.records(),
+        return write_csv(path, self.records(),
                           ["image", "explained_class", "region", "mass", "mass_pos", "mass_neg"])
 
     def global_to_csv(self, path: str | os.PathLike) -> Path:
-        return _write_csv(path, self.global_records(),
+        return write_csv(path, self.global_records(),
                           ["explained_class", "region", "mass", "mass_pos", "mass_neg",
                            "mass_per_voxel", "relative_mean_abs", "mean_abs", "mass_sd", "n_images"])
 
@@ -311,46 +311,7 @@ class Agg2ExpResult:
         return s
 
 
-def _write_csv(path, rows, columns) -> Path:
-    """Write a CSV atomically (an interrupted write leaves the previous file intact)."""
-    from .files import atomic_write
-
-    p = Path(path)
-    with atomic_write(p) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()})
-    return p
-
-
 # ------------------------------------------------------------------ inputs, extra RoIs --
-def _as_list(images) -> list:
-    if isinstance(images, (np.ndarray, LoadedImage, str, os.PathLike)):
-        return [images]
-    return list(images)
-
-
-def _name_of(img, i: int) -> str:
-    if isinstance(img, (str, os.PathLike)):
-        return _stem(Path(img))
-    if isinstance(img, LoadedImage) and img.path:
-        return _stem(Path(img.path))
-    return f"image_{i}"
-
-
-def _stem(p: Path) -> str:
-    n = p.name
-    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".npy", ".png", ".mha", ".nrrd", ".mhd", ".jpg"):
-        if n.lower().endswith(ext):
-            return n[: -len(ext)]
-    return p.stem
-
-
-def _load(img):
-    return load_image(img) if isinstance(img, (str, os.PathLike)) else img
-
-
 def _mask_array(spec, shape: tuple[int, ...], what: str, like: LoadedImage | None = None) -> np.ndarray:
     """An RoI spec (array, LoadedImage, path) -> boolean mask of ``shape`` (nonzero voxels).
 
@@ -372,7 +333,7 @@ def _mask_array(spec, shape: tuple[int, ...], what: str, like: LoadedImage | Non
     return arr != 0
 
 
-class _ExtraRois:
+class ExtraRois:
     """Normalises the ``extra_rois`` argument: names + a per-image getter.
 
     Accepted forms:
@@ -407,7 +368,7 @@ class _ExtraRois:
             self.names = [str(n) for n in names]
             return
         else:
-            name = _stem(Path(extra)) if isinstance(extra, (str, os.PathLike)) else "roi"
+            name = image_stem(extra) if isinstance(extra, (str, os.PathLike)) else "roi"
             self.specs = {name: extra}
         self.names = [str(k) for k in self.specs]
         for k, v in self.specs.items():
@@ -465,7 +426,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
     t0 = time.perf_counter()
     params = dict(params or {})
     L = len(model.class_names)
-    image = _load(image)
+    image = as_loaded(image)
     gen = explain_classes_iter(model, image, method, classes=classes, seed=seed, batch_size=batch_size, **params)
     exps = []
     try:
@@ -562,14 +523,14 @@ class Agg2ExpRun:
         if on_error not in ("raise", "skip"):
             raise ValueError("on_error must be 'raise' or 'skip'")
         self.model = model.with_precision(precision)   # seg_explain.precision (opt-in)
-        self.images = _as_list(images)
+        self.images = image_list(images)
         if not self.images:
             raise InputMismatchError("agg2exp needs at least one image")
-        self.names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(self.images)]
+        self.names = list(names) if names is not None else [image_name(im, i) for i, im in enumerate(self.images)]
         if len(self.names) != len(self.images):
             raise InputMismatchError(f"{len(self.names)} names for {len(self.images)} images")
-        self.extra = _ExtraRois(extra_rois, len(self.images))
-        self.ground_truth = None if ground_truth is None else _as_list(ground_truth)
+        self.extra = ExtraRois(extra_rois, len(self.images))
+        self.ground_truth = None if ground_truth is None else image_list(ground_truth)
         if self.ground_truth is not None and len(self.ground_truth) != len(self.images):
             raise InputMismatchError(f"{len(self.ground_truth)} ground-truth maps for {len(self.images)} images")
         from .checks import class_indices
@@ -667,7 +628,7 @@ def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
     images : one image or a sequence (ndarrays on the model grid, ``LoadedImage`` or file
         paths, loaded one at a time)
     method : any registered explainer (default SmoothGrad, the paper's choice)
-    extra_rois : extra region columns (see :class:`_ExtraRois` for the accepted forms)
+    extra_rois : extra region columns (see :class:`ExtraRois` for the accepted forms)
     progress : ``callback(done, total)``
     names : image names for the tables (default: file stems, else ``image_<i>``)
     ground_truth : label maps (one per image; arrays or paths) -> ``result.dice``

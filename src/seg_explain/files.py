@@ -27,6 +27,7 @@ Writing (the user's files):
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -292,3 +293,17 @@ def require_same_grid(ref, other, what: str) -> None:
             raise InputMismatchError(
                 f"{what} is not on the image's grid (its affine differs: origin/spacing/orientation); "
                 "resample it to the image first")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns) -> Path:
+    """Write a CSV atomically (an interrupted write leaves the previous file intact); non-finite
+    floats become empty cells (the NaN policy of tables)."""
+    import math
+
+    p = Path(path)
+    with atomic_write(p) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+    return p

@@ -36,8 +36,8 @@ SUPPORTED_EXT = NIFTI_EXT + ITK_EXT + PLAIN2D_EXT + TIFF_EXT + (".npy",)
 WRITE_EXT = NIFTI_EXT + (".mha", ".nrrd") + TIFF_EXT + (".npy",)  # single-file formats only
 
 # (z, y, x) index <-> (i, j, k) index permutation (its own inverse)
-_PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+AXES_PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -128,7 +128,7 @@ class LoadedImage:
         vox = np.linalg.norm(aff_ijk[:3, :3], axis=0)
         spacing = tuple(float(v) for v in vox[::-1])
         meta = {"format": "nifti", "xfm": xfm, "src_shape": data.shape, "src_affine": aff, "header": header}
-        return cls(np.ascontiguousarray(zyx), spacing, aff_ijk @ _PERM, path, 3, meta)
+        return cls(np.ascontiguousarray(zyx), spacing, aff_ijk @ AXES_PERM, path, 3, meta)
 
     def to_ijk(self, data: np.ndarray) -> np.ndarray:
         """An array on this image's grid (``(Z, Y, X)`` or channel-first ``(C, Z, Y, X)``) in the
@@ -164,7 +164,8 @@ class LoadedImage:
         return _plain(arr, spatial_dims, path, None if spacing is None else tuple(spacing))
 
 
-def _ext(path: Path) -> str:
+def file_ext(path: Path) -> str:
+    """The file's extension, lower case, with ``.nii.gz`` as one (``a.NII.GZ`` -> ``.nii.gz``)."""
     name = path.name.lower()
     for e in (".nii.gz",):
         if name.endswith(e):
@@ -175,6 +176,40 @@ def _ext(path: Path) -> str:
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise ImageLoadError(f"No such file or folder: {path}")
+
+
+IMAGE_EXTS_FOR_STEM = (".nii.gz", ".nii", ".tiff", ".tif", ".npy", ".png", ".mha", ".nrrd", ".mhd", ".jpg")
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without its image extension (``case1.nii.gz`` -> ``case1``)."""
+    p = Path(path)
+    n = p.name
+    for ext in IMAGE_EXTS_FOR_STEM:
+        if n.lower().endswith(ext):
+            return n[: -len(ext)]
+    return p.stem
+
+
+def image_list(images) -> list:
+    """One image (array, LoadedImage, path) or a sequence of them -> a list."""
+    if isinstance(images, (np.ndarray, LoadedImage, str, os.PathLike)):
+        return [images]
+    return list(images)
+
+
+def image_name(img, i: int) -> str:
+    """The name of the ``i``-th image in tables: its file stem, else ``image_<i>``."""
+    if isinstance(img, (str, os.PathLike)):
+        return image_stem(img)
+    if isinstance(img, LoadedImage) and img.path:
+        return image_stem(img.path)
+    return f"image_{i}"
+
+
+def as_loaded(img):
+    """A path is read with :func:`load_image`; arrays and LoadedImages are returned as they are."""
+    return load_image(img) if isinstance(img, (str, os.PathLike)) else img
 
 
 def load_image(path: str | os.PathLike, series: str | None = None, magnitude: bool = False) -> LoadedImage:
@@ -193,7 +228,7 @@ def load_image(path: str | os.PathLike, series: str | None = None, magnitude: bo
     regular_file(p, "image file", allow_dir=True)   # never open a FIFO / device / socket
     if series is not None and not p.is_dir():
         raise ImageLoadError(f"A series can only be chosen in a DICOM folder; {p.name} is a file")
-    ext = _ext(p)
+    ext = file_ext(p)
     try:
         img = _load_any(p, ext, series)
     except SegExplainError:
@@ -255,7 +290,7 @@ def _plain(arr: np.ndarray, spatial_dims: int, path: str | None,
            spacing: tuple[float, ...] | None = None) -> LoadedImage:
     spacing = tuple(float(s) for s in (spacing or (1.0,) * spatial_dims))
     if spatial_dims == 3:
-        aff = _LPS_TO_RAS @ np.diag([spacing[2], spacing[1], spacing[0], 1.0]) @ _PERM
+        aff = LPS_TO_RAS @ np.diag([spacing[2], spacing[1], spacing[0], 1.0]) @ AXES_PERM
     else:
         aff = np.diag([spacing[0], spacing[1], 1.0, 1.0])
     return LoadedImage(np.ascontiguousarray(arr), spacing, aff, path, spatial_dims,
@@ -305,7 +340,7 @@ def _sitk_to_loaded(img, path: str, fmt: str) -> LoadedImage:
     aff_ijk_lps = np.eye(4)
     aff_ijk_lps[:3, :3] = d * sp[None, :]
     aff_ijk_lps[:3, 3] = img.GetOrigin()
-    aff = _LPS_TO_RAS @ aff_ijk_lps @ _PERM
+    aff = LPS_TO_RAS @ aff_ijk_lps @ AXES_PERM
     meta = {"format": fmt, "sitk_orientation": orig_dir}
     return LoadedImage(np.ascontiguousarray(arr), tuple(float(s) for s in sp[::-1]), aff,
                        path, 3, meta)
@@ -336,7 +371,7 @@ def _load_sitk(p: Path) -> LoadedImage:
         img = reader.Execute()
     except RuntimeError as exc:
         raise ImageLoadError(f"Cannot read {p.name}: {_itk_reason(exc)}") from None
-    return _sitk_to_loaded(img, str(p), "dicom" if _ext(p) == ".dcm" else "itk")
+    return _sitk_to_loaded(img, str(p), "dicom" if file_ext(p) == ".dcm" else "itk")
 
 
 def _itk_reason(exc: Exception) -> str:
@@ -452,7 +487,7 @@ def save_image(path: str | os.PathLike, data: np.ndarray, like: LoadedImage | No
     spacing), ``.npy``, ``.mha``/``.nrrd`` are also written. Returns the path written.
     """
     p = Path(path).expanduser()
-    ext = _ext(p)
+    ext = file_ext(p)
     if ext not in WRITE_EXT:
         raise ImageLoadError(f"Cannot write '{ext}' files ({p.name}); use .nii.gz, .tif, .npy, .mha or .nrrd")
     with atomic_write(p) as tmp:   # an interrupted write never leaves a truncated file behind
@@ -483,7 +518,7 @@ def _write(p: Path, ext: str, data: np.ndarray, like: LoadedImage | None) -> Non
             else:
                 arr = np.moveaxis(data, (-3, -2, -1), (-1, -2, -3)) if data.ndim == 3 else \
                     np.moveaxis(np.moveaxis(data, 0, -1), (0, 1, 2), (2, 1, 0))
-                aff = (like.affine if like is not None else np.eye(4)) @ _PERM
+                aff = (like.affine if like is not None else np.eye(4)) @ AXES_PERM
             out = nib.Nifti1Image(arr, aff)
         nib.save(out, str(p))
     elif ext in TIFF_EXT:
@@ -505,7 +540,7 @@ def _write(p: Path, ext: str, data: np.ndarray, like: LoadedImage | None) -> Non
         if like is not None:
             img.SetSpacing(tuple(float(s) for s in like.spacing[::-1]))
             if like.spatial_dims == 3 and data.ndim == 3:
-                aff_lps = _LPS_TO_RAS @ like.affine @ _PERM
+                aff_lps = LPS_TO_RAS @ like.affine @ AXES_PERM
                 img.SetOrigin(tuple(float(v) for v in aff_lps[:3, 3]))
                 d = aff_lps[:3, :3] / np.linalg.norm(aff_lps[:3, :3], axis=0, keepdims=True)
                 img.SetDirection(tuple(float(v) for v in d.ravel()))

@@ -221,15 +221,15 @@ class MetricsResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Per-row metrics (image, class, method, metrics)."""
-        from .aggregate import _write_csv
+        from .files import write_csv
 
-        return _write_csv(path, self.rows, ["image", "class", "method"] + METRIC_COLUMNS)
+        return write_csv(path, self.rows, ["image", "class", "method"] + METRIC_COLUMNS)
 
     def summary_to_csv(self, path: str | os.PathLike) -> Path:
-        from .aggregate import _write_csv
+        from .files import write_csv
 
         cols = ["method", "n"] + [f"{k}_{s}" for k in METRIC_COLUMNS for s in ("mean", "sd")]
-        return _write_csv(path, self.summary(), cols)
+        return write_csv(path, self.summary(), cols)
 
 
 # ------------------------------------------------------------------------------ driver --
@@ -341,18 +341,18 @@ def evaluate_image_iter(model, image, name: str, plan: EvalPlan, on_error: str =
     ``(plan.seed, that, class)`` (and, under ``protocol="agg2exp"``, the noisy copies'
     explainer seeds from one seeded by ``(plan.seed, that, class, 1)``): nothing depends on
     the order of the images."""
-    from .aggregate import _load
-    from .dataset import image_seed
     from .errors import Cancelled, SegExplainError
     from .explainers.base import Context, get_spec
     from .explainers.engine import f_hat_batch
+    from .io import as_loaded
     from .jobs import drive
     from .models.segmodel import Prepared
     from .protocols import get_protocol
+    from .seeds import image_seed
 
     proto = get_protocol(plan.protocol)
     model = model.with_precision(plan.precision)
-    prep = model.prepare(_load(image))
+    prep = model.prepare(as_loaded(image))
     clean = model.logits_tensor(prep.x)
     pred = model.image_labels(prep, clean)       # the one prediction (image grid), as model.predict
     present = [int(c) for c in np.unique(pred)]
@@ -432,13 +432,13 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
                   baseline=None, on_error: str = "raise", protocol: str = "default",
                   **params) -> Iterator[tuple[int, int]]:
     """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, method)."""
-    from .aggregate import _as_list, _name_of
     from .errors import Cancelled, SegExplainError
+    from .io import image_list, image_name
 
     plan = plan_evaluation(model, methods, classes, method_params, seed, batch_size, n_faithfulness, subset,
                            n_sensitivity, noise, theta, baseline, protocol, **params)
-    imgs = _as_list(images)
-    names = list(names) if names is not None else [_name_of(im, i) for i, im in enumerate(imgs)]
+    imgs = image_list(images)
+    names = list(names) if names is not None else [image_name(im, i) for i, im in enumerate(imgs)]
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     failed: list[tuple[str, str, str, str]] = []   # (image, class, method, reason)

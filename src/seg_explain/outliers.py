@@ -112,12 +112,12 @@ class OutlierResult:
         return out
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        from .aggregate import _write_csv
+        from .files import write_csv
 
         cols = ["image", "explained_class", "anomaly_score", "decision_function", "outlier", "rank"] + (
             ["dice"] if self.dice is not None else [])
         rows = [{**r, "rank": ("" if not np.isfinite(r["rank"]) else int(r["rank"]))} for r in self.records()]
-        return _write_csv(path, rows, cols)
+        return write_csv(path, rows, cols)
 
 
 class OutlierDetector:

@@ -82,8 +82,9 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
     so a heatmap click needs no recomputation."""
     from ..aggregate import Agg2ExpRun
     from ..errors import InputMismatchError
+    from ..explainers.job import cancel_hooks
     from ..explainers.registry import get_spec
-    from ..jobs import cancel_hooks, events
+    from ..jobs import events
 
     yield ("status", "Loading model")
     model = cache.get(model_path, device)
@@ -118,7 +119,7 @@ def cell_job(cache: ModelCache, model_path: str, device: str, image, image_name:
              params: dict[str, Any], target: int, token) -> Iterator:
     """Class ``target``'s attribution (RoI = its predicted voxels) and the label map it was
     made on (the Explanation's own prediction: no second prediction pass)."""
-    from ..jobs import explain_job
+    from ..explainers.job import explain_job
 
     yield ("status", "Loading model")
     model = cache.get(model_path, device)
@@ -515,7 +516,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
     def update_cost(self) -> None:
         """The estimate before running (on the chosen image layer; the file list's images are
         taken to be of its size): passes, seconds on this machine, a warning when long."""
-        from ..jobs import estimate_agg2exp
+        from ..explainers.cost import estimate_agg2exp
 
         if not hasattr(self, "cost"):
             return

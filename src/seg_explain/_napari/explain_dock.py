@@ -606,7 +606,7 @@ class ExplainWidget(ClosingDock, QWidget):
         return model_grid_shape(img, self.model_info)
 
     def _update_cost(self) -> None:
-        from ..jobs import estimate
+        from ..explainers.cost import estimate
 
         self.cheaper_button.hide()
         self.cost_warning.setText("")

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..jobs import CancelToken, ProgressEvent, cancel_hooks  # noqa: F401 (re-exported for the docks)
+from ..explainers.job import cancel_hooks  # noqa: F401 (re-exported for the docks)
+from ..jobs import CancelToken, ProgressEvent  # noqa: F401 (re-exported for the docks)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ModelCache:
 def load_model_job(cache: ModelCache, path, device: str) -> Iterator:
     """Load (or fetch) a model, warm it up and time its passes (for cost estimates);
     returns a small description (names, dims, layers, devices)."""
-    from ..jobs import measure_pass_times
+    from ..explainers.job import measure_pass_times
 
     yield ("status", f"Loading model {path}")
     fresh = cache.cached(path, device) is None
@@ -205,7 +206,7 @@ class ExplainDisplay:
 
 def explain_job(req: ExplainRequest, cache: ModelCache, token: CancelToken) -> Iterator:
     """Explain with the core job driver (events relayed as they come); returns an ExplainDisplay."""
-    from ..jobs import explain_job as core_explain_job
+    from ..explainers.job import explain_job as core_explain_job
     from .layers import display_limits, roi_outline
 
     yield ("status", "Loading model")

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..io import image_stem
 from ..models.formats import formats_help
 
 MIN_IMAGES_FOR_OUTLIERS = 5
@@ -44,16 +45,10 @@ def add_parser(sub):
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    from ..dataset import add_dataset_arguments
+    from .datasets import add_dataset_arguments
 
     add_dataset_arguments(p)
     return p
-
-
-def _stem(path: str) -> str:
-    from ..aggregate import _stem as stem
-
-    return stem(Path(path))
 
 
 def parse_extra_rois(items) -> dict[str, str]:
@@ -63,7 +58,7 @@ def parse_extra_rois(items) -> dict[str, str]:
         name, _, path = it.partition("=") if "=" in it else ("", "", it)
         path = path or it
         if not name:
-            name = _stem(path.replace("{stem}", "")) or "roi"
+            name = image_stem(path.replace("{stem}", "")) or "roi"
         if "{" not in path and not Path(path).exists():
             raise FileNotFoundError(f"extra RoI file not found: {path}")
         out[name] = path
@@ -74,24 +69,20 @@ def run(args) -> int:
     from ..checks import as_int
     from ..cli import common_params, parse_params
     from ..dataset import (
-        EXIT_OK,
-        EXIT_SOME_FAILED,
         FAILURES_FILE,
         RESULTS_DIR,
         RUN_FILE,
         Agg2ExpJob,
         DatasetRun,
-        check_dataset_arguments,
-        check_inputs_outside_results,
         collect_images,
         make_executor,
         model_digest,
-        run_command,
     )
     from ..errors import InputMismatchError, printable
     from ..explainers.registry import resolve_params
     from ..files import WriteLog, check_output
     from ..models import load_model
+    from .datasets import EXIT_OK, EXIT_SOME_FAILED, check_dataset_arguments, check_inputs_outside_results, run_command
 
     params = parse_params(args.param, args.method)
     seed, batch_size = common_params(params, args.seed)

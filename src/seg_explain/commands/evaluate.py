@@ -49,7 +49,7 @@ def add_parser(sub):
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
-    from ..dataset import add_dataset_arguments
+    from .datasets import add_dataset_arguments
 
     add_dataset_arguments(p)
     return p
@@ -58,24 +58,20 @@ def add_parser(sub):
 def run(args) -> int:
     from ..cli import common_params, parse_params
     from ..dataset import (
-        EXIT_OK,
-        EXIT_SOME_FAILED,
         FAILURES_FILE,
         RESULTS_DIR,
         RUN_FILE,
         DatasetRun,
         EvaluateJob,
-        check_dataset_arguments,
-        check_inputs_outside_results,
         collect_images,
         make_executor,
         model_digest,
-        run_command,
     )
     from ..errors import InputMismatchError, printable
     from ..files import WriteLog, check_output
     from ..metrics import plan_evaluation
     from ..models import load_model
+    from .datasets import EXIT_OK, EXIT_SOME_FAILED, check_dataset_arguments, check_inputs_outside_results, run_command
 
     params = parse_params(args.param)
     seed, batch_size = common_params(params, args.seed)

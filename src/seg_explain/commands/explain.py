@@ -48,9 +48,9 @@ def add_parser(sub):
 
 def _check_out(out: Path, spatial_dims: int) -> None:
     from ..errors import InputMismatchError
-    from ..io import NIFTI_EXT, WRITE_EXT, _ext
+    from ..io import NIFTI_EXT, WRITE_EXT, file_ext
 
-    ext = _ext(out)
+    ext = file_ext(out)
     if ext not in WRITE_EXT:
         raise InputMismatchError(f"cannot write '{out.name}': use .nii.gz, .tif, .npy, .mha or .nrrd")
     if spatial_dims == 2 and ext in NIFTI_EXT:
@@ -177,8 +177,8 @@ def _table_rows(exp) -> list[dict]:
 
 
 def _write_rows(rows: list[dict], path: Path) -> Path:
-    from ..aggregate import _write_csv
+    from ..files import write_csv
 
     cols = list(rows[0])
-    return _write_csv(path, [{k: (";".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+    return write_csv(path, [{k: (";".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
                               for k, v in r.items()} for r in rows], cols)

@@ -254,12 +254,12 @@ def write_blocks_csv(explanation, path):
 
     ``explanation``: a PdCR Explanation or its ``extras``. Index/origin/size are
     ``;``-joined model-grid voxel coordinates. Returns the path written."""
-    from ..aggregate import _write_csv
+    from ..files import write_csv
 
     ex = explanation if isinstance(explanation, dict) else explanation.extras
     rows = [{c: (";".join(str(i) for i in b.get(c)) if isinstance(b.get(c), list) else b.get(c))
              for c in CSV_COLUMNS} for b in ex["blocks"]]
-    return _write_csv(path, rows, CSV_COLUMNS)   # atomic; None -> empty cell
+    return write_csv(path, rows, CSV_COLUMNS)   # atomic; None -> empty cell
 
 
 def _adaptive_rel(adaptive) -> float:

@@ -482,13 +482,3 @@ def torch_mask(roi):
     import torch
 
     return roi if isinstance(roi, torch.Tensor) else torch.as_tensor(np.asarray(roi, bool))
-
-
-def human_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"

@@ -13,7 +13,7 @@ file (the stored voxel order rides along for nnU-Net models). Results go back wi
 Threads: the MRML reads (:meth:`SegExplainLogic.image`, :meth:`SegExplainLogic.roi_mask`) and
 writes (:meth:`SegExplainLogic.attribution_node`, :meth:`SegExplainLogic.table_nodes`,
 :meth:`SegExplainLogic.segmentation_node`) belong on Slicer's main thread; the computations
-between them (:meth:`SegExplainLogic.load`, :func:`seg_explain.jobs.explain_job`, the core's
+between them (:meth:`SegExplainLogic.load`, :func:`seg_explain.explainers.job.explain_job`, the core's
 ``agg2exp`` and ``predict``) touch no node and may run in a worker thread (the Widget does).
 """
 from __future__ import annotations
@@ -33,8 +33,9 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 import slicer
 from seg_explain import LoadedImage, load_model
 from seg_explain.errors import InputMismatchError, ModelLoadError
+from seg_explain.explainers.job import explain_job
 from seg_explain.explainers.registry import get_spec, legend
-from seg_explain.jobs import CancelToken, drive, explain_job
+from seg_explain.jobs import CancelToken, drive
 
 Progress = Callable[[int, int], Any]
 GEOMETRY_TOL = 0.01      # fraction of a voxel two grids may differ by (as the CLI's require_same_grid)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputMismatchError
+from ..errors import InputMismatchError
 
 RESULTS_DIR = "images"
 RUN_FILE = "run.json"
@@ -121,7 +121,7 @@ class ResultStore:
 
     # -- the manifest --
     def _read_run_file(self) -> dict:
-        from .files import read_json
+        from ..files import read_json
 
         run_file = self.out / RUN_FILE
         if not run_file.exists():
@@ -141,8 +141,8 @@ class ResultStore:
         return [n for n in names if isinstance(n, str) and RESULT_NAME.fullmatch(n)]
 
     def _write_run_file(self) -> None:
-        from . import __version__
-        from .files import atomic_write
+        from .. import __version__
+        from ..files import atomic_write
 
         with atomic_write(self.out / RUN_FILE) as tmp:
             tmp.write_text(json.dumps({"settings": self.job.fingerprint(), "run_id": self.run_id,
@@ -152,7 +152,7 @@ class ResultStore:
     def open(self, records=()) -> None:
         """Check the folder against an earlier run, clean up after it (``--overwrite``: its
         result files; always: temporary files of a killed run) and record this run."""
-        from .files import OutputError, remove_stale_parts
+        from ..files import OutputError, remove_stale_parts
 
         if self.dir.exists() and not self.dir.is_dir():
             raise OutputError(f"{self.dir} exists and is not a folder")
@@ -200,7 +200,7 @@ class ResultStore:
         """The image's finished row, or None (not done, done with other settings or inputs,
         or unreadable, damaged or forged: then it is computed again and the reason kept in
         :attr:`rejected`)."""
-        from .files import regular_file
+        from ..files import regular_file
 
         if self.overwrite:
             return None
@@ -215,7 +215,7 @@ class ResultStore:
                 raise ValueError("larger than any result file")
             row, meta = self.job.read(p)
         except Exception as exc:  # noqa: BLE001 - a damaged result file is recomputed, never trusted
-            from .errors import first_line
+            from ..errors import first_line
 
             self.rejected.append((rec.name, f"unreadable ({first_line(exc)})"))
             return None
@@ -228,14 +228,14 @@ class ResultStore:
         try:
             self.job.validate(row, f"the stored result of {rec.name!r}")
         except Exception as exc:  # noqa: BLE001 - NaN/Inf or wrong shapes: recomputed
-            from .errors import first_line
+            from ..errors import first_line
 
             self.rejected.append((rec.name, first_line(exc)))
             return None
         return row
 
     def save(self, rec, outcome: dict) -> None:
-        from .files import atomic_write
+        from ..files import atomic_write
 
         meta: dict[str, Any] = {
             "format": FORMAT, "run": self.run_id, "inputs": inputs_digest(rec), "name": rec.name,
