@@ -55,7 +55,8 @@ except ImportError:  # a source checkout without an install
 import torch  # noqa: E402
 
 from seg_explain import load_image, load_model  # noqa: E402
-from seg_explain.metrics import MetricsResult, evaluate  # noqa: E402
+from seg_explain.dataset import evaluate  # noqa: E402
+from seg_explain.metrics import MetricsResult  # noqa: E402
 
 SAMPLE = ROOT / "sample_data"
 AUTHORS_SHARE = 0.003   # 224² voxels of a chest CT on the authors' 1.5 mm grid: 0.2–0.5 %

@@ -48,7 +48,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from seg_explain import explain
-    from seg_explain.metrics import evaluate
+    from seg_explain.dataset import evaluate
     from seg_explain.progressive import progressive_perturbation
 
     rows = []

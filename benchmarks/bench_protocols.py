@@ -36,7 +36,7 @@ except ImportError:  # a source checkout without an install
 import torch  # noqa: E402
 
 from seg_explain import load_image, load_model  # noqa: E402
-from seg_explain.metrics import evaluate  # noqa: E402
+from seg_explain.dataset import evaluate  # noqa: E402
 from seg_explain.models import SegModel  # noqa: E402
 from seg_explain.protocols import AUTHORS_SUBSET  # noqa: E402
 

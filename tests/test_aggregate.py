@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from seg_explain import InputMismatchError, agg2exp, explain
-from seg_explain.aggregate import Agg2ExpRun, agg2exp_iter, dice_per_class, region_masses
+from seg_explain.aggregate import dice_per_class, region_masses
+from seg_explain.dataset import Agg2ExpRun, agg2exp_iter
 from seg_explain.models import SegModel
 
 N_CLASSES = 5
@@ -259,3 +260,15 @@ def test_classes_subset_absent_everywhere_and_shared_pass_counts():
     assert res.n_forward[0] == 1 + 4          # clean prediction + 4 noisy copies, shared by 5 classes
     assert res.n_backward[0] == 5 * 4
     assert res.global_importance[2, 4] > 0.99
+
+
+def test_moved_runner_names_still_import_from_their_old_modules():
+    """agg2exp/evaluate and their generator forms moved to seg_explain.dataset (one runner);
+    the old import paths keep working and give the very same objects."""
+    from seg_explain import aggregate, dataset, metrics
+
+    assert aggregate.agg2exp is dataset.agg2exp and aggregate.Agg2ExpRun is dataset.Agg2ExpRun
+    assert aggregate.agg2exp_iter is dataset.agg2exp_iter
+    assert metrics.evaluate is dataset.evaluate and metrics.evaluate_iter is dataset.evaluate_iter
+    with pytest.raises(AttributeError):
+        aggregate.no_such_name  # noqa: B018

@@ -211,16 +211,16 @@ def external(tmp_path_factory):
 
 
 def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_path, capsys):
-    from seg_explain import dataset
+    from seg_explain.dataset import executors
 
     address, client = external
     ext = tmp_path / "ext"
-    loads = client.run(lambda: dataset.MODEL_LOADS["count"])
+    loads = client.run(lambda: executors.MODEL_LOADS["count"])
     assert main(cli_args(data, ext, "--scheduler", address, quiet=False)) == 3
     same_tables(serial, ext)
     assert "on the Dask cluster at tcp://127.0.0.1" in capsys.readouterr().err
     # each worker loaded the model once (not per image), whatever it computed
-    after = client.run(lambda: dataset.MODEL_LOADS["count"])
+    after = client.run(lambda: executors.MODEL_LOADS["count"])
     assert all(after[w] - loads[w] <= 1 for w in after) and sum(after.values()) > sum(loads.values())
 
 
@@ -246,8 +246,7 @@ def test_evaluate_on_a_cluster_and_resumed(data, external, tmp_path, capsys):
 
 def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
     from seg_explain import load_model
-    from seg_explain.aggregate import agg2exp
-    from seg_explain.metrics import evaluate
+    from seg_explain.dataset import agg2exp, evaluate
 
     _address, client = external
     imgs = data["images"][:4]
@@ -289,8 +288,7 @@ def test_events_for_a_gui_partial_result_cancel_and_resume(data, tmp_path):
     import threading
 
     from seg_explain import load_model
-    from seg_explain.aggregate import agg2exp
-    from seg_explain.dataset import ImageProgress, prepare_run
+    from seg_explain.dataset import ImageProgress, agg2exp, prepare_run
     from seg_explain.errors import Cancelled
     from seg_explain.jobs import CancelToken
 

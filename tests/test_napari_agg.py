@@ -71,7 +71,7 @@ def _corner_rgb(path):
 
 
 def test_before_the_first_run(make_napari_viewer, qtbot, sample_bundle2d):
-    from seg_explain.aggregate import Agg2ExpRun
+    from seg_explain.dataset import Agg2ExpRun
     from seg_explain.explainers.registry import specs
 
     viewer = make_napari_viewer(show=True)

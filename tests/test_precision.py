@@ -8,8 +8,8 @@ from conftest import make_unet, wrap
 
 from seg_explain import agg2exp, explain, load_image, load_model
 from seg_explain.cli import main
+from seg_explain.dataset import evaluate
 from seg_explain.errors import MethodError
-from seg_explain.metrics import evaluate
 from seg_explain.paths import sample_path
 
 # small settings: every method's passes, not its quality, is what is checked here

@@ -10,8 +10,8 @@ import scipy.stats
 import torch
 
 from seg_explain import InputMismatchError, explain
-from seg_explain.dataset import image_seed
-from seg_explain.metrics import evaluate, plan_evaluation
+from seg_explain.dataset import evaluate, image_seed
+from seg_explain.metrics import plan_evaluation
 from seg_explain.models import SegModel
 from seg_explain.protocols import AUTHORS_SUBSET
 
@@ -198,7 +198,7 @@ def test_cli_protocol_option(bundle3d, tmp_path, capsys):
     (np.int64(1), [1]), (np.int32(2), [2]), (1, [1]), (np.array(3), [3]), ("class_2", [2]), ("2", [2]),
     ([np.int64(1), "class_2", 1], [1, 2]), ((0, np.uint8(3)), [0, 3]), (np.array([2, 1]), [2, 1]), (None, None)])
 def test_classes_every_accepted_form(unet2d, given, want):
-    from seg_explain.aggregate import Agg2ExpRun
+    from seg_explain.dataset import Agg2ExpRun
 
     assert plan_evaluation(unet2d, ["gradient"], classes=given).classes == want
     assert Agg2ExpRun(unet2d, [np.zeros((8, 8), np.float32)], "gradient", classes=given).classes == want
@@ -208,7 +208,7 @@ def test_classes_every_accepted_form(unet2d, given, want):
     (1.5, "1.5 .float. is not a class"), (True, "True .bool. is not a class"), ("nope", "Unknown target class"),
     ([], "classes is empty"), ([1, None], "None .NoneType. is not a class"), (9, "Unknown target class 9")])
 def test_classes_bad_forms_are_one_line_errors(unet2d, given, match):
-    from seg_explain.aggregate import Agg2ExpRun
+    from seg_explain.dataset import Agg2ExpRun
 
     for make in (lambda: plan_evaluation(unet2d, ["gradient"], classes=given),
                  lambda: Agg2ExpRun(unet2d, [np.zeros((8, 8), np.float32)], "gradient", classes=given)):

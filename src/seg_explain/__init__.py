@@ -18,8 +18,7 @@ from .errors import (
     SegExplainError,
     UnsafeConfigError,
 )
-
-__version__ = "0.2.0"
+from .version import __version__  # noqa: E402,F401 (public: seg_explain.__version__)
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
@@ -50,8 +49,8 @@ def __dir__():
 
 
 def agg2exp(model, images, method="smoothgrad", extra_rois=None, **params):
-    """Agg2Exp class-to-class importance over images (see :mod:`seg_explain.aggregate`)."""
-    from .aggregate import agg2exp as _agg2exp
+    """Agg2Exp class-to-class importance over images (see :mod:`seg_explain.dataset.api`)."""
+    from .dataset.api import agg2exp as _agg2exp
 
     return _agg2exp(model, images, method=method, extra_rois=extra_rois, **params)
 

@@ -63,13 +63,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import Cancelled, InputMismatchError, SegExplainError
+from .errors import InputMismatchError
 from .files import write_csv
-from .io import LoadedImage, as_loaded, image_list, image_name, image_stem, load_image
-from .jobs import relay
-from .seeds import image_seed
-
-STEPS_PER_IMAGE = 1000  # progress units per image (per-mille)
+from .io import LoadedImage, as_loaded, image_stem, load_image
 
 
 # ---------------------------------------------------------------------- the matrices --
@@ -438,7 +434,7 @@ def agg2exp_image_iter(model, image, name: str, method: str = "smoothgrad", *, p
     if exps:
         shape = tuple(exps[0].attribution.shape)
         # the clean label map the explanations were made on (carried by them)
-        labels = (labels_fn or Agg2ExpRun._labels)(image, exps, shape)
+        labels = (labels_fn or labels_of)(image, exps, shape)
         if on_image is not None:
             on_image(name, exps, labels)
     else:
@@ -507,150 +503,26 @@ def assemble_result(rows: Sequence[dict], row_names: Sequence[str], col_names: S
                                   for r in rows]) if rows else np.full((0, L, R), np.nan)))
 
 
-# --------------------------------------------------------------------------- the run --
-class Agg2ExpRun:
-    """A resumable Agg2Exp computation: iterate :meth:`run_iter`, read :meth:`result`.
-
-    ``result()`` can be called at any time (e.g. after the GUI stopped the run) and holds
-    the images finished so far.
-    """
-
-    def __init__(self, model, images, method: str = "smoothgrad", extra_rois=None, *,
-                 names: Sequence[str] | None = None, ground_truth=None, classes=None,
-                 seed: int = 0, batch_size: int | None = None, on_error: str = "raise",
-                 on_image: Callable[[str, list, np.ndarray], Any] | None = None, precision: str | None = None,
-                 **params):
-        if on_error not in ("raise", "skip"):
-            raise ValueError("on_error must be 'raise' or 'skip'")
-        self.model = model.with_precision(precision)   # seg_explain.precision (opt-in)
-        self.images = image_list(images)
-        if not self.images:
-            raise InputMismatchError("agg2exp needs at least one image")
-        self.names = list(names) if names is not None else [image_name(im, i) for i, im in enumerate(self.images)]
-        if len(self.names) != len(self.images):
-            raise InputMismatchError(f"{len(self.names)} names for {len(self.images)} images")
-        self.extra = ExtraRois(extra_rois, len(self.images))
-        self.ground_truth = None if ground_truth is None else image_list(ground_truth)
-        if self.ground_truth is not None and len(self.ground_truth) != len(self.images):
-            raise InputMismatchError(f"{len(self.ground_truth)} ground-truth maps for {len(self.images)} images")
-        from .checks import class_indices
-
-        self.classes = class_indices(model, classes)   # an unknown class is an error, not an empty table
-        self.method, self.seed, self.batch_size, self.on_error = method, int(seed), batch_size, on_error
-        self.params = dict(params)
-        self.on_image = on_image     # (name, explanations, label map) of each finished image
-        self.L = len(model.class_names)
-        self.row_names = list(model.class_names)
-        self.col_names = self.row_names + self.extra.names
-        self._rows: list[dict[str, Any]] = []
-        self.skipped: list[tuple[str, str]] = []
-        self.status = ""
-        self._validate_method()
-
-    def _validate_method(self) -> None:
-        from .explainers.registry import resolve_params
-
-        resolve_params(self.method, self.params)   # unknown or bad parameters fail before any image
-
-    @property
-    def total(self) -> int:
-        return len(self.images) * STEPS_PER_IMAGE
-
-    def run_iter(self) -> Iterator[tuple[int, int]]:
-        n = len(self.images)
-        for i, (img, name) in enumerate(zip(self.images, self.names)):
-            self.status = f"image {i + 1}/{n}: {name}"
-            try:
-                row = yield from self._one(i, img, name)
-            except Exception as exc:  # noqa: BLE001 - skip mode reports any failure of one image
-                if (self.on_error == "raise" or isinstance(exc, Cancelled)
-                        or not isinstance(exc, (SegExplainError, ValueError, RuntimeError, OSError))):
-                    raise
-                self.skipped.append((name, str(exc)))
-                self.status = f"skipped {name}: {exc}"
-                yield ((i + 1) * STEPS_PER_IMAGE, self.total)
-                continue
-            self._rows.append(row)
-            yield ((i + 1) * STEPS_PER_IMAGE, self.total)
-        self.status = f"done: {len(self._rows)} image(s)" + (f", {len(self.skipped)} skipped" if self.skipped else "")
-
-    def _one(self, i: int, img, name: str):
-        gt = self.ground_truth[i] if self.ground_truth is not None else None
-        return (yield from relay(
-            agg2exp_image_iter(self.model, img, name, self.method, params=self.params, classes=self.classes,
-                               seed=image_seed(self.seed, name), batch_size=self.batch_size,
-                               extra=lambda shape, like: self.extra.masks(i, name, shape, like),
-                               ground_truth=gt, on_image=self.on_image, labels_fn=self._labels),
-            i * STEPS_PER_IMAGE, STEPS_PER_IMAGE, self.total))
-
-    @staticmethod
-    def _labels(image, exps, shape) -> np.ndarray:
-        """The clean label map the explanations were made on (computed once, carried by them)."""
-        pred = exps[0].prediction
-        if pred is not None:
-            return np.asarray(pred).astype(np.int64)
-        labels = np.full(shape, -1, np.int64)   # pragma: no cover - every Explanation carries it
-        for e in exps:
-            labels[np.asarray(e.roi, bool)] = e.target
-        return labels
-
-    def result(self) -> Agg2ExpResult:
-        run = {**self.params, "seed": self.seed, "batch_size": self.batch_size}
-        if self.model.precision != "fp32":
-            run["precision"] = self.model.precision
-        return assemble_result(self._rows, self.row_names, self.col_names, method=self.method, params=run,
-                               with_dice=self.ground_truth is not None, skipped=self.skipped)
+def labels_of(image, exps, shape) -> np.ndarray:
+    """The clean label map the explanations were made on (computed once, carried by them)."""
+    pred = exps[0].prediction
+    if pred is not None:
+        return np.asarray(pred).astype(np.int64)
+    labels = np.full(shape, -1, np.int64)   # pragma: no cover - every Explanation carries it
+    for e in exps:
+        labels[np.asarray(e.roi, bool)] = e.target
+    return labels
 
 
-def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **kwargs
-                 ) -> Iterator[tuple[int, int]]:
-    """Generator form of :func:`agg2exp`: yields ``(done, total)``, returns the result.
-
-    Closing the generator stops between steps; to keep the images finished so far, build
-    an :class:`Agg2ExpRun` yourself and call its ``result()``.
-    """
-    run = Agg2ExpRun(model, images, method, extra_rois, **kwargs)
-    yield from run.run_iter()
-    res = run.result()
-    if res.n_images == 0:
-        raise InputMismatchError("No image could be explained: " + "; ".join(f"{n}: {m}" for n, m in res.skipped))
-    return res
+# The data-set runner (serial, resumable or on Dask) lives in seg_explain.dataset; these names
+# were defined here before and stay importable from here (looked up when first used, so this
+# module never imports the runner that imports it).
+_MOVED = ("agg2exp", "agg2exp_iter", "Agg2ExpRun")
 
 
-def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
-            progress: Callable[[int, int], Any] | None = None, *, client=None,
-            out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs) -> Agg2ExpResult:
-    """Agg2Exp class-to-region importance over ``images``.
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-    Parameters
-    ----------
-    model : SegModel
-    images : one image or a sequence (ndarrays on the model grid, ``LoadedImage`` or file
-        paths, loaded one at a time)
-    method : any registered explainer (default SmoothGrad, the paper's choice)
-    extra_rois : extra region columns (see :class:`ExtraRois` for the accepted forms)
-    progress : ``callback(done, total)``
-    names : image names for the tables (default: file stems, else ``image_<i>``)
-    ground_truth : label maps (one per image; arrays or paths) -> ``result.dice``
-    classes : explain only these classes (default: every class predicted in each image)
-    seed, batch_size : passed to the explainer
-    precision : "bf16" / "fp16": the network under autocast (opt-in; :mod:`seg_explain.precision`);
-        default None: the model's own (fp32)
-    on_error : ``"raise"`` (default) or ``"skip"`` (bad images are listed in ``result.skipped``)
-    **params : the explainer's parameters (e.g. ``n_samples=20``)
-    client : run one Dask task per image: a ``distributed.Client``, a scheduler address
-        (``"tcp://host:8786"``) or a number of local worker processes; ``model`` must then be
-        a path or a model loaded from a file (each worker loads it once). Tables are identical
-        to the serial run's (seeds per image).
-    out : a results folder: every finished image is written at once, and a rerun with the
-        same ``out`` skips the images already done (``overwrite=True`` recomputes them).
-        See :mod:`seg_explain.dataset` (also for ``threads`` and ``device`` of the workers).
-    """
-    if client is not None or out is not None:
-        from .dataset import run_python
-
-        return run_python("agg2exp", model, images, progress=progress, client=client, out=out,
-                          overwrite=overwrite, method=method, extra_rois=extra_rois, **kwargs)
-    from .jobs import drive
-
-    return drive(agg2exp_iter(model, images, method, extra_rois, **kwargs), progress)
+        return getattr(importlib.import_module("seg_explain.dataset.api"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .explainers.registry import parse_params  # noqa: F401 (the commands' parser: --param k=v)
+
 SUBCOMMANDS = ("explain", "methods", "agg2exp", "evaluate")
 
 
@@ -30,29 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on an error, show the full traceback (for a bug report) besides the one line")
         sp.set_defaults(_run=mod.run)
     return p
-
-
-def parse_params(items, method: str | None = None) -> dict:
-    """``["k=v", ...]`` -> dict. With ``method`` the values are typed and checked by that
-    method's registry entry (the same parser the GUI uses); without, they stay text and are
-    typed when a method takes them. The parameters every method takes (``seed``,
-    ``batch_size``: ``seg-explain methods`` lists them) are typed here, bounded, and kept
-    in the dict under their names; :func:`common_params` takes them out."""
-    from .explainers.registry import COMMON, parse_text_params
-
-    common_names = {p.name for p in COMMON}
-    mine = [it for it in (items or []) if it.split("=", 1)[0].strip() in common_names]
-    rest = [it for it in (items or []) if it not in mine]
-    out = parse_text_params(rest, method)
-    for name, value in parse_text_params(mine).items():
-        spec = next(p for p in COMMON if p.name == name)
-        v = spec.parse(value, method)
-        if name == "batch_size" and v is not None:
-            from .checks import as_int, max_batch_size
-
-            v = as_int("batch_size", v, 1, max_batch_size(), method)
-        out[name] = v
-    return out
 
 
 def common_params(params: dict, seed_arg=None) -> tuple[int, int | None]:

@@ -166,7 +166,7 @@ class EvaluatedMethod:
         name, *kvs = s.split(":")
         params = {}
         if kvs:
-            from .cli import parse_params
+            from .explainers.registry import parse_params
 
             params = parse_params(kvs, name)
         return cls(s, name, params)
@@ -425,83 +425,14 @@ def _own_f_hat(model, xb: torch.Tensor, c: int) -> np.ndarray:
         return own_roi_sum(blended_logits(model, xb), c, model.sigmoid).double().cpu().numpy()
 
 
-def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=None,
-                  method_params: dict[str, dict] | None = None, names: Sequence[str] | None = None,
-                  seed: int = 0, batch_size: int | None = None, n_faithfulness: int = 100,
-                  subset=None, n_sensitivity: int = 3, noise: float = 0.1, theta: float = 0.1,
-                  baseline=None, on_error: str = "raise", protocol: str = "default",
-                  **params) -> Iterator[tuple[int, int]]:
-    """Generator form of :func:`evaluate`: yields ``(done, total)`` per (image, method)."""
-    from .errors import Cancelled, SegExplainError
-    from .io import image_list, image_name
-
-    plan = plan_evaluation(model, methods, classes, method_params, seed, batch_size, n_faithfulness, subset,
-                           n_sensitivity, noise, theta, baseline, protocol, **params)
-    imgs = image_list(images)
-    names = list(names) if names is not None else [image_name(im, i) for i, im in enumerate(imgs)]
-    rows: list[dict[str, Any]] = []
-    skipped: list[tuple[str, str]] = []
-    failed: list[tuple[str, str, str, str]] = []   # (image, class, method, reason)
-    n_m = len(plan.methods)
-    total = len(imgs) * n_m
-    for i, (img, name) in enumerate(zip(imgs, names)):
-        gen = evaluate_image_iter(model, img, name, plan, on_error=on_error)
-        try:
-            while True:
-                try:
-                    d, _t = next(gen)
-                except StopIteration as stop:
-                    one = stop.value
-                    break
-                yield (i * n_m + d, total)
-        except (SegExplainError, ValueError, RuntimeError, OSError) as exc:
-            if on_error == "raise" or isinstance(exc, Cancelled):
-                raise
-            skipped.append((name, str(exc)))
-            yield ((i + 1) * n_m, total)
-            continue
-        finally:
-            gen.close()
-        rows += one["rows"]
-        failed += one["failed"]
-    if not rows and skipped:
-        raise InputMismatchError("No image could be evaluated: " + "; ".join(f"{n}: {m}" for n, m in skipped))
-    return MetricsResult(rows, plan.labels, {**plan.settings(), "skipped": skipped, "failed": failed})
+# The data-set runner lives in seg_explain.dataset; these names were defined here before and
+# stay importable from here (looked up when first used: this module never imports the runner).
+_MOVED = ("evaluate", "evaluate_iter")
 
 
-def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,
-             progress: Callable[[int, int], Any] | None = None, *, client=None,
-             out: str | os.PathLike | None = None, overwrite: bool = False, **kwargs) -> MetricsResult:
-    """Faithfulness, sensitivity, complexity and efficiency of ``methods`` on ``images``.
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-    ``methods``: names (``"smoothgrad"``), ``"name:k=v:k=v"`` strings, ``(label, name,
-    params)`` tuples or dicts — e.g. a label "KernelSHAP (semantic)", the method's registry
-    name (``seg-explain methods``) and ``{"features": "semantic"}``. ``classes``: explain these classes where predicted
-    (default: every predicted class, background included): an index, a name or a list of
-    them. ``method_params``:
-    ``{name_or_label: {...}}``; other keyword arguments that are explainer parameters apply
-    to every method that has them. ``protocol``: ``"default"`` (RoI fixed from the clean
-    prediction, the explainer's seed kept, noise × image range, 5 % subsets) or
-    ``"agg2exp"`` (the Agg2Exp authors' Quantus settings; :mod:`seg_explain.protocols`).
-    Metric settings: ``n_faithfulness`` (100), ``subset`` (the protocol's: 0.05 / 50176
-    voxels), ``n_sensitivity`` (3), ``noise`` (0.1), ``theta`` (0.1), ``baseline`` (the
-    protocol's: "min" / "global_min"),
-    ``seed`` (0; image ``name`` uses ``image_seed(seed, name)``), ``batch_size``,
-    ``precision`` (None: the model's own, fp32; "bf16" runs the network under autocast, :mod:`seg_explain.precision`),
-    ``on_error`` ("raise" | "skip": an unreadable image is listed in
-    ``settings["skipped"]``, a method that cannot explain one class in
-    ``settings["failed"]``; the rest is evaluated).
-
-    Data sets: ``client`` (a ``distributed.Client``, a scheduler address, or a number of
-    local worker processes) runs one Dask task per image; ``out`` keeps every finished
-    image in a folder and resumes from it (``overwrite=True`` recomputes). See
-    :mod:`seg_explain.dataset`.
-    """
-    if client is not None or out is not None:
-        from .dataset import run_python
-
-        return run_python("evaluate", model, images, progress=progress, client=client, out=out,
-                          overwrite=overwrite, methods=methods, classes=classes, **kwargs)
-    from .explainers.base import drive
-
-    return drive(evaluate_iter(model, images, methods, classes, **kwargs), progress)
+        return getattr(importlib.import_module("seg_explain.dataset.api"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

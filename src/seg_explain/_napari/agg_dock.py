@@ -80,7 +80,7 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
     ``maps`` (when ``keep_maps`` and they take at most :data:`MAX_KEPT_BYTES`): the last
     image's per-class attributions and its label map (from the explanations' own prediction),
     so a heatmap click needs no recomputation."""
-    from ..aggregate import Agg2ExpRun
+    from ..dataset import Agg2ExpRun
     from ..errors import InputMismatchError
     from ..explainers.job import cancel_hooks
     from ..explainers.registry import get_spec
@@ -145,7 +145,7 @@ def default_method(names: list[str]) -> str:
     """The core's Agg2Exp default (``Agg2ExpRun``'s ``method``), else the first name."""
     import inspect
 
-    from ..aggregate import Agg2ExpRun
+    from ..dataset import Agg2ExpRun
 
     d = inspect.signature(Agg2ExpRun).parameters["method"].default
     return d if d in names else names[0]

@@ -44,6 +44,7 @@ Nothing here imports Dask, torch or tqdm at module import; Dask is needed only f
 from __future__ import annotations
 
 from ..seeds import image_seed
+from .api import Agg2ExpRun, agg2exp, agg2exp_iter, evaluate, evaluate_iter
 from .executors import (
            ClusterError,
            DaskExecutor,
@@ -70,7 +71,8 @@ from .kinds import Agg2ExpJob, EvaluateJob, Job
 from .run import STEPS_PER_IMAGE, DatasetRun, ImageProgress, prepare_run, run_python
 from .store import FAILURES_FILE, RESULTS_DIR, RUN_FILE, ResultStore, model_digest
 
-__all__ = ["image_seed", "ClusterError", "DaskExecutor", "InProcess", "cores", "make_executor", "run_image",
+__all__ = ["Agg2ExpRun", "agg2exp", "agg2exp_iter", "evaluate", "evaluate_iter", "image_seed",
+           "ClusterError", "DaskExecutor", "InProcess", "cores", "make_executor", "run_image",
            "scheduler_address", "torch_threads", "worker_model", "ImageRecord", "check_template",
            "collect_images", "expand_inputs", "file_key", "fill_template", "read_manifest", "records_from",
            "stem", "Agg2ExpJob", "EvaluateJob", "Job", "STEPS_PER_IMAGE", "DatasetRun", "ImageProgress",

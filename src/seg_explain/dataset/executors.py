@@ -108,8 +108,9 @@ class InProcess:
 
     description = "in this process"
 
-    def __init__(self, model=None):
+    def __init__(self, model=None, raise_errors: bool = False):
         self.model = model
+        self.raise_errors = raise_errors     # True: a failing image raises its own error (serial Python calls)
 
     def run(self, job: Job, records: Sequence[ImageRecord], token: CancelToken | None = None,
             on_image: Callable | None = None, labels_fn=None) -> Iterator[tuple[str, ImageRecord, Any]]:
@@ -136,6 +137,8 @@ class InProcess:
                     except Cancelled:
                         raise
                     except Exception as exc:  # noqa: BLE001 - recorded with the image, the others go on
+                        if self.raise_errors:
+                            raise
                         yield ("result", rec, {"name": rec.name, "status": "failed",
                                                "error": first_line(exc, with_type=True),
                                                "seconds": time.perf_counter() - t0, "pid": os.getpid(),

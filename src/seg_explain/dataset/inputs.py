@@ -307,6 +307,8 @@ def records_from(images, names: Sequence[str] | None = None, ground_truth=None,
     if not imgs:
         raise InputMismatchError("no image given")
     nm = list(names) if names is not None else [image_name(im, i) for i, im in enumerate(imgs)]
+    if names is None and len(set(nm)) != len(nm) and all(isinstance(im, (str, os.PathLike)) for im in imgs):
+        nm = _unique_names([os.fspath(im) for im in imgs])     # same stems in different folders
     if len(nm) != len(imgs):
         raise InputMismatchError(f"{len(nm)} names for {len(imgs)} images")
     if len(set(nm)) != len(nm):

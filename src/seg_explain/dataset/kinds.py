@@ -131,7 +131,9 @@ class Agg2ExpJob(Job):
         from ..aggregate import assemble_result
 
         return assemble_result(rows, self.row_names, self.col_names, method=self.method,
-                               params={**self.params, "seed": self.seed, "batch_size": self.batch_size},
+                               params={**self.params, "seed": self.seed, "batch_size": self.batch_size,
+                                       **({"precision": self.precision} if self.precision not in (None, "fp32")
+                                          else {})},
                                with_dice=self.with_dice, skipped=failures)
 
 
@@ -141,6 +143,7 @@ class EvaluateJob(Job):
 
     plan: Any = None                 # seg_explain.metrics.EvalPlan
     model_digest: str = ""
+    on_error: str = "skip"           # a method that cannot explain one class: "skip" lists it, "raise" raises
 
     kind: ClassVar[str] = "evaluate"
     suffix: ClassVar[str] = ".json"
@@ -148,7 +151,7 @@ class EvaluateJob(Job):
     def compute(self, model, rec: ImageRecord, on_image: Callable | None = None, labels_fn=None):
         from ..metrics import evaluate_image_iter
 
-        return (yield from evaluate_image_iter(model, rec.image, rec.name, self.plan, on_error="skip"))
+        return (yield from evaluate_image_iter(model, rec.image, rec.name, self.plan, on_error=self.on_error))
 
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "format": FORMAT, "model": os.path.abspath(self.model) if self.model else "",

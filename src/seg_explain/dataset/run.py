@@ -191,7 +191,8 @@ def _model_identity(model) -> tuple[str, str, str]:
 
 
 def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike | None = None,
-                overwrite: bool = False, threads: int | None = None, **kw) -> DatasetRun:
+                overwrite: bool = False, threads: int | None = None, raise_errors: bool = False,
+                **kw) -> DatasetRun:
     """A :class:`DatasetRun` of ``kind`` (``"agg2exp"`` or ``"evaluate"``) from Python inputs.
 
     ``model``: a path (loaded here on the CPU for its class names; each worker loads it once
@@ -202,7 +203,9 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
     processes, or an executor. ``**kw``: :func:`seg_explain.agg2exp`'s keywords (``method``,
     ``extra_rois``, ``names``, ``ground_truth``, ``classes``, ``seed``, ``batch_size``, the
     method's parameters) or :func:`seg_explain.metrics.evaluate`'s. Everything is checked here,
-    before any image. Close the run (``with run:`` or ``run.close()``) to close a cluster it
+    before any image. ``raise_errors`` (in this process only): a failing image raises its own
+    error instead of being recorded (what serial Python calls with ``on_error="raise"`` want).
+    Close the run (``with run:`` or ``run.close()``) to close a cluster it
     started."""
     from ..checks import as_int, class_indices
 
@@ -239,12 +242,16 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
     elif kind == "evaluate":
         from ..metrics import plan_evaluation
 
+        on_error = kw.pop("on_error", "skip")
         plan = plan_evaluation(loaded, **kw)
         records, _ = records_from(images, names)
-        job = EvaluateJob(model=path, device=dev, threads=threads, plan=plan, model_digest=digest)
+        job = EvaluateJob(model=path, device=dev, threads=threads, plan=plan, model_digest=digest,
+                          on_error=on_error)
     else:
         raise ValueError(f"kind must be 'agg2exp' or 'evaluate', got {kind!r}")
     executor = make_executor(client=client, threads=threads, model=loaded)
+    if raise_errors and isinstance(executor, InProcess):
+        executor.raise_errors = True
     owned = not isinstance(client, (InProcess, DaskExecutor))     # an executor passed in stays open
     try:
         run = DatasetRun(job, records, executor=executor, out=out, overwrite=overwrite, model=loaded)

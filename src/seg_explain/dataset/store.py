@@ -141,8 +141,8 @@ class ResultStore:
         return [n for n in names if isinstance(n, str) and RESULT_NAME.fullmatch(n)]
 
     def _write_run_file(self) -> None:
-        from .. import __version__
         from ..files import atomic_write
+        from ..version import __version__
 
         with atomic_write(self.out / RUN_FILE) as tmp:
             tmp.write_text(json.dumps({"settings": self.job.fingerprint(), "run_id": self.run_id,

@@ -361,16 +361,19 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+# the explainers package's shared machinery (every other module there is one explainer)
+SHARED_MODULES = ("base", "registry", "engine", "multiclass", "job", "cost", "roi_dice")
+
+
 def _load_all() -> None:
     """Import every explainer module (each registers itself)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    from .. import explainers as pkg
-
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_") and m.name not in ("base", "registry", "engine", "multiclass"):
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
+    for m in pkgutil.iter_modules([str(Path(__file__).parent)]):   # this package, not imported by name
+        if not m.name.startswith("_") and m.name not in SHARED_MODULES:
+            importlib.import_module(f"{__package__}.{m.name}")
 
 
 def methods() -> list[str]:
@@ -482,3 +485,24 @@ def torch_mask(roi):
     import torch
 
     return roi if isinstance(roi, torch.Tensor) else torch.as_tensor(np.asarray(roi, bool))
+
+
+def parse_params(items, method: str | None = None) -> dict:
+    """``["k=v", ...]`` -> dict. With ``method`` the values are typed and checked by that
+    method's registry entry (the same parser the GUI uses); without, they stay text and are
+    typed when a method takes them. The parameters every method takes (``seed``,
+    ``batch_size``: ``seg-explain methods`` lists them) are typed here, bounded, and kept
+    in the dict under their names; :func:`common_params` takes them out."""
+    common_names = {p.name for p in COMMON}
+    mine = [it for it in (items or []) if it.split("=", 1)[0].strip() in common_names]
+    rest = [it for it in (items or []) if it not in mine]
+    out = parse_text_params(rest, method)
+    for name, value in parse_text_params(mine).items():
+        spec = next(p for p in COMMON if p.name == name)
+        v = spec.parse(value, method)
+        if name == "batch_size" and v is not None:
+            from ..checks import as_int, max_batch_size
+
+            v = as_int("batch_size", v, 1, max_batch_size(), method)
+        out[name] = v
+    return out
