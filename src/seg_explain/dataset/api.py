@@ -39,6 +39,11 @@ class Agg2ExpRun:
         self.token = token
         self.status = ""
 
+    def __getattr__(self, name: str):
+        if name in ("method", "params", "classes", "seed", "batch_size", "precision", "row_names", "col_names"):
+            return getattr(self.run.job, name)        # the settings, as checked by prepare_run
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def names(self) -> list[str]:
         return [r.name for r in self.run.records]
