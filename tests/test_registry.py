@@ -87,26 +87,56 @@ def test_readme_method_table_is_the_registry():
     assert block.group(1).strip() == (methods_markdown() + "\n\n" + params_markdown()).strip()
 
 
+EXAMPLE = ROOT / "docs" / "examples" / "grad_x_input.py"
+
+
 def test_architecture_worked_example_adds_a_method(tmp_path):
-    """The example in docs/ARCHITECTURE.md, run as written: one module, one registration."""
+    """The worked example (docs/examples/grad_x_input.py, shown whole in docs/ARCHITECTURE.md) run
+    as the guide says: a module of the explainers package, then the README table regenerated
+    with ``seg-explain methods --markdown --write``."""
+    import importlib.util
+    import shutil
+    import sys
+
+    from seg_explain.cli import main
     from seg_explain.explainers import registry
 
     doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
-    code = re.search(r"```python\n(# src/seg_explain/explainers/grad_x_input.py\n.*?)```", doc, re.S).group(1)
-    code = code.replace("from .base", "from seg_explain.explainers.base") \
-               .replace("from .gradients", "from seg_explain.explainers.gradients") \
-               .replace("from .registry", "from seg_explain.explainers.registry")
+    shown = re.search(r"```python\n(# Copy to src/seg_explain/explainers/grad_x_input.py.*?)```", doc, re.S)
+    assert shown and shown.group(1) == EXAMPLE.read_text(encoding="utf-8")
+    name = "seg_explain.explainers.grad_x_input"
+    spec = importlib.util.spec_from_file_location(name, EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
     try:
-        exec(compile(code, "grad_x_input.py", "exec"), {})
+        spec.loader.exec_module(mod)
         assert "grad_x_input" in registry.methods()
         model = wrap(make_unet(2), 2)
         x = np.random.default_rng(0).random((32, 32)).astype(np.float32)
         e = explain(model, x, "grad_x_input", target=0)
         g = explain(model, x, "gradient", target=0)
         np.testing.assert_allclose(e.attribution, x * g.attribution, rtol=1e-5, atol=1e-6)
-        assert "grad_x_input" in methods_markdown()
+        readme = tmp_path / "README.md"
+        shutil.copy(ROOT / "README.md", readme)
+        assert main(["methods", "--markdown", "--write", str(readme)]) == 0
+        text = readme.read_text(encoding="utf-8")
+        assert "| `grad_x_input` |" in text and text.count("<!-- methods-table:start -->") == 1
+        before = (ROOT / "README.md").read_text(encoding="utf-8")
+        outside = re.compile(r"<!-- methods-table:start -->.*<!-- methods-table:end -->", re.S)
+        assert outside.sub("", text) == outside.sub("", before)       # nothing else changed
     finally:
         registry.REGISTRY.pop("grad_x_input", None)
+        sys.modules.pop(name, None)
+
+
+def test_methods_write_refuses_a_file_without_markers(tmp_path, capsys):
+    from seg_explain.cli import main
+
+    other = tmp_path / "notes.md"
+    other.write_text("# notes\n")
+    assert main(["methods", "--markdown", "--write", str(other)]) == 2
+    assert "has no <!-- methods-table:start -->" in capsys.readouterr().err
+    assert other.read_text() == "# notes\n"
 
 
 OWNERS = {"gradient": "gradients.py", "smoothgrad": "gradients.py", "integrated_gradients": "gradients.py",

@@ -9,16 +9,46 @@ def add_parser(sub):
                        description=__doc__)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--markdown", action="store_true", help="the README's method table")
+    p.add_argument("--write", metavar="FILE",
+                   help="with --markdown: replace the table between the methods-table markers in FILE "
+                        "(e.g. README.md) instead of printing it")
     return p
+
+
+START, END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
+
+
+def write_table(path: str, table: str) -> None:
+    """Replace the text between the table markers of ``path`` (atomically; nothing else changes)."""
+    from pathlib import Path
+
+    from ..errors import InputMismatchError
+    from ..files import atomic_write
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    a, b = text.find(START), text.find(END)
+    if a < 0 or b < a:
+        raise InputMismatchError(f"{p.name} has no {START} ... {END} markers to write the table between")
+    new = text[: a + len(START)] + "\n" + table.strip() + "\n" + text[b:]
+    with atomic_write(p) as tmp:
+        tmp.write_text(new, encoding="utf-8")
 
 
 def run(args) -> int:
     from ..explainers.registry import COMMON, methods_markdown, params_markdown, specs
 
+    if args.write and not args.markdown:
+        from ..errors import InputMismatchError
+
+        raise InputMismatchError("--write needs --markdown (it writes the README's method table)")
     if args.markdown:
-        print(methods_markdown())
-        print()
-        print(params_markdown())
+        table = methods_markdown() + "\n\n" + params_markdown()
+        if args.write:
+            write_table(args.write, table)
+            print(f"wrote the method table ({len(specs())} methods) into {args.write}")
+            return 0
+        print(table)
         return 0
     if args.json:
         print(json.dumps([{

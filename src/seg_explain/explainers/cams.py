@@ -46,8 +46,16 @@ import torch.nn.functional as F
 from ..errors import MethodError
 from ..windows import window_shape
 from .base import Context
-from .engine import WindowAccumulator, thread_hooks, windows_with_roi
-from .gradients import Counts, book, check_same_image, roi_cotangent
+from .engine import (
+    Counts,
+    WindowAccumulator,
+    book,
+    check_same_image,
+    roi_cotangent,
+    single_from_multi,
+    thread_hooks,
+    windows_with_roi,
+)
 from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 _KNOWN = {  # class name -> function(module) giving the bottleneck's name inside it
@@ -154,132 +162,146 @@ def upsample(cam: torch.Tensor, model, spatial: Sequence[int]) -> torch.Tensor:
     return up[sl]
 
 
-def cam_map(A: torch.Tensor, G: torch.Tensor, hires: bool, relu: bool) -> torch.Tensor:
-    """``(B, K, *s)`` activations and gradients -> ``(B, *s)`` CAM."""
-    if hires:
-        m = (G * A).sum(1)
-    else:
-        alpha = G.mean(dim=tuple(range(2, G.ndim)), keepdim=True)
-        m = (alpha * A).sum(1)
-    return torch.relu(m) if relu else m
-
-
 ALPHA_POOLS = ("image", "window")
 
 
-def cam_multi(ctxs: Sequence[Context], hires: bool, method: str, layer=None, relu: bool = True,
-              alpha_pool: str = "image"):
-    """CAM of several classes from one forward pass per window.
+class SegGradCAM:
+    """Seg-Grad-CAM (Vinogradova et al.): map = ReLU(Σ_k α_k A_k), α_k the gradient of f̂
+    pooled over the layer's positions. Variants override :meth:`cam_map` (how activations and
+    gradients make the map), as pytorch-grad-cam's ``BaseCAM`` subclasses do."""
 
-    Windows (an image larger than the patch): every window holding RoI voxels runs once;
-    its map is blended with the model's weights ``w/Σw``. Seg-Grad-CAM's α:
-    ``alpha_pool="window"`` pools the gradient of each window's own RoI sum over that
-    window; ``"image"`` computes one α for the whole image from the gradient of the
-    model's *blended* f̂ (cotangent ``R·w/Σw`` per window, summed over windows, divided by
-    one window's number of layer positions), so a single-window image gets the paper's α
-    either way. Ensembles (nnU-Net folds): the layer is hooked in every fold, each fold's
-    gradient is that of the ensemble's f̂, and the CAM is the sum of the folds' maps =
-    the mean of the folds' own CAMs."""
-    check_same_image(ctxs)
-    ctx = ctxs[0]
-    model = ctx.model
-    model.check_hookable(method)
-    if not isinstance(model.network, torch.nn.Module):
-        raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
-    relu = bool(relu)   # checked by the registry
-    image_alpha = (not hires) and alpha_pool == "image"
-    name, modules = find_layers(model, layer)
-    x = ctx.x
-    S = tuple(x.shape[1:])
-    weights = model.window_weights(S)
-    tiling = weights.tiling
-    targets = [(c.target, c.roi) for c in ctxs]
-    plan = windows_with_roi(tiling, targets)
-    accs = [WindowAccumulator(weights) for _ in targets]
-    counts = Counts(backward=[0] * len(targets))
-    dev = model.device
-    layer_shape = None
-    total = max(1, len(plan))
-    kept = []          # image-wide α: (window, ks, [A_f], [[G_f per target]])
-    alpha_sum = [[None] * len(modules) for _ in targets]
+    name = "seg_grad_cam"
+    pools_gradients = True          # α is pooled (per image or per window: ``alpha_pool``)
 
-    def leaf(out):
-        # the layer's output as a leaf that requires grad: the backward stops there
-        if not isinstance(out, torch.Tensor) or out.ndim != model.spatial_dims + 2:
-            raise MethodError(f"layer {name!r} does not output a {model.spatial_dims}D feature map "
-                              "(B, K, *spatial); choose a convolution layer")
-        a = out.detach().requires_grad_(True)
-        return a, a.clone()
+    @staticmethod
+    def cam_map(A: torch.Tensor, G: torch.Tensor, relu: bool) -> torch.Tensor:
+        """``(B, K, *s)`` activations and gradients -> ``(B, *s)`` CAM."""
+        alpha = G.mean(dim=tuple(range(2, G.ndim)), keepdim=True)
+        m = (alpha * A).sum(1)
+        return torch.relu(m) if relu else m
 
-    yield (0, total)
-    for done, (wi, ks) in enumerate(plan, 1):
-        w = tiling.windows[wi]
-        wt = weights.of(w) if image_alpha else None
-        with thread_hooks() as hooks:      # this thread's pass only; removed at once
-            stores = [hooks.capture(m, leaf) for m in modules]
-            with torch.enable_grad():
-                logits = model.forward(tiling.crop(x, w)[None].to(dev, torch.float32))
-        counts.forward += 1
-        if any(len(st) != 1 for st in stores):
-            raise MethodError(f"layer {name!r} ran {max(len(st) for st in stores)} times in one forward "
-                              "pass; choose a layer that runs once")
-        As = [st[0] for st in stores]
-        layer_shape = tuple(As[0].shape[1:])
-        if not logits.requires_grad:
-            raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
-        per_target = []
-        for j, k in enumerate(ks):
-            roi_w = tiling.crop(targets[k][1], w).to(dev, logits.dtype)
-            if wt is not None:
-                roi_w = roi_w * wt.to(dev, logits.dtype)
-            go = roi_cotangent(logits, targets[k][0], roi_w, model.sigmoid)
-            Gs = torch.autograd.grad(logits, As, go, retain_graph=j < len(ks) - 1, allow_unused=True)
-            if any(G is None for G in Gs):
+    def multi(self, ctxs: Sequence[Context], layer=None, relu: bool = True, alpha_pool: str = "image"):
+        """CAM of several classes from one forward pass per window.
+
+        Windows (an image larger than the patch): every window holding RoI voxels runs once;
+        its map is blended with the model's weights ``w/Σw``. Seg-Grad-CAM's α:
+        ``alpha_pool="window"`` pools the gradient of each window's own RoI sum over that
+        window; ``"image"`` computes one α for the whole image from the gradient of the
+        model's *blended* f̂ (cotangent ``R·w/Σw`` per window, summed over windows, divided by
+        one window's number of layer positions), so a single-window image gets the paper's α
+        either way. Ensembles (nnU-Net folds): the layer is hooked in every fold, each fold's
+        gradient is that of the ensemble's f̂, and the CAM is the sum of the folds' maps =
+        the mean of the folds' own CAMs."""
+        check_same_image(ctxs)
+        ctx = ctxs[0]
+        model = ctx.model
+        method = self.name
+        model.check_hookable(method)
+        if not isinstance(model.network, torch.nn.Module):
+            raise MethodError(f"{method} needs a torch.nn.Module network with named layers")
+        relu = bool(relu)   # checked by the registry
+        image_alpha = self.pools_gradients and alpha_pool == "image"
+        name, modules = find_layers(model, layer)
+        x = ctx.x
+        S = tuple(x.shape[1:])
+        weights = model.window_weights(S)
+        tiling = weights.tiling
+        targets = [(c.target, c.roi) for c in ctxs]
+        plan = windows_with_roi(tiling, targets)
+        accs = [WindowAccumulator(weights) for _ in targets]
+        counts = Counts(backward=[0] * len(targets))
+        dev = model.device
+        layer_shape = None
+        total = max(1, len(plan))
+        kept = []          # image-wide α: (window, ks, [A_f], [[G_f per target]])
+        alpha_sum = [[None] * len(modules) for _ in targets]
+
+        def leaf(out):
+            # the layer's output as a leaf that requires grad: the backward stops there
+            if not isinstance(out, torch.Tensor) or out.ndim != model.spatial_dims + 2:
+                raise MethodError(f"layer {name!r} does not output a {model.spatial_dims}D feature map "
+                                  "(B, K, *spatial); choose a convolution layer")
+            a = out.detach().requires_grad_(True)
+            return a, a.clone()
+
+        yield (0, total)
+        for done, (wi, ks) in enumerate(plan, 1):
+            w = tiling.windows[wi]
+            wt = weights.of(w) if image_alpha else None
+            with thread_hooks() as hooks:      # this thread's pass only; removed at once
+                stores = [hooks.capture(m, leaf) for m in modules]
+                with torch.enable_grad():
+                    logits = model.forward(tiling.crop(x, w)[None].to(dev, torch.float32))
+            counts.forward += 1
+            if any(len(st) != 1 for st in stores):
+                raise MethodError(f"layer {name!r} ran {max(len(st) for st in stores)} times in one forward "
+                                  "pass; choose a layer that runs once")
+            As = [st[0] for st in stores]
+            layer_shape = tuple(As[0].shape[1:])
+            if not logits.requires_grad:
                 raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
-            counts.backward[k] += 1
+            per_target = []
+            for j, k in enumerate(ks):
+                roi_w = tiling.crop(targets[k][1], w).to(dev, logits.dtype)
+                if wt is not None:
+                    roi_w = roi_w * wt.to(dev, logits.dtype)
+                go = roi_cotangent(logits, targets[k][0], roi_w, model.sigmoid)
+                Gs = torch.autograd.grad(logits, As, go, retain_graph=j < len(ks) - 1, allow_unused=True)
+                if any(G is None for G in Gs):
+                    raise MethodError(f"the output does not depend on layer {name!r}; choose another layer")
+                counts.backward[k] += 1
+                if image_alpha:
+                    per_target.append([G.detach() for G in Gs])
+                    for f, G in enumerate(Gs):
+                        g = G.detach().sum(dim=tuple(range(2, G.ndim)), keepdim=True) / float(np.prod(G.shape[2:]))
+                        alpha_sum[k][f] = g if alpha_sum[k][f] is None else alpha_sum[k][f] + g
+                else:
+                    m = sum(self.cam_map(A.detach(), G.detach(), relu) for A, G in zip(As, Gs))
+                    accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
             if image_alpha:
-                per_target.append([G.detach() for G in Gs])
-                for f, G in enumerate(Gs):
-                    g = G.detach().sum(dim=tuple(range(2, G.ndim)), keepdim=True) / float(np.prod(G.shape[2:]))
-                    alpha_sum[k][f] = g if alpha_sum[k][f] is None else alpha_sum[k][f] + g
-            else:
-                m = sum(cam_map(A.detach(), G.detach(), hires, relu) for A, G in zip(As, Gs))
+                kept.append((w, ks, [A.detach() for A in As]))
+            del logits, As, stores
+            yield (done, total)
+        for w, ks, As in kept:              # one α per image: the maps of every window
+            for k in ks:
+                m = sum(torch.relu((a * A).sum(1)) if relu else (a * A).sum(1) for a, A in zip(alpha_sum[k], As))
                 accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
-        if image_alpha:
-            kept.append((w, ks, [A.detach() for A in As]))
-        del logits, As, stores
-        yield (done, total)
-    for w, ks, As in kept:              # one α per image: the maps of every window
-        for k in ks:
-            m = sum(torch.relu((a * A).sum(1)) if relu else (a * A).sum(1) for a, A in zip(alpha_sum[k], As))
-            accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
-    book(ctxs, counts)
-    extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
-              "n_windows": len(tiling.windows)}
-    if not hires:
-        extras["alpha_pool"] = alpha_pool
-    if len(modules) > 1:
-        extras["ensemble"] = (f"mean of {len(modules)} networks' CAMs (layer {name!r} in each; "
-                              "each gradient from the ensemble's output)")
-    return [(a.result(), dict(extras)) for a in accs]
+        book(ctxs, counts)
+        extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
+                  "n_windows": len(tiling.windows)}
+        if self.pools_gradients:
+            extras["alpha_pool"] = alpha_pool
+        if len(modules) > 1:
+            extras["ensemble"] = (f"mean of {len(modules)} networks' CAMs (layer {name!r} in each; "
+                                  "each gradient from the ensemble's output)")
+        return [(a.result(), dict(extras)) for a in accs]
 
 
-def seg_grad_cam_multi(ctxs, layer=None, relu=True, alpha_pool="image"):
-    return (yield from cam_multi(ctxs, False, "seg_grad_cam", layer, relu, alpha_pool))
+class SegHiResGradCAM(SegGradCAM):
+    """Seg-HiRes-Grad-CAM (Rheude et al.): map = ReLU(Σ_k G_k ⊙ A_k), no spatial pooling."""
+
+    name = "seg_hires_grad_cam"
+    pools_gradients = False
+
+    @staticmethod
+    def cam_map(A: torch.Tensor, G: torch.Tensor, relu: bool) -> torch.Tensor:
+        m = (G * A).sum(1)
+        return torch.relu(m) if relu else m
+
+    def multi(self, ctxs: Sequence[Context], layer=None, relu: bool = True):
+        return (yield from super().multi(ctxs, layer, relu))
 
 
-def seg_hires_grad_cam_multi(ctxs, layer=None, relu=True):
-    return (yield from cam_multi(ctxs, True, "seg_hires_grad_cam", layer, relu))
+seg_grad_cam_multi = SegGradCAM().multi
+seg_hires_grad_cam_multi = SegHiResGradCAM().multi
 
 
 def seg_grad_cam(ctx: Context, layer=None, relu=True, alpha_pool="image"):
-    res = yield from seg_grad_cam_multi([ctx], layer=layer, relu=relu, alpha_pool=alpha_pool)
-    return res[0]
+    return (yield from single_from_multi(seg_grad_cam_multi)(ctx, layer=layer, relu=relu, alpha_pool=alpha_pool))
 
 
 def seg_hires_grad_cam(ctx: Context, layer=None, relu=True):
-    res = yield from seg_hires_grad_cam_multi([ctx], layer=layer, relu=relu)
-    return res[0]
+    return (yield from single_from_multi(seg_hires_grad_cam_multi)(ctx, layer=layer, relu=relu))
 
 
 # ------------------------------------------------------------------ registration --

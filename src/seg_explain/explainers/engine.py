@@ -1,5 +1,8 @@
 """Machinery the explainers share: thread-owned forward hooks, sliding-window blend weights,
-baselines (reference images) and the model's blended logits of a batch.
+baselines (reference images), the model's blended logits of a batch, the RoI cotangent of
+the target f-hat, pass bookkeeping (:class:`Counts`, :func:`book`) and the one-class adapter of
+a several-classes explainer (:func:`single_from_multi`). The RoI-Dice engine of the
+perturbation methods is :mod:`.roi_dice`.
 
 **Hooks** (:func:`thread_hooks`). A ``SegModel``'s network is one object shared by every
 explanation (the GUI runs an explanation in a worker thread while another may be running,
@@ -25,16 +28,22 @@ backward per window holding RoI voxels (what the unweighted version cost).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import MethodError
 from ..windows import Tiling, Window, WindowWeights
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Context
+
 __all__ = ["HookSet", "thread_hooks", "windows_with_roi", "WindowWeights", "WindowAccumulator",
-           "baseline_tensor", "blended_logits", "f_hat_batch", "f_hats_batch"]
+           "baseline_tensor", "blended_logits", "f_hat_batch", "f_hats_batch", "Counts", "book",
+           "check_same_image", "single_from_multi", "roi_cotangent"]
 
 
 # -------------------------------------------------------------------------- hooks --
@@ -228,3 +237,46 @@ def f_hats_batch(ctxs, xb: torch.Tensor) -> torch.Tensor:
         c.n_forward += int(xb.shape[0])
     return out.double().cpu()
 
+
+# ----------------------------------------------------------------- bookkeeping --
+@dataclass
+class Counts:
+    """Passes done by one shared computation (image rows)."""
+
+    forward: int = 0
+    backward: list[int] = field(default_factory=list)
+
+
+def book(ctxs: Sequence[Context], counts: Counts) -> None:
+    """Add a shared computation's passes to each class's context (forwards are shared)."""
+    for k, c in enumerate(ctxs):
+        c.n_forward += counts.forward
+        c.n_backward += counts.backward[k]
+
+
+def check_same_image(ctxs: Sequence[Context]) -> None:
+    if not ctxs:
+        raise MethodError("nothing to explain: no class given")
+    x0 = ctxs[0].prep.x
+    if any(c.prep.x is not x0 or c.model is not ctxs[0].model for c in ctxs[1:]):
+        raise MethodError("classes explained together must share one prepared image and model")
+
+
+def single_from_multi(multi):
+    """A one-class explainer ``(ctx, **params)`` from a several-classes one ``(ctxs, **params)``
+    (what :class:`~.registry.MethodSpec` ``fn`` expects, given its ``multi``)."""
+    def run(ctx: Context, **params):
+        res = yield from multi([ctx], **params)
+        attr, extras = res[0]
+        return attr, extras
+    return run
+
+
+def roi_cotangent(logits: torch.Tensor, c: int, roi: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """∂f̂_c/∂logits for a batch: the (weighted) RoI on the window grid in class c's channel."""
+    go = torch.zeros_like(logits)
+    if sigmoid:
+        go[:, 0] = roi if c == 1 else -roi
+    else:
+        go[:, c] = roi
+    return go

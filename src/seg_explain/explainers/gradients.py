@@ -63,45 +63,29 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..errors import MethodError
 from ..targets import class_logit
 from ..windows import model_tiling, window_shape
 from .base import Context
-from .engine import WindowWeights, baseline_tensor, thread_hooks, windows_with_roi
+from .engine import (
+    Counts,
+    WindowWeights,
+    baseline_tensor,
+    book,
+    check_same_image,
+    roi_cotangent,
+    single_from_multi,
+    thread_hooks,
+    windows_with_roi,
+)
 from .registry import Capabilities, Cost, CostInput, MethodSpec, Param, register
 
 NOISE_SEED_STRIDE = 1000003
 DEFAULT_BASELINE = "mean"   # measured: benchmarks/bench_ig_baselines.py (module doc)
 CONSTANT_BASELINES = ("zero", "zeros", "0", "min", "minimum", "mean")
-
-
-# ----------------------------------------------------------------- bookkeeping --
-@dataclass
-class Counts:
-    """Passes done by one shared computation (image rows)."""
-
-    forward: int = 0
-    backward: list[int] = field(default_factory=list)
-
-
-def book(ctxs: Sequence[Context], counts: Counts) -> None:
-    """Add a shared computation's passes to each class's context (forwards are shared)."""
-    for k, c in enumerate(ctxs):
-        c.n_forward += counts.forward
-        c.n_backward += counts.backward[k]
-
-
-def check_same_image(ctxs: Sequence[Context]) -> None:
-    if not ctxs:
-        raise MethodError("nothing to explain: no class given")
-    x0 = ctxs[0].prep.x
-    if any(c.prep.x is not x0 or c.model is not ctxs[0].model for c in ctxs[1:]):
-        raise MethodError("classes explained together must share one prepared image and model")
 
 
 # -------------------------------------------------------------- batch sizing --
@@ -222,16 +206,6 @@ def grad_engine(model, x: torch.Tensor, targets: Sequence[tuple[int, torch.Tenso
             tiling.add_to(out[k], w, bufs[j] / float(n_points))
         del bufs
     return out
-
-
-def roi_cotangent(logits: torch.Tensor, c: int, roi: torch.Tensor, sigmoid: bool) -> torch.Tensor:
-    """∂f̂_c/∂logits for a batch: the (weighted) RoI on the window grid in class c's channel."""
-    go = torch.zeros_like(logits)
-    if sigmoid:
-        go[:, 0] = roi if c == 1 else -roi
-    else:
-        go[:, c] = roi
-    return go
 
 
 def f_hat_windows(model, x: torch.Tensor, targets, counts: Counts) -> torch.Tensor:
@@ -381,24 +355,16 @@ def integrated_gradients_multi(ctxs: Sequence[Context], steps: int = 20, baselin
     return out
 
 
-def _single(multi):
-    def run(ctx: Context, **params):
-        res = yield from multi([ctx], **params)
-        attr, extras = res[0]
-        return attr, extras
-    return run
-
-
 def gradient(ctx: Context):
-    return (yield from _single(gradient_multi)(ctx))
+    return (yield from single_from_multi(gradient_multi)(ctx))
 
 
 def smoothgrad(ctx: Context, n_samples: int = 20, noise_level: float = 0.1):
-    return (yield from _single(smoothgrad_multi)(ctx, n_samples=n_samples, noise_level=noise_level))
+    return (yield from single_from_multi(smoothgrad_multi)(ctx, n_samples=n_samples, noise_level=noise_level))
 
 
 def integrated_gradients(ctx: Context, steps: int = 20, baseline=DEFAULT_BASELINE):
-    return (yield from _single(integrated_gradients_multi)(ctx, steps=steps, baseline=baseline))
+    return (yield from single_from_multi(integrated_gradients_multi)(ctx, steps=steps, baseline=baseline))
 
 
 # ------------------------------------------------------------------ registration --
