@@ -242,10 +242,6 @@ class Agg2ExpResult:
         L = self.n_classes
         return self.local[:, np.arange(L), np.arange(L)]
 
-    @property
-    def global_context_mass(self) -> np.ndarray:
-        return np.diagonal(self.global_importance[:, :self.n_classes]).copy()
-
     def matrix(self, image: int | str | None = None, kind: str = "mass") -> np.ndarray:
         """The ``(L, R)`` matrix of one image (index or name), or the global one (None).
 

@@ -1,4 +1,4 @@
-"""Sliding-window geometry, written once (METHODS.md "Gradient family").
+"""MONAI's sliding-window geometry and blend weights (METHODS.md "Gradient family").
 
 An image larger than the model's patch goes through the network window by window, exactly
 as ``monai.inferers.sliding_window_inference`` does it (what :meth:`SegModel.logits_tensor`
@@ -30,7 +30,10 @@ Helpers:
 
 Every method that evaluates a model asks the model for its tiling and weights
 (:meth:`SegModel.tiling`, :meth:`SegModel.window_weights`); nothing here decides them for a
-model. MONAI is imported only when MONAI's geometry or importance map is asked for.
+model. A model that windows otherwise answers with its own :class:`Tiling` and importance
+map (nnU-Net: ``models/nnunet_model.py``, its step rule and float16 Gaussian), and the
+explainers blend with whatever the model answered. MONAI is imported only when MONAI's
+geometry or importance map is asked for.
 """
 from __future__ import annotations
 

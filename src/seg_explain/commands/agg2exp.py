@@ -13,7 +13,6 @@ failed (tables written from the others); 2 bad input or no image could be explai
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -68,16 +67,7 @@ def parse_extra_rois(items) -> dict[str, str]:
 def run(args) -> int:
     from ..checks import as_int
     from ..cli import common_params, parse_params
-    from ..dataset import (
-        FAILURES_FILE,
-        RESULTS_DIR,
-        RUN_FILE,
-        Agg2ExpJob,
-        DatasetRun,
-        collect_images,
-        make_executor,
-        model_digest,
-    )
+    from ..dataset import FAILURES_FILE, RESULTS_DIR, RUN_FILE, collect_images, make_executor, prepare_run
     from ..errors import InputMismatchError, printable
     from ..explainers.registry import resolve_params
     from ..files import WriteLog, check_output
@@ -104,14 +94,10 @@ def run(args) -> int:
     if args.classes:
         classes = [model.class_index(c.strip()) for c in args.classes.split(",")]
     as_int("--top-k", top_k, 1, len(model.class_names) + len(roi_names))   # edges come from the regions
-    job = Agg2ExpJob(model=os.path.abspath(args.model), device=args.device, threads=args.threads,
-                     method=args.method, params=params, classes=classes, seed=seed, batch_size=batch_size,
-                     row_names=list(model.class_names), roi_names=roi_names,
-                     with_dice=any(r.ground_truth is not None for r in records),
-                     model_digest=model_digest(args.model),
-                     precision=model.with_precision(args.precision).precision)
     with make_executor(args.workers, args.scheduler, threads=args.threads, model=model) as executor:
-        run_ = DatasetRun(job, records, executor=executor, out=out, overwrite=args.overwrite)
+        run_ = prepare_run("agg2exp", model, records, client=executor, out=out, overwrite=args.overwrite,
+                           threads=args.threads, device=args.device, method=args.method, classes=classes,
+                           seed=seed, batch_size=batch_size, precision=args.precision, **params)
         res = run_command(run_, "[agg2exp]", args.quiet, out)
     n = len(records)
     if res.n_images == 0:

@@ -14,7 +14,6 @@ rerun with the same --out skips the images already done (--overwrite recomputes 
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 from ..models.formats import formats_help
@@ -57,19 +56,9 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..cli import common_params, parse_params
-    from ..dataset import (
-        FAILURES_FILE,
-        RESULTS_DIR,
-        RUN_FILE,
-        DatasetRun,
-        EvaluateJob,
-        collect_images,
-        make_executor,
-        model_digest,
-    )
+    from ..dataset import FAILURES_FILE, RESULTS_DIR, RUN_FILE, collect_images, make_executor, prepare_run
     from ..errors import InputMismatchError, printable
     from ..files import WriteLog, check_output
-    from ..metrics import plan_evaluation
     from ..models import load_model
     from .datasets import EXIT_OK, EXIT_SOME_FAILED, check_dataset_arguments, check_inputs_outside_results, run_command
 
@@ -86,18 +75,16 @@ def run(args) -> int:
     model = load_model(args.model, device="cpu" if distributed else args.device)
     subset = args.subset   # a fraction (< 1) or a whole number of voxels (checked by the plan)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    plan = plan_evaluation(model, args.method, classes=classes, seed=seed, n_faithfulness=n_faith,
-                           subset=subset, n_sensitivity=n_sens, noise=args.noise, theta=args.theta,
-                           baseline=None if args.baseline is None else _number_or_text(args.baseline),
-                           batch_size=batch_size, protocol=args.protocol,
-                           precision=args.precision, **params)
     # images carry no ground truth or RoIs here
     for r in records:
         r.ground_truth, r.rois = None, {}
-    job = EvaluateJob(model=os.path.abspath(args.model), device=args.device, threads=args.threads, plan=plan,
-                      model_digest=model_digest(args.model))
     with make_executor(args.workers, args.scheduler, threads=args.threads, model=model) as executor:
-        run_ = DatasetRun(job, records, executor=executor, out=out, overwrite=args.overwrite)
+        run_ = prepare_run("evaluate", model, records, client=executor, out=out, overwrite=args.overwrite,
+                           threads=args.threads, device=args.device, methods=args.method, classes=classes,
+                           seed=seed, n_faithfulness=n_faith, subset=subset, n_sensitivity=n_sens,
+                           noise=args.noise, theta=args.theta,
+                           baseline=None if args.baseline is None else _number_or_text(args.baseline),
+                           batch_size=batch_size, protocol=args.protocol, precision=args.precision, **params)
         res = run_command(run_, "[evaluate]", args.quiet, out)
     n = len(records)
     if not res.rows and res.settings.get("skipped"):

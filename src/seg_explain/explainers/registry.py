@@ -311,18 +311,9 @@ class MethodSpec:
         return {p.name: p.default for p in self.params}
 
     @property
-    def kind(self) -> str:
-        """Legacy coarse kind: gradient | cam | perturbation | shapley."""
-        return {"heatmap": "cam", "block": "perturbation"}.get(self.caps.map_kind, "gradient")
-
-    @property
     def orientation(self) -> float:
         """Sign that makes "positive = supports the RoI" (metrics, rankings)."""
         return -1.0 if self.red_is_negative else 1.0
-
-    @property
-    def doc(self) -> str:
-        return self.question
 
     def param(self, name: str) -> Param:
         for p in self.params:
