@@ -238,8 +238,7 @@ def _npz_images(z, model) -> list:
     for im in imgs:
         data = im if model.in_channels > 1 else im[0]
         if resample:
-            aff = np.diag(list(spacing[::-1]) + [1.0]) if len(spacing) == 3 else np.eye(4)
-            out.append(LoadedImage(data, spacing, aff, None, model.spatial_dims))
+            out.append(LoadedImage.from_array(data, spacing, spatial_dims=model.spatial_dims))
         else:
             out.append(data)
     return out

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .budget import check_bytes
-from .errors import ImageLoadError, InputMismatchError, SegExplainError
+from .errors import ImageLoadError, InputMismatchError, SegExplainError, first_line
 from .files import atomic_write, regular_file
 from .model_grid import invert_ornt
 
@@ -147,12 +147,15 @@ class LoadedImage:
 
     @classmethod
     def from_array(cls, array: np.ndarray, spacing: tuple[float, ...] | None = None, *,
-                   spatial_dims: int | None = None, path: str | None = None) -> LoadedImage:
+                   spatial_dims: int | None = None, path: str | None = None,
+                   origin: tuple[float, ...] | None = None) -> LoadedImage:
         """An image from an array already in the project's axis order: ``(Y, X)`` / ``(C, Y, X)``
         or LPS ``(Z, Y, X)`` / ``(C, Z, Y, X)`` (see the module docstring), with ``spacing``
         in mm in the same order (default 1 mm), axis-aligned. ``spatial_dims`` defaults to
         ``len(spacing)``, else 2 for a 2D array and 3 otherwise. Data without an orientation
-        (a TIFF stack, a numpy volume) gets this geometry from :func:`load_image` too."""
+        (a TIFF stack, a numpy volume) gets this geometry from :func:`load_image` too.
+        ``origin``: where voxel 0 lies, in mm along the array's axes (napari's ``translate``;
+        default 0)."""
         arr = np.asarray(array)
         if spatial_dims is None:
             spatial_dims = len(spacing) if spacing is not None else (2 if arr.ndim == 2 else 3)
@@ -161,7 +164,7 @@ class LoadedImage:
         if spacing is not None and (len(spacing) != spatial_dims
                                     or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing)):
             raise InputMismatchError(f"from_array: spacing {tuple(spacing)} must be {spatial_dims} numbers > 0")
-        return _plain(arr, spatial_dims, path, None if spacing is None else tuple(spacing))
+        return _plain(arr, spatial_dims, path, None if spacing is None else tuple(spacing), origin)
 
 
 def file_ext(path: Path) -> str:
@@ -234,8 +237,7 @@ def load_image(path: str | os.PathLike, series: str | None = None, magnitude: bo
     except SegExplainError:
         raise
     except Exception as exc:  # corrupt / unreadable: one line, the cause kept
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageLoadError(f"Cannot read {p.name}: {msg}") from exc
+        raise ImageLoadError(f"Cannot read {p.name}: {first_line(exc)}") from exc
     if np.iscomplexobj(img.data):
         if not magnitude:
             raise ImageLoadError(_COMPLEX.format(name=p.name))
@@ -287,14 +289,20 @@ def _check_npy_header(p: Path) -> None:
 
 
 def _plain(arr: np.ndarray, spatial_dims: int, path: str | None,
-           spacing: tuple[float, ...] | None = None) -> LoadedImage:
+           spacing: tuple[float, ...] | None = None, origin: tuple[float, ...] | None = None) -> LoadedImage:
     spacing = tuple(float(s) for s in (spacing or (1.0,) * spatial_dims))
+    meta: dict = {"format": "array"}
     if spatial_dims == 3:
         aff = LPS_TO_RAS @ np.diag([spacing[2], spacing[1], spacing[0], 1.0]) @ AXES_PERM
+        if origin is not None:
+            dirs = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0, keepdims=True)
+            aff[:3, 3] = dirs @ np.asarray(origin, float)
     else:
         aff = np.diag([spacing[0], spacing[1], 1.0, 1.0])
-    return LoadedImage(np.ascontiguousarray(arr), spacing, aff, path, spatial_dims,
-                       {"format": "array"})
+        if origin is not None:
+            aff[:2, 3] = np.asarray(origin, float)
+            meta["origin2d"] = tuple(float(t) for t in origin)
+    return LoadedImage(np.ascontiguousarray(arr), spacing, aff, path, spatial_dims, meta)
 
 
 def _load_nifti(p: Path) -> LoadedImage:

@@ -20,7 +20,7 @@ import torch
 
 from ..allocator import tune_allocator
 from ..budget import check_bytes, check_zip_members
-from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError
+from ..errors import ModelLoadError, SegExplainError, UnsafeConfigError, first_line
 from ..files import regular_file
 from .bundle import divisor_of, load_state_dict_file, parse_inference, parse_metadata, read_json
 from .formats import formats_help, model_format
@@ -58,7 +58,7 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> SegModel:
     except SegExplainError:
         raise
     except Exception as exc:  # anything unexpected: one line, cause chained
-        raise ModelLoadError(f"Cannot load model {p.name}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise ModelLoadError(f"Cannot load model {p.name}: {first_line(exc)}") from exc
 
 
 def load_torchscript_file(p: Path, device) -> SegModel:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError, UnsafeConfigError
+from ..errors import ModelLoadError, UnsafeConfigError, first_line
 from ..files import regular_file
 from .torch_errors import is_restricted_refusal, refused_global
 
@@ -66,8 +66,7 @@ def load_checkpoint(path: Path, root: Path) -> dict:
         with ser.safe_globals(_safe_globals()):
             ck = torch.load(str(real), map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc)
-        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        msg = first_line(exc)
         if is_restricted_refusal(exc):
             found = refused_global(exc) or "a pickled Python object"
             raise UnsafeConfigError(f"{path.parent.name}/{path.name} holds {found[:160]}, beyond the tensors, "

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelLoadError, UnsafeConfigError
+from ..errors import ModelLoadError, UnsafeConfigError, first_line
 from .nnunet_plans import quote_key
 
 MAX_PARAMETERS = 2e9         # TotalSegmentator's networks have ~30 million
@@ -285,8 +285,7 @@ def build_network(arch: Architecture, in_channels: int, n_out: int, where: str) 
     try:
         return cls(**kw)
     except Exception as exc:  # noqa: BLE001 - any construction failure is a bad plans.json
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{where}: cannot build {arch.cls_name}: {first[:300]}") from exc
+        raise ModelLoadError(f"{where}: cannot build {arch.cls_name}: {first_line(exc)[:300]}") from exc
 
 
 # -------------------------------------------------------------------- network --

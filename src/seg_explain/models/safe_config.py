@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import UnsafeConfigError
+from ..errors import UnsafeConfigError, first_line
 
 # role -> {short name: "module:Class"}; a config may name a class by its short name or by
 # the fully qualified "module.Class" (either the defining module or the public package).
@@ -142,8 +142,7 @@ def _build(node: Any, where: str, table: dict) -> Any:
             try:
                 return cls(**kwargs)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UnsafeConfigError(f"{where}: cannot build {node['_target_']}: {first}") from exc
+                raise UnsafeConfigError(f"{where}: cannot build {node['_target_']}: {first_line(exc)}") from exc
         return {k: _build(v, f"{where}.{k}", table) for k, v in node.items()}
     if isinstance(node, list):
         return [_build(v, f"{where}[{i}]", table) for i, v in enumerate(node)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import first_line
+
 _WEIGHTS_ONLY = ("weights_only", "Weights only load failed", "WeightsUnpickler", "Unsupported global")
 
 
@@ -31,6 +33,4 @@ def torch_reason(exc: BaseException, limit: int = 200) -> str:
         g = refused_global(exc)
         return ("it holds a pickled Python object" + (f" ({g})" if g else "")
                 + " beyond tensors and plain containers, which is never unpickled")
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:limit]
+    return first_line(exc)[:limit]
