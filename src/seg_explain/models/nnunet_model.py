@@ -385,7 +385,7 @@ class NnUNetModel(SegModel):
             # accumulate_dtype (only matters for its float16 rounding)
             total = None
             for net in self.network.folds:
-                out = self._blend(x, lambda xb, n=net: self.network._one(n, xb)).cpu()
+                out = self._blend(x, lambda xb, n=net: self.network.run_one(n, xb)).cpu()
                 total = out if total is None else total + out
             total /= len(self.network.folds)
             return total.float()

@@ -299,7 +299,7 @@ class NnUNetEnsemble(torch.nn.Module):
         self.mirror_axes = tuple(int(a) for a in mirror_axes) if mirror_axes else ()
         self.mirror = False
 
-    def _one(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def run_one(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         y = net(x)
         if isinstance(y, (list, tuple)):
             y = y[0]
@@ -317,6 +317,6 @@ class NnUNetEnsemble(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
         for net in self.folds:
-            y = self._one(net, x)
+            y = self.run_one(net, x)
             out = y if out is None else out + y
         return out / len(self.folds) if len(self.folds) > 1 else out
