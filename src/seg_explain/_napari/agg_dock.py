@@ -311,16 +311,6 @@ class Agg2ExpWidget(PlotsMixin, ClosingDock, QWidget):
         self._on_method_changed()
         self.update_cost()
 
-    def wait_model(self, timeout_s: float = 60.0) -> bool:
-        """Block (processing Qt events) until the model is loaded; for scripts and tests."""
-        from qtpy.QtWidgets import QApplication
-
-        t0 = time.perf_counter()
-        while self.picker.info is None and time.perf_counter() - t0 < timeout_s:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return self.picker.info is not None
-
     # -------------------------------------------------------------- images --
     def image_layer(self):
         name = self.image_combo.currentText()

@@ -57,12 +57,13 @@ from qtpy.QtWidgets import (
 )
 
 from ..frontend.messages import cost_lines, cost_unknown, explain_why_not, one_line
-from ..frontend.reading import distinct_colour, shape_mismatch
+from ..frontend.reading import shape_mismatch
 from ..frontend.requests import ExplainRequest, explain_job, make_request, roi_for_estimate, roi_from_labels
 from .choosers import KindChoosers, refill
 from .explain_results import ResultsMixin
 from .layers import (
     META_KEY,
+    add_roi_layer,
     current_index,
     image_from_layer,
     is_result_layer,
@@ -372,42 +373,16 @@ class ExplainWidget(ResultsMixin, ClosingDock, QWidget):
         self._schedule_cost()
 
     def new_roi_layer(self):
-        """Add an empty Labels layer on the image's grid to paint in, in a colour unlike every
-        visible Labels layer's (:func:`~seg_explain.frontend.reading.distinct_colour`)."""
-        from napari.utils.colormaps import DirectLabelColormap
-
+        """Add an empty Labels layer on the image's grid to paint in (:func:`.layers.add_roi_layer`)."""
         img = self.image_layer()
         if img is None:
             notify_error("Add an image layer first: the RoI layer is made on the image's grid")
             return None
-        sd = spatial_dims_of(img)
-        shape = spatial_shape_of(img)
-        colour = (*distinct_colour(self._label_colours()), 1.0)     # strokes must show over the labels
-        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
-        n = sum(1 for ly in self._layers_of("labels") if ly.name.startswith("RoI"))
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}", scale=tuple(img.scale)[-sd:],
-            translate=tuple(img.translate)[-sd:], colormap=cmap, opacity=0.7,
-            metadata={META_KEY: {"kind": "roi", "image": img.name, "target": self.class_combo.currentText()}})
-        layer.brush_size = 6
-        layer.selected_label = 1
-        layer.mode = "paint"
-        self.viewer.layers.selection.active = layer
+        layer = add_roi_layer(self.viewer, img, self.class_combo.currentText())
         self._refresh_roi_choices()
         self.roi_combo.setCurrentText(layer.name)
         self.roi_label.setValue(1)
         return layer
-
-    def _label_colours(self) -> list:
-        """The colours the visible Labels layers draw (at most 64 labels each)."""
-        out = []
-        for ly in self._layers_of("labels"):
-            if not ly.visible:
-                continue
-            vals = np.unique(np.asarray(ly.data))
-            for v in vals[vals != 0][:64]:
-                out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
-        return out
 
     # --------------------------------------------------------------- model --
     def select_model(self, path) -> None:
@@ -615,18 +590,6 @@ class ExplainWidget(ResultsMixin, ClosingDock, QWidget):
 
     def _on_job_message(self, msg) -> None:
         show_progress(msg, self.progress, self.stage)
-
-    def wait_model(self, timeout_s: float = 60.0) -> bool:
-        """Block (processing Qt events) until the model is loaded; for scripts."""
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        t0 = time.perf_counter()
-        while self.model_info is None and time.perf_counter() - t0 < timeout_s:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return self.model_info is not None
 
     # ------------------------------------------------------------ failures --
     def _on_failure(self, failure) -> None:

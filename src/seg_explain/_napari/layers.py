@@ -207,6 +207,44 @@ def sync_attribution_colormaps(viewer, layers=None) -> None:
 
 # -------------------------------------------------------------------------- labels --
 
+def label_colours(viewer) -> list:
+    """The colours the visible Labels layers of ``viewer`` draw (at most 64 labels each)."""
+    from napari.layers import Labels
+
+    out = []
+    for ly in viewer.layers:
+        if not isinstance(ly, Labels) or not ly.visible:
+            continue
+        vals = np.unique(np.asarray(ly.data))
+        for v in vals[vals != 0][:64]:
+            out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
+    return out
+
+
+def add_roi_layer(viewer, img, target: str):
+    """An empty Labels layer ("RoI", "RoI 2", …) on image layer ``img``'s grid, ready to paint
+    label 1 of class ``target``, in a colour unlike every visible Labels layer's
+    (:func:`~seg_explain.frontend.reading.distinct_colour`), selected."""
+    from napari.layers import Labels
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ..frontend.reading import distinct_colour
+
+    sd = spatial_dims_of(img)
+    colour = (*distinct_colour(label_colours(viewer)), 1.0)     # strokes must show over the labels
+    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
+    n = sum(1 for ly in viewer.layers if isinstance(ly, Labels) and ly.name.startswith("RoI"))
+    layer = viewer.add_labels(
+        np.zeros(spatial_shape_of(img), np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}",
+        scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:], colormap=cmap, opacity=0.7,
+        metadata={META_KEY: {"kind": "roi", "image": img.name, "target": target}})
+    layer.brush_size = 6
+    layer.selected_label = 1
+    layer.mode = "paint"
+    viewer.layers.selection.active = layer
+    return layer
+
+
 def class_features(class_names: Sequence[str]) -> dict[str, list]:
     """A Labels ``features`` table so the status bar shows the class name under the cursor."""
     return {"index": list(range(len(class_names))), "class": [str(c) for c in class_names]}
