@@ -512,8 +512,7 @@ def test_evidence_surfaces_find_a_planted_region_in_speckle():
     evidence (mean -1), both under strong voxel speckle (sd 2) in a field of speckle. Unsmoothed,
     the strongest 5 % are scattered speckle; smoothed (as the 3D view does), the red surface
     encloses the planted support and the blue one the planted opposition."""
-    from seg_explain._napari.explain_dock import EVIDENCE_SMOOTH, EVIDENCE_TOP
-    from seg_explain._napari.layers import evidence_volumes
+    from seg_explain.frontend.evidence import EVIDENCE_SMOOTH, EVIDENCE_TOP, evidence_volumes
 
     rng = np.random.default_rng(0)
     a = rng.normal(0, 2.0, (40, 40, 40)).astype(np.float32)

@@ -256,7 +256,7 @@ def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
 
 def test_worker_job_without_qt_reports_failure_as_one_line(tmp_path):
     """Jobs are plain generators: a bad model path becomes a Failure, never an exception."""
-    from seg_explain._napari.workers import Failure, ModelCache, guarded, load_model_job
+    from seg_explain.frontend.jobs import Failure, ModelCache, guarded, load_model_job
 
     gen = guarded(load_model_job, ModelCache(), str(tmp_path / "missing_bundle"), "cpu")
     msgs = []

@@ -176,7 +176,7 @@ def test_eta_counts_down_between_progress_events(qtbot):
 
 
 def test_3d_evidence_volumes_are_bounded_and_keep_where_the_evidence_is():
-    from seg_explain._napari.layers import EVIDENCE_MAX_VOXELS, bounded_volume
+    from seg_explain.frontend.evidence import EVIDENCE_MAX_VOXELS, bounded_volume
 
     a = np.zeros((90, 108, 90), np.float32)
     a[40, 50:52, 45] = 1.0                      # a thin planted region, one voxel wide

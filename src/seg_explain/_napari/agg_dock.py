@@ -14,18 +14,14 @@ multi-class sharing, parameters, sign convention): no method is named here.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -36,20 +32,27 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
-    QSpinBox,
-    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from ..frontend.reading import legend
+from ..frontend.agg2exp import (
+    agg_job,
+    cell_job,
+    cell_layer,
+    cell_status,
+    default_method,
+    method_order,
+    method_tooltip,
+    run_key,
+)
+from ..frontend.messages import cost_lines, cost_unknown, method_unavailable, one_line
+from .agg_plots import PlotsMixin
 from .layers import (
     GEOMETRY_KEY,
     META_KEY,
     attribution_colormap,
-    attribution_limits,
-    display_limits,
     image_from_layer,
     is_result_layer,
     model_grid_shape,
@@ -59,100 +62,16 @@ from .model_picker import settings
 from .params import ParamForm, compact_all
 from .stage import ResultStage
 from .ui import ClosingDock, notify_error, notify_info
-from .workers import ModelCache, one_line, scalar_items, show_progress
+from .workers import show_progress
 
 log = logging.getLogger(__name__)
 
-COST_ORDER = {"cheap": 0, "moderate": 1, "expensive": 2}
 DOCK_WIDTH = 400          # px: what the dock asks for (canvas included)
-FIGSIZE = (3.7, 3.9)      # inches at 100 dpi: the canvases' size hint, and the exported figures'
 PARTIAL_DRAW_S = 1.0      # while running, redraw partial results at most once a second
-MAX_KEPT_BYTES = 512 * 2 ** 20   # per-class maps kept for clicks up to this size (else: one explanation per click)
-
-
-# ------------------------------------------------------------------------- jobs --
-def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names: list[str] | None,
-            method: str, params: dict[str, Any], keep_maps: bool, token) -> Iterator:
-    """Agg2Exp over ``images`` (LoadedImage copies or paths); returns ``(result, maps)``.
-
-    Yields :class:`~seg_explain.jobs.ProgressEvent` (stage "<title> · image i/n: name", ETA of
-    the whole run) and ``("partial", name, result so far)`` after each finished image.
-    ``maps`` (when ``keep_maps`` and they take at most :data:`MAX_KEPT_BYTES`): the last
-    image's per-class attributions and its label map (from the explanations' own prediction),
-    so a heatmap click needs no recomputation."""
-    from ..dataset import Agg2ExpRun
-    from ..errors import InputMismatchError
-    from ..explainers.job import cancel_hooks
-    from ..explainers.registry import get_spec
-    from ..jobs import events
-
-    yield ("status", "Loading model")
-    model = cache.get(model_path, device)
-    token.check()
-    finished: list[str] = []
-    kept: dict[str, Any] = {}
-
-    def on_image(name, exps, labels) -> None:   # worker thread: local state only
-        finished.append(name)
-        if keep_maps and sum(4 * int(np.size(e.attribution)) for e in exps) <= MAX_KEPT_BYTES:
-            kept.clear()
-            kept.update(image=name, labels=np.asarray(labels).astype(np.int32),
-                        attributions={int(e.target): np.asarray(e.attribution, np.float32) for e in exps})
-
-    run = Agg2ExpRun(model, images, method, names=names, on_error="skip" if len(images) > 1 else "raise",
-                     on_image=on_image, **params)
-    title = get_spec(method).title
-    with cancel_hooks(model, token):
-        for ev in events(run.run_iter(), f"{title}", token):
-            yield dataclasses.replace(ev, stage=f"{title} · {run.status}" if run.status else title)
-            if finished:
-                name = finished[-1]
-                finished.clear()
-                yield ("partial", name, run.result())
-    res = run.result()
-    if res.n_images == 0:
-        raise InputMismatchError("No image could be explained: " + "; ".join(f"{n}: {m}" for n, m in res.skipped))
-    return res, kept
-
-
-def cell_job(cache: ModelCache, model_path: str, device: str, image, image_name: str, method: str,
-             params: dict[str, Any], target: int, token) -> Iterator:
-    """Class ``target``'s attribution (RoI = its predicted voxels) and the label map it was
-    made on (the Explanation's own prediction: no second prediction pass)."""
-    from ..explainers.job import explain_job
-
-    yield ("status", "Loading model")
-    model = cache.get(model_path, device)
-    exp = yield from explain_job(model, image, method, target, token=token, **params)
-    return {"image": image_name, "labels": np.asarray(exp.prediction).astype(np.int32),
-            "attributions": {int(target): np.asarray(exp.attribution, np.float32)}}
-
-
-# ------------------------------------------------------------------------ theme --
-def theme_colors(viewer) -> dict[str, str]:
-    """Background / text / foreground colours of the viewer's current theme."""
-    try:
-        from napari.utils.theme import get_theme
-
-        th = get_theme(viewer.theme)
-        return {"background": th.background.as_hex(), "text": th.text.as_hex(),
-                "foreground": th.foreground.as_hex()}
-    except Exception:  # noqa: BLE001 - a plain light look if the theme cannot be read
-        return {"background": "#ffffff", "text": "#000000", "foreground": "#000000"}
-
-
-def default_method(names: list[str]) -> str:
-    """The core's Agg2Exp default (``Agg2ExpRun``'s ``method``), else the first name."""
-    import inspect
-
-    from ..dataset import Agg2ExpRun
-
-    d = inspect.signature(Agg2ExpRun).parameters["method"].default
-    return d if d in names else names[0]
 
 
 # ----------------------------------------------------------------------- widget --
-class Agg2ExpWidget(ClosingDock, QWidget):
+class Agg2ExpWidget(PlotsMixin, ClosingDock, QWidget):
     """Dock widget: Agg2Exp heatmap + graph; click a cell to see the evidence as a layer."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -188,9 +107,6 @@ class Agg2ExpWidget(ClosingDock, QWidget):
 
     # ------------------------------------------------------------------ UI --
     def _build_ui(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         src = QGroupBox("Images")
@@ -268,72 +184,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         self.stage.setStyleSheet("color: gray; font-size: 10px;")
         self.stage.hide()
         lay.addWidget(self.stage)
-
-        vrow = QHBoxLayout()
-        self.scope_combo = QComboBox()
-        self.scope_combo.setObjectName("agg_scope_combo")
-        self.scope_combo.setToolTip("global = mean over the images; or one image's local matrix")
-        self.scope_combo.addItem("global (mean over images)", None)
-        self.kind_combo = QComboBox()
-        self.kind_combo.setObjectName("agg_kind_combo")
-        from ..plots import KIND_TEXT
-
-        for k, t in KIND_TEXT.items():
-            self.kind_combo.addItem(t["short"], k)
-            self.kind_combo.setItemData(self.kind_combo.count() - 1, t["cell"], Qt.ItemDataRole.ToolTipRole)
-        self.kind_combo.setToolTip("what a cell is: " + "; ".join(f"{t['short']}: {t['cell']}"
-                                                                    for t in KIND_TEXT.values()))
-        vrow.addWidget(QLabel("view"))
-        vrow.addWidget(self.scope_combo, 1)
-        vrow.addWidget(self.kind_combo, 1)
-        lay.addLayout(vrow)
-
-        self.tabs = QTabWidget()
-        self.tabs.setObjectName("agg_tabs")
-        self.heat_fig = Figure(figsize=FIGSIZE, dpi=100, layout="constrained")
-        self.heat_canvas = FigureCanvasQTAgg(self.heat_fig)
-        self.graph_fig = Figure(figsize=FIGSIZE, dpi=100, layout="constrained")
-        self.graph_canvas = FigureCanvasQTAgg(self.graph_fig)
-        for c in (self.heat_canvas, self.graph_canvas):
-            c.setMinimumSize(240, 320)
-        self.tabs.addTab(self.heat_canvas, "Heatmap")
-        gpage = QWidget()
-        gl = QVBoxLayout(gpage)
-        gl.setContentsMargins(0, 2, 0, 0)
-        grow = QHBoxLayout()
-        self.topk = QSpinBox()
-        self.topk.setObjectName("agg_topk")
-        self.topk.setRange(1, 20)
-        self.topk.setValue(3)
-        self.topk.setToolTip("the graph keeps each class's k strongest regions (incoming edges)")
-        self.show_background = QCheckBox("background as a source")
-        self.show_background.setToolTip("the background region often holds most evidence by sheer volume; "
-                                        "unchecked, its edges are left out of the graph")
-        grow.addWidget(QLabel("top-k"))
-        grow.addWidget(self.topk)
-        grow.addWidget(self.show_background)
-        grow.addStretch(1)
-        gl.addLayout(grow)
-        gl.addWidget(self.graph_canvas, 1)
-        self.tabs.addTab(gpage, "Graph")
-        lay.addWidget(self.tabs, 1)
-
-        erow = QHBoxLayout()
-        self.fig_button = QPushButton("Figures…")
-        self.fig_button.setToolTip("the heatmap and the graph as PNG, SVG or PDF (<name> and <name>_graph)")
-        self.csv_button = QPushButton("CSV…")
-        self.csv_button.setToolTip("the local table (every image, class, region) and the global one")
-        self.light_export = QCheckBox("light theme (for papers)")
-        self.light_export.setObjectName("agg_light_export")
-        self.light_export.setToolTip("exported figures on a white background with black text, whatever "
-                                     "the viewer's theme")
-        self.light_export.setChecked(bool(self.settings.value("agg_light_export", True, type=bool)))
-        erow.addWidget(QLabel("export"))
-        erow.addWidget(self.fig_button)
-        erow.addWidget(self.light_export)
-        erow.addStretch(1)
-        erow.addWidget(self.csv_button)
-        lay.addLayout(erow)
+        self._build_plots(lay)
         self.status = QLabel("Run Agg2Exp, then hover a heatmap cell to name it and click it to show "
                              "class a's evidence inside region b as a layer.")
         self.status.setWordWrap(True)
@@ -362,18 +213,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
         self.defaults_button.clicked.connect(self.params.restore_defaults)
         self.run_button.clicked.connect(self._on_run_clicked)
-        self.scope_combo.currentIndexChanged.connect(lambda _i: self.redraw())
-        self.kind_combo.currentIndexChanged.connect(lambda _i: self.redraw())
-        self.topk.valueChanged.connect(lambda _v: self.redraw())
-        self.show_background.toggled.connect(lambda _v: self.redraw())
-        self.tabs.currentChanged.connect(lambda _i: self.schedule_draw())
-        self.csv_button.clicked.connect(lambda: self.export_csv())
-        self.fig_button.clicked.connect(lambda: self.export_figures())
-        self.light_export.toggled.connect(lambda on: self.settings.setValue("agg_light_export", bool(on)))
-        self.heat_canvas.mpl_connect("button_press_event", self._on_click)
-        self.heat_canvas.mpl_connect("motion_notify_event", self._on_hover)
-        for c in (self.heat_canvas, self.graph_canvas):
-            c.mpl_connect("resize_event", lambda _e: self.redraw())
+        self._connect_plots()
         ev = self.viewer.layers.events
         self.result_stage = ResultStage(self.viewer)    # one result, one colour bar, labels hidden
         self._viewer_hooks = [(ev.inserted, self._refresh_images), (ev.removed, self._refresh_images),
@@ -392,17 +232,14 @@ class Agg2ExpWidget(ClosingDock, QWidget):
     def _fill_methods(self) -> None:
         """Registry entries, natural Agg2Exp choices first: methods that explain every class
         from shared passes, then by cost; the cost class is in the item text."""
-        specs = sorted(self._specs.values(),
-                       key=lambda s: (not s.caps.multiclass, COST_ORDER.get(s.cost_class, 9), s.title.lower()))
+        specs = method_order(self._specs.values())
         cur = self.method_combo.currentData()
         self.method_combo.blockSignals(True)
         self.method_combo.clear()
         for s in specs:
             self.method_combo.addItem(f"{s.title} · {s.cost_class}", s.name)
-            share = ("explains every class from shared passes" if s.caps.multiclass
-                     else "explains one class at a time (slower with many classes)")
-            self.method_combo.setItemData(self.method_combo.count() - 1, f"{s.question}\n({share}; cost: "
-                                          f"{s.cost_class})", Qt.ItemDataRole.ToolTipRole)
+            self.method_combo.setItemData(self.method_combo.count() - 1, method_tooltip(s),
+                                          Qt.ItemDataRole.ToolTipRole)
         want = cur or self.settings.value("agg_method", None)
         names = [s.name for s in specs]
         i = self.method_combo.findData(want if want in names else default_method(names))
@@ -415,13 +252,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         info = self.picker.info
         model = self.method_combo.model()
         for i in range(self.method_combo.count()):
-            spec = self._specs[self.method_combo.itemData(i)]
-            why = ""
-            if info is not None:
-                if info["spatial_dims"] not in spec.caps.dims:
-                    why = f"not for {info['spatial_dims']}D models"
-                elif spec.caps.hooks and not info.get("hookable", True):
-                    why = "needs a network whose layers can be hooked (not TorchScript / exported)"
+            why = method_unavailable(self._specs[self.method_combo.itemData(i)], info)
             item = model.item(i) if hasattr(model, "item") else None
             if item is not None:
                 item.setEnabled(not why)
@@ -480,16 +311,6 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         self._on_method_changed()
         self.update_cost()
 
-    def wait_model(self, timeout_s: float = 60.0) -> bool:
-        """Block (processing Qt events) until the model is loaded; for scripts and tests."""
-        from qtpy.QtWidgets import QApplication
-
-        t0 = time.perf_counter()
-        while self.picker.info is None and time.perf_counter() - t0 < timeout_s:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return self.picker.info is not None
-
     # -------------------------------------------------------------- images --
     def image_layer(self):
         name = self.image_combo.currentText()
@@ -530,13 +351,13 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         try:
             params = self.params.values()
         except Exception as exc:  # noqa: BLE001 - a half-typed value: say it, no estimate
-            self.cost.setText(f"Cost: — ({one_line(exc)})")
+            self.cost.setText(cost_unknown(exc))
             return
         n = self.file_list.count() if self.use_files.isChecked() else 1
         est = estimate_agg2exp(model, name, params, shape, len(info["class_names"]) - 1, max(n, 1))
-        self.cost.setText(f"Cost: {est.text}")
-        if est.warning:
-            self.cost_warning.setText(f"⚠ {est.warning}")
+        line, warning = cost_lines(est)
+        self.cost.setText(line)
+        self.cost_warning.setText(warning)
 
     def _add_files(self) -> None:
         start = self.settings.value("agg_files_dir", str(Path.home()))
@@ -604,7 +425,7 @@ class Agg2ExpWidget(ClosingDock, QWidget):
                 return False
             names, keep, image_name = [img.name], True, img.name
         device = self.picker.device_name
-        key = (str(path), device, method, tuple(sorted((k, repr(v)) for k, v in params.items())))
+        key = run_key(path, device, method, params)
         self._pending = {"model": str(path), "device": device, "method": method, "params": params,
                          "key": key, "image": image_name, "n": len(images)}
         self._previous, self._previous_info = self.result, dict(self._run_info)
@@ -693,136 +514,6 @@ class Agg2ExpWidget(ClosingDock, QWidget):
             self._last_partial_draw = now
         self.redraw(now=not partial)
 
-    # --------------------------------------------------------------- plots --
-    def current_matrix(self):
-        res = self.result
-        if res is None:
-            return None
-        return res.matrix(self.scope_combo.currentData(), kind=self.kind_combo.currentData() or "mass")
-
-    def theme(self, light: bool = False):
-        from ..plots import LIGHT, as_theme
-
-        return LIGHT if light else as_theme(theme_colors(self.viewer))
-
-    def redraw(self, now: bool = False) -> None:
-        """Mark both figures stale; draw the visible one (now, or on the next event loop pass)."""
-        self._stale = {"heat": True, "graph": True}
-        if now:
-            self.draw()
-        else:
-            self.schedule_draw()
-
-    def schedule_draw(self, delay_ms: int = 120) -> None:
-        """Draw on the next event-loop pass after ``delay_ms`` (coalesces resizes and clicks)."""
-        if not self._closed:
-            self._draw_timer.start(int(delay_ms))
-
-    def draw(self, which: str | None = None) -> None:
-        """Draw the visible figure (or ``which``: "heat", "graph", "both") in the viewer's theme."""
-        if self._closed:
-            return
-        if which is None:
-            which = "heat" if self.tabs.currentIndex() == 0 else "graph"
-        for key in (("heat", "graph") if which == "both" else (which,)):
-            t0 = time.perf_counter()
-            if key == "heat":
-                self.draw_heatmap(self.heat_fig, self.theme())
-                self.heat_canvas.draw_idle()
-            else:
-                self.draw_graph(self.graph_fig, self.theme())
-                self.graph_canvas.draw_idle()
-            self.timings[key] = time.perf_counter() - t0
-            self._stale[key] = False
-
-    def _title(self) -> str:
-        res = self.result
-        spec = self._specs.get(self._run_info.get("method", res.method))
-        scope = self.scope_combo.currentText()
-        return f"{spec.title if spec else res.method} · {scope}"
-
-    def _placeholder(self, fig, theme) -> None:
-        from ..plots import apply_theme
-
-        ax = fig.add_subplot(111)
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "Run Agg2Exp to see, for every class a,\nwhich regions b hold its evidence",
-                ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        apply_theme(fig, theme)
-
-    def _fresh_figure(self, fig, theme):
-        """Clear ``fig``; the matrix to draw, or None after drawing the placeholder."""
-        fig.clear()
-        m = self.current_matrix()
-        if m is None:
-            self._placeholder(fig, theme)
-        return m
-
-    def draw_heatmap(self, fig, theme) -> None:
-        from ..plots import plot_heatmap
-
-        m = self._fresh_figure(fig, theme)
-        if m is None:
-            return
-        res = self.result
-        rows = [i for i in range(m.shape[0]) if not np.isnan(m[i]).all()]
-        self._rows, self._cols = rows, list(range(m.shape[1]))
-        ax = fig.add_subplot(111)
-        plot_heatmap(m[rows], [res.row_names[i] for i in rows], res.col_names, ax=ax, title=self._title(),
-                     kind=self.kind_combo.currentData() or "mass", theme=theme)
-
-    def draw_graph(self, fig, theme) -> None:
-        from ..plots import plot_graph
-
-        m = self._fresh_figure(fig, theme)
-        if m is None:
-            return
-        res = self.result
-        excl = [] if self.show_background.isChecked() else [n for n in res.col_names if n.lower() == "background"]
-        k = int(self.topk.value())
-        plot_graph(m, res.row_names, res.col_names, top_k=k, ax=fig.add_subplot(111), exclude=excl,
-                   title=f"{self._title()} · top-{k}", kind=self.kind_combo.currentData() or "mass",
-                   theme=theme)
-
-    def _on_theme(self, event=None) -> None:
-        self.redraw(now=True)
-
-    def _on_ndisplay(self, event=None) -> None:
-        from .layers import sync_attribution_colormaps
-
-        sync_attribution_colormaps(self.viewer)
-
-    # --------------------------------------------------------------- click --
-    def _cell_at(self, event) -> tuple[int, int] | None:
-        if self.result is None or not self.heat_fig.axes or event.inaxes is not self.heat_fig.axes[0]:
-            return None
-        if event.xdata is None or event.ydata is None:
-            return None
-        r, c = int(round(event.ydata)), int(round(event.xdata))
-        if not (0 <= r < len(self._rows) and 0 <= c < len(self._cols)):
-            return None
-        return self._rows[r], self._cols[c]
-
-    def _on_hover(self, event) -> None:
-        cell = self._cell_at(event)
-        if cell is None or self.runner.running:
-            return
-        from ..plots import KIND_TEXT
-
-        a, b = cell
-        res = self.result
-        kind = self.kind_combo.currentData() or "mass"
-        v = self.current_matrix()[a, b]
-        info = KIND_TEXT[kind]
-        val = (f"{100 * v:.1f} %" if info["share"] else f"{v:.2f}") if np.isfinite(v) else "n/a"
-        what = info["cell"].replace("class a", res.row_names[a]).replace("region b", res.col_names[b])
-        self.status.setText(f"{res.row_names[a]} ← {res.col_names[b]}: {val} ({what}). Click to show it as a layer.")
-
-    def _on_click(self, event) -> None:
-        cell = self._cell_at(event)
-        if cell is not None:
-            self.show_cell(*cell)
-
     def show_cell(self, a: int, b: int):
         """Add class ``a``'s attribution masked to region ``b`` as a layer on the current image
         layer; explains class ``a`` there first (in the worker) if the run did not keep it.
@@ -871,101 +562,31 @@ class Agg2ExpWidget(ClosingDock, QWidget):
             notify_error(f"The image layer {name!r} is gone")
             return None
         img = self.viewer.layers[name]
-        attr = maps["attributions"][a]
-        region = maps["labels"] == b
-        masked = np.where(region, attr, 0).astype(np.float32)
         spec = self._specs[info["method"]]
-        params = info.get("params", {})
-        one = spec.is_one_sided(params)
-        lim, mx = display_limits(masked if region.any() else attr, spec.caps.map_kind)
-        sd = spatial_dims_of(img)
         scope = self.scope_combo.currentData()
-        val = float(res.matrix(scope, kind="mass")[a, b])
-        md = {META_KEY: {"kind": "attribution", "method": info["method"], "target": res.row_names[a],
-                         "target_index": a, "region": res.col_names[b], "region_index": b,
-                         "agg2exp_mass": val, "image": name, "model": info.get("model"),
-                         "params": scalar_items(params), "limit": lim, "max_abs": mx, "unit": spec.unit,
-                         "source": "agg2exp"}}
+        cell = cell_layer(res, spec, info, maps, a, b, scope)
+        md = {META_KEY: cell.info}
         if isinstance(img.metadata, dict) and GEOMETRY_KEY in img.metadata:
             md[GEOMETRY_KEY] = img.metadata[GEOMETRY_KEY]
-        clim = attribution_limits(lim, one, spec.red_is_negative)
+        sd = spatial_dims_of(img)
         layer = self.viewer.add_image(
-            masked, name=f"{spec.title} · {res.row_names[a]} in {res.col_names[b]}",
-            scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:], metadata=md,
-            colormap=attribution_colormap(reverse=spec.red_is_negative, volume=self.viewer.dims.ndisplay == 3,
-                                          one_sided=one),
-            contrast_limits=clim, blending="translucent", rendering="translucent")
-        mx = max(float(mx), float(lim))
-        layer.contrast_limits_range = attribution_limits(mx, one, spec.red_is_negative)
-        layer.contrast_limits = clim
-        md[META_KEY]["legend"] = legend(spec, res.row_names[a], params)
+            cell.data, name=cell.name, scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:],
+            metadata=md, colormap=attribution_colormap(reverse=cell.red_is_negative,
+                                                       volume=self.viewer.dims.ndisplay == 3,
+                                                       one_sided=cell.one_sided),
+            contrast_limits=cell.limits, blending="translucent", rendering="translucent")
+        layer.contrast_limits_range = cell.range
+        layer.contrast_limits = cell.limits
         self.result_stage.present(layer)
         self.viewer.layers.selection.active = layer
         where = "global mean" if scope is None else self.scope_combo.currentText()
-        self.status.setText(f"{res.row_names[a]} ← {res.col_names[b]}: {100 * val:.1f} % of "
-                            f"{res.row_names[a]}'s |attribution| ({where}); layer shows {name}, "
-                            f"{int(region.sum())} voxels")
+        self.status.setText(cell_status(res, cell, a, b, where))
         return layer
 
-    # -------------------------------------------------------------- export --
-    def export_csv(self, path: str | None = None) -> list[Path]:
-        """Write the long local table (and the global table next to it)."""
-        if self.result is None:
-            notify_error("Run Agg2Exp first")
-            return []
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export Agg2Exp table", "local_importance.csv",
-                                                  "CSV (*.csv)")
-            if not path:
-                return []
-        p = Path(path)
-        out = [self.result.to_csv(p)]
-        stem = p.stem.replace("local", "global") if "local" in p.stem else p.stem + "_global"
-        g = p.with_name(stem).with_suffix(".csv")
-        out.append(self.result.global_to_csv(g))
-        self.status.setText("Wrote " + ", ".join(str(o) for o in out))
-        return out
+    def _on_ndisplay(self, event=None) -> None:
+        from .layers import sync_attribution_colormaps
 
-    def export_figures(self, path: str | None = None, light: bool | None = None, dpi: int = 200) -> list[Path]:
-        """Save the heatmap as ``path`` and the graph as ``<stem>_graph<suffix>`` (PNG, SVG or
-        PDF by the suffix), at the canvases' size or larger where the labels and cell values
-        need it, in a light theme (``light``; default: the check box) or the viewer's."""
-        from matplotlib.figure import Figure
-
-        from ..plots import FIGURE_FORMATS, graph_figsize, heatmap_figsize, save_figure
-
-        if self.result is None:
-            notify_error("Run Agg2Exp first")
-            return []
-        if path is None:
-            path, filt = QFileDialog.getSaveFileName(
-                self, "Export Agg2Exp figures", "agg2exp_heatmap.png",
-                "PNG (*.png);;SVG (*.svg);;PDF (*.pdf)")
-            if not path:
-                return []
-            if not Path(path).suffix:
-                path = path + "." + filt.split("(*.")[1].rstrip(")")
-        p = Path(path)
-        if p.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
-            notify_error(f"Figures are written as {', '.join(FIGURE_FORMATS)}: {p.name}")
-            return []
-        light = self.light_export.isChecked() if light is None else bool(light)
-        theme = self.theme(light)
-        out = []
-        res = self.result
-        natural = {"heat": heatmap_figsize(res.n_classes, len(res.col_names)),
-                   "graph": graph_figsize(len(set(res.row_names) | set(res.col_names)))}
-        # the visible canvas' size (a hidden tab's canvas keeps a stale size), or more: room for
-        # every label and cell value on paper
-        w, h = (self.heat_fig if self.tabs.currentIndex() == 0 else self.graph_fig).get_size_inches()
-        for key, draw, target in (("heat", self.draw_heatmap, p),
-                                  ("graph", self.draw_graph, p.with_name(p.stem + "_graph" + p.suffix))):
-            f = Figure(figsize=(max(w, natural[key][0]), max(h, natural[key][1])), dpi=100,
-                       layout="constrained")
-            draw(f, theme)
-            out.append(save_figure(f, target, dpi=dpi))
-        self.status.setText("Wrote " + " and ".join(str(o) for o in out) + (" (light theme)" if light else ""))
-        return out
+        sync_attribution_colormaps(self.viewer)
 
     # ------------------------------------------------------------- closing --
     def _shutdown_workers(self) -> None:
@@ -974,4 +595,4 @@ class Agg2ExpWidget(ClosingDock, QWidget):
         super()._shutdown_workers()
 
 
-__all__ = ["Agg2ExpWidget", "agg_job", "cell_job"]
+__all__ = ["Agg2ExpWidget"]

@@ -7,6 +7,12 @@ method asks and its cost class, the parameter forms with ranges, units and toolt
 kept per method, "Restore defaults", cheaper defaults for 3D models), the cost estimate
 before running, the sign convention and unit for the legend. No method is named here.
 
+Parameters whose values are objects get a chooser by their registry *kind*, not by method or
+parameter name (:class:`~seg_explain._napari.choosers.KindChoosers`: ``bank`` -> images,
+``label_map`` -> a label layer). What the dock says and builds (why Explain is unavailable,
+the cost line, the request) is viewer-agnostic (:mod:`seg_explain.frontend`); the result
+layers, their display and 3D surfaces are :class:`~seg_explain._napari.explain_results.ResultsMixin`.
+
 The computation runs in a worker thread (:mod:`.workers`, the core's job driver) on copies of
 the layers' arrays taken on the main thread; progress (stage, ETA) shows in the dock next to
 Cancel. It comes back as new layers (the user's layers are never changed or removed):
@@ -31,16 +37,11 @@ again when no result is visible.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -55,70 +56,42 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..frontend.reading import (
-    RAW,
-    display_defaults,
-    distinct_colour,
-    legend,
-    legend_short,
-    scale_text,
-    shape_mismatch,
-    short_unit,
-    shown_sign,
-    shown_unit,
-)
+from ..frontend.messages import cost_lines, cost_unknown, explain_why_not, one_line
+from ..frontend.reading import shape_mismatch
+from ..frontend.requests import ExplainRequest, explain_job, make_request, roi_for_estimate, roi_from_labels
+from .choosers import KindChoosers, refill
+from .explain_results import ResultsMixin
 from .layers import (
-    GEOMETRY_KEY,
     META_KEY,
-    RAW_KEY,
-    attribution_colormap,
-    attribution_limits,
-    body_mask,
-    bounded_volume,
-    class_features,
+    add_roi_layer,
     current_index,
-    display_limits,
-    display_map,
-    evidence_volumes,
     image_from_layer,
     is_result_layer,
-    make_loaded,
     model_grid_shape,
     spatial_dims_of,
     spatial_shape_of,
     sync_attribution_colormaps,
 )
 from .model_picker import settings
-from .params import ParamForm, compact, compact_all, fit_to_dock
+from .params import ParamForm, compact_all, fit_to_dock
 from .stage import ResultStage
-from .ui import ClosingDock, notify_error, notify_info, notify_warning
-from .workers import ExplainRequest, explain_job, one_line, scalar_items, show_progress
+from .ui import ClosingDock, notify_error
+from .workers import show_progress
 
 log = logging.getLogger(__name__)
 
 NO_ROI = "(predicted class)"
-SAMPLE_BANK = "sample bank (MNI152)"
-ZERO_BANK = "zero occlusion"
-BANK_FOLDER = "folder…"
-ALL_LAYERS = "all other image layers"
-REF_PRED = "(none: the model's own prediction)"
-OUTLINE_COLOR = (0.2, 1.0, 0.3, 1.0)
-EVIDENCE_TOP = 5.0                      # 3D surfaces: the strongest 5 % of each sign
-EVIDENCE_SMOOTH = 1.5                   # σ (voxels) that turns speckled voxel maps into regions in 3D
 
 
-class ExplainWidget(ClosingDock, QWidget):
+class ExplainWidget(ResultsMixin, ClosingDock, QWidget):
     """Dock widget: explain a segmentation model's prediction inside a painted RoI."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.start_jobs(napari_viewer)   # viewer, runner, picker, cache (see ClosingDock)
         self._current_req: ExplainRequest | None = None
-        self._bank_folder: str | None = None
         self._updating = False
-        self._raw: dict[str, dict[str, Any]] = {}      # result layer key -> raw map + spec + roi
-        self._evidence: dict[str, list] = {}           # result layer key -> its 3D surface layers
-        self._legend_for: str | None = None            # result layer key the canvas legend describes
+        self._init_results()
         self.settings = settings()
         from ..explainers.registry import specs
 
@@ -216,17 +189,9 @@ class ExplainWidget(ClosingDock, QWidget):
         mf.addWidget(self.defaults_button)
         lay.addWidget(mbox)
 
-        # object-valued parameters: choosers owned by the dock, shown through the form
-        self.bank_combo = compact(QComboBox(self))
-        self.bank_combo.setObjectName("bank_combo")
-        self.bank_combo.setToolTip("where replacement blocks come from: real blocks of other images "
-                                   "(never the explained image), or zeros (occlusion)")
-        self.reference_combo = compact(QComboBox(self))
-        self.reference_combo.setObjectName("reference_combo")
-        self.reference_combo.setToolTip("a ground-truth label map the RoI Dice is measured against; without "
-                                        "it effects that would improve the Dice cannot be measured")
-        self.bank_combo.hide()
-        self.reference_combo.hide()
+        # object-valued parameters: one chooser per parameter kind, shown through the form
+        self.choosers = KindChoosers(self, self.viewer)
+        self.bank_combo, self.reference_combo = self.choosers.bank, self.choosers.label_map
 
         self.cost = QLabel("")
         self.cost.setObjectName("cost_label")
@@ -266,51 +231,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.status)
 
-        rbox = QGroupBox("Result")
-        rf = QVBoxLayout(rbox)
-        self.legend = QLabel("")
-        self.legend.setObjectName("legend_label")
-        self.legend.setWordWrap(True)
-        rf.addWidget(self.legend)
-        self.summary = QLabel("")
-        self.summary.setObjectName("summary_label")
-        self.summary.setWordWrap(True)
-        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        rf.addWidget(self.summary)
-        df = QFormLayout()
-        self.smooth_spin = QDoubleSpinBox()
-        self.smooth_spin.setObjectName("smooth_spin")
-        self.smooth_spin.setRange(0.0, 10.0)
-        self.smooth_spin.setSingleStep(0.5)
-        self.smooth_spin.setToolTip("Gaussian smoothing of the shown map, σ in voxels (in-plane); File > Save "
-                                    "Layer writes the raw values")
-        df.addRow("smooth (σ, voxels)", self.smooth_spin)
-        self.top_spin = QDoubleSpinBox()
-        self.top_spin.setObjectName("top_spin")
-        self.top_spin.setRange(0.1, 100.0)
-        self.top_spin.setValue(100.0)
-        self.top_spin.setSuffix(" %")
-        self.top_spin.setToolTip("show only the strongest voxels (by |value|)")
-        df.addRow("show top", self.top_spin)
-        self.body_check = QCheckBox("mask to the body")
-        self.body_check.setObjectName("body_check")
-        self.body_check.setToolTip("hide evidence outside the body (the predicted foreground, else the image "
-                                   "above Otsu's threshold)")
-        df.addRow(self.body_check)
-        self.surfaces_check = QCheckBox("3D view: evidence surfaces")
-        self.surfaces_check.setObjectName("surfaces_check")
-        self.surfaces_check.setChecked(True)
-        self.surfaces_check.setToolTip(f"in the 3D view, the strongest {EVIDENCE_TOP:g} % supporting (red) and "
-                                       "opposing (blue) evidence as two surfaces instead of a signed cloud (voxel maps "
-                                       f"smoothed with σ = {EVIDENCE_SMOOTH:g} voxels first)")
-        df.addRow(self.surfaces_check)
-        self.raw_button = QPushButton("Show raw values")
-        self.raw_button.setObjectName("raw_button")
-        self.raw_button.setToolTip("no smoothing, no mask, every voxel: the values as computed (each method "
-                                   "opens with the display chosen for it; this undoes it)")
-        df.addRow(self.raw_button)
-        rf.addLayout(df)
-        lay.addWidget(rbox)
+        lay.addWidget(self._build_result_box())
         lay.addStretch(1)
 
         m = self.settings.value("method", "")
@@ -327,15 +248,10 @@ class ExplainWidget(ClosingDock, QWidget):
         self.new_roi_button.clicked.connect(self.new_roi_layer)
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
         self.defaults_button.clicked.connect(self._restore_defaults)
-        self.bank_combo.activated.connect(self._on_bank_activated)
         self.bank_combo.currentIndexChanged.connect(lambda _i: self._update_cost())
         self.cheaper_button.clicked.connect(self._use_cheaper)
         self.explain_button.clicked.connect(self._on_explain_clicked)
-        for w in (self.smooth_spin, self.top_spin):
-            w.valueChanged.connect(lambda _v: self._redisplay())
-        self.body_check.toggled.connect(lambda _v: self._redisplay())
-        self.surfaces_check.toggled.connect(lambda _v: self._sync_3d())
-        self.raw_button.clicked.connect(lambda: self.set_display(RAW))
+        self._connect_results()
         self._cost_timer = QTimer(self)
         self._cost_timer.setSingleShot(True)
         self._cost_timer.setInterval(150)
@@ -385,15 +301,6 @@ class ExplainWidget(ClosingDock, QWidget):
     def model_info(self) -> dict | None:
         return self.picker.info
 
-    @staticmethod
-    def _refill(combo: QComboBox, items: list[str], keep: str | None, fixed_first=()) -> None:
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems(list(fixed_first) + items)
-        if keep is not None and combo.findText(keep) >= 0:
-            combo.setCurrentIndex(combo.findText(keep))
-        combo.blockSignals(False)
-
     def _refresh_layers(self) -> None:
         if self._updating:
             return
@@ -403,7 +310,7 @@ class ExplainWidget(ClosingDock, QWidget):
                       if not is_result_layer(ly, ("attribution", "evidence"))]
             old_image = self.image_combo.currentText()
             keep = old_image if old_image in images else (images[-1] if images else None)
-            self._refill(self.image_combo, images, keep)
+            refill(self.image_combo, images, keep)
             self._refresh_roi_choices()
             self._refresh_bank_choices()
             if self.image_combo.currentText() != old_image:
@@ -425,7 +332,7 @@ class ExplainWidget(ClosingDock, QWidget):
             rois = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") == "roi"
                     or "roi" in ly.name.lower()]
             pref = rois[-1] if rois else NO_ROI
-        self._refill(self.roi_combo, names, pref, [NO_ROI])
+        refill(self.roi_combo, names, pref, [NO_ROI])
         # label layers of another shape: listed, greyed out, with why (not silently missing)
         for ly in wrong:
             self.roi_combo.addItem(f"{ly.name} (other shape)")
@@ -435,28 +342,12 @@ class ExplainWidget(ClosingDock, QWidget):
                                        Qt.ItemDataRole.ToolTipRole)
         refs = [ly.name for ly in labels if (ly.metadata.get(META_KEY, {}) or {}).get("kind") not in
                 ("roi", "prediction")]
-        self._refill(self.reference_combo, refs, self.reference_combo.currentText(), [REF_PRED])
+        self.choosers.refresh_label_maps(refs)
         if self.roi_combo.currentText() != old:
             self._on_roi_changed()
 
     def _refresh_bank_choices(self) -> None:
-        from ..bank import default_bank_path
-
-        info = self.model_info
-        items = []
-        if info is None or default_bank_path(info["spatial_dims"]) is not None:
-            items.append(SAMPLE_BANK)
-        items.append(ZERO_BANK)
-        if self._bank_folder:
-            items.append(f"folder: {self._bank_folder}")
-        items.append(BANK_FOLDER)
-        cur = self.image_combo.currentText()
-        others = [ly.name for ly in self._layers_of("image")
-                  if not is_result_layer(ly, ("attribution", "evidence")) and ly.name != cur]
-        if len(others) > 1:
-            items.append(ALL_LAYERS)
-        items += [f"layer: {n}" for n in others]
-        self._refill(self.bank_combo, items, self.bank_combo.currentText())
+        self.choosers.refresh_bank(self.image_combo.currentText(), self.model_info)
 
     def _on_image_changed(self, _i=None) -> None:
         """A new image never changes the model; a model that does not fit it is *said*."""
@@ -482,42 +373,16 @@ class ExplainWidget(ClosingDock, QWidget):
         self._schedule_cost()
 
     def new_roi_layer(self):
-        """Add an empty Labels layer on the image's grid to paint in, in a colour unlike every
-        visible Labels layer's (:func:`~seg_explain.frontend.reading.distinct_colour`)."""
-        from napari.utils.colormaps import DirectLabelColormap
-
+        """Add an empty Labels layer on the image's grid to paint in (:func:`.layers.add_roi_layer`)."""
         img = self.image_layer()
         if img is None:
             notify_error("Add an image layer first: the RoI layer is made on the image's grid")
             return None
-        sd = spatial_dims_of(img)
-        shape = spatial_shape_of(img)
-        colour = (*distinct_colour(self._label_colours()), 1.0)     # strokes must show over the labels
-        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
-        n = sum(1 for ly in self._layers_of("labels") if ly.name.startswith("RoI"))
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}", scale=tuple(img.scale)[-sd:],
-            translate=tuple(img.translate)[-sd:], colormap=cmap, opacity=0.7,
-            metadata={META_KEY: {"kind": "roi", "image": img.name, "target": self.class_combo.currentText()}})
-        layer.brush_size = 6
-        layer.selected_label = 1
-        layer.mode = "paint"
-        self.viewer.layers.selection.active = layer
+        layer = add_roi_layer(self.viewer, img, self.class_combo.currentText())
         self._refresh_roi_choices()
         self.roi_combo.setCurrentText(layer.name)
         self.roi_label.setValue(1)
         return layer
-
-    def _label_colours(self) -> list:
-        """The colours the visible Labels layers draw (at most 64 labels each)."""
-        out = []
-        for ly in self._layers_of("labels"):
-            if not ly.visible:
-                continue
-            vals = np.unique(np.asarray(ly.data))
-            for v in vals[vals != 0][:64]:
-                out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
-        return out
 
     # --------------------------------------------------------------- model --
     def select_model(self, path) -> None:
@@ -572,8 +437,7 @@ class ExplainWidget(ClosingDock, QWidget):
         self.cost.setText("")   # never show the previous method's estimate
         info = self.model_info
         sd = info["spatial_dims"] if info else 2
-        self.params.set_method(spec, sd, {"bank": self.bank_combo, "label_map": self.reference_combo},
-                               info.get("layers", []) if info else [])
+        self.params.set_method(spec, sd, self.choosers.widgets, info.get("layers", []) if info else [])
         for w in self.params.editors.values():
             for sig in ("valueChanged", "currentTextChanged", "textChanged", "toggled"):
                 if hasattr(w, sig):
@@ -588,15 +452,6 @@ class ExplainWidget(ClosingDock, QWidget):
         self.seed_spin.setValue(0)
         self.batch_edit.setText("")
         self._schedule_cost()
-
-    def _on_bank_activated(self, _i=None) -> None:
-        if self.bank_combo.currentText() == BANK_FOLDER:
-            path = QFileDialog.getExistingDirectory(self, "Folder of reference images for PdCR", str(Path.home()))
-            if path:
-                self._bank_folder = path
-            self._refresh_bank_choices()
-            if self._bank_folder:
-                self.bank_combo.setCurrentText(f"folder: {self._bank_folder}")
 
     # ---------------------------------------------------------------- cost --
     def _schedule_cost(self, *_a) -> None:
@@ -622,25 +477,21 @@ class ExplainWidget(ClosingDock, QWidget):
         try:
             params = self.params.values()
         except Exception as exc:  # noqa: BLE001 - a half-typed value: say it, no estimate
-            self.cost.setText(f"Cost: — ({one_line(exc)})")
+            self.cost.setText(cost_unknown(exc))
             return
-        if self.bank_combo.currentText() == ZERO_BANK:
-            params["bank"] = "zero"
-        roi = None
+        for p in spec.params:       # object-valued parameters: their choosers' cheap stand-ins
+            v = self.choosers.estimate_value(p.kind)
+            if v is not None:
+                params[p.name] = v
         rl = self.roi_layer()
-        if rl is not None and tuple(np.shape(rl.data)) == spatial_shape_of(img) and len(mshape) == np.ndim(rl.data):
-            from ..model_grid import ModelGrid
-
-            try:
-                r = np.asarray(rl.data) == int(self.roi_label.value())
-                roi = ModelGrid(r.shape, mshape).to_model(r.astype(np.uint8), order=0).astype(bool)
-            except Exception:  # noqa: BLE001 - the estimate then assumes one window
-                roi = None
+        roi = (roi_for_estimate(rl.data, int(self.roi_label.value()), spatial_shape_of(img), mshape)
+               if rl is not None else None)
         est = estimate(model, spec.name, params, mshape, roi)
-        self.cost.setText(f"Cost: {est.text}")
+        line, warning = cost_lines(est)
+        self.cost.setText(line)
         self._cheaper = est.cheaper
-        if est.warning:
-            self.cost_warning.setText(f"⚠ {est.warning}")
+        if warning:
+            self.cost_warning.setText(warning)
             self.cheaper_button.setVisible(bool(est.cheaper))
 
     def _use_cheaper(self) -> None:
@@ -652,20 +503,10 @@ class ExplainWidget(ClosingDock, QWidget):
     # ------------------------------------------------------------- explain --
     def why_not(self) -> str:
         """Why Explain is unavailable right now ('' when it is available)."""
-        img, info = self.image_layer(), self.model_info
-        if img is None:
-            return "Add or choose an image layer"
-        if info is None:
-            return "Loading the model …" if self.picker.runner.running else "Choose a model that loads"
-        isd, msd = spatial_dims_of(img), info["spatial_dims"]
-        if msd == 3 and isd == 2:
-            return f"'{Path(info['name']).name}' is a 3D model but '{img.name}' is a 2D image: choose a 2D model"
-        spec = self.spec
-        if spec is not None and spec.caps.hooks and not info.get("hookable", True):
-            return f"{spec.title} needs the network's layers; this compiled model has none: pick a gradient method"
-        if not self.class_combo.currentText():
-            return "Choose the class to explain"
-        return ""
+        img = self.image_layer()
+        return explain_why_not(img.name if img is not None else None, spatial_dims_of(img) if img is not None
+                               else None, self.model_info, self.spec, self.class_combo.currentText(),
+                               self.picker.runner.running)
 
     def _update_buttons(self) -> None:
         running = self.runner.running
@@ -680,7 +521,7 @@ class ExplainWidget(ClosingDock, QWidget):
             self.stage.setText("")
         for w in (self.image_combo, self.picker, self.class_combo, self.roi_combo, self.roi_label,
                   self.method_combo, self.params, self.seed_spin, self.batch_edit, self.new_roi_button,
-                  self.bank_combo, self.reference_combo, self.defaults_button, self.cheaper_button):
+                  *self.choosers.widgets.values(), self.defaults_button, self.cheaper_button):
             w.setEnabled(not running)
 
     @property
@@ -717,64 +558,18 @@ class ExplainWidget(ClosingDock, QWidget):
         slice_index = None
         if info["spatial_dims"] == 2 and isd == 3:   # a 2D model on a volume: the axial slice on screen
             slice_index = current_index(self.viewer, img, axis=img.ndim - 3)
-        target = self.class_combo.currentText()
         roi, roi_name = None, "predicted"
         rl = self.roi_layer()
         if rl is not None:
-            lab = int(self.roi_label.value())
-            mask = np.asarray(rl.data) == lab
-            if mask.shape != li.spatial_shape:
-                raise InputMismatchError(f"RoI layer '{rl.name}' has shape {mask.shape}, the image {li.spatial_shape}")
-            painted = mask[slice_index] if slice_index is not None else mask
-            if not painted.any():
-                where = f" on slice {slice_index}" if slice_index is not None else ""
-                raise InputMismatchError(f"Label {lab} is not painted in RoI layer '{rl.name}'{where}; "
-                                         "paint it or pick another label")
-            roi, roi_name = mask, (rl.name if lab == 1 else f"{rl.name}:{lab}")
+            roi, roi_name = roi_from_labels(rl.data, int(self.roi_label.value()), rl.name, li.spatial_shape,
+                                            slice_index)
         params = self.params.values()
-        for p in spec.params:
-            if p.kind == "bank":
-                params[p.name] = self._bank_value(img, slice_index)
-            elif p.kind == "label_map":
-                params[p.name] = self._reference_value()
-        bs = self.batch_edit.text().strip()
-        from ..explainers.registry import COMMON
-
-        batch = COMMON[1].parse(bs or None)
-        return ExplainRequest(info["path"], self.picker.device_name, li, spec.name, target, roi, params,
-                              int(self.seed_spin.value()), batch, slice_index, img.name, roi_name)
-
-    def _bank_value(self, img, slice_index):
-        from ..errors import InputMismatchError
-
-        choice = self.bank_combo.currentText()
-        if choice == SAMPLE_BANK or not choice:
-            return None
-        if choice == ZERO_BANK:
-            return "zero"
-        if choice.startswith("folder: "):
-            return choice[len("folder: "):]
-        if choice == BANK_FOLDER:
-            raise InputMismatchError("Choose the folder of reference images for the replacement blocks")
-        names = ([ly.name for ly in self._layers_of("image")
-                  if not is_result_layer(ly, ("attribution", "evidence")) and ly.name != img.name]
-                 if choice == ALL_LAYERS else [choice[len("layer: "):]])
-        out = []
-        for n in names:
-            b = image_from_layer(self.viewer.layers[n])
-            if slice_index is not None and b.spatial_dims == 3:   # 2D model: slices of the volume
-                for z in range(0, b.data.shape[-3], max(1, b.data.shape[-3] // 16)):
-                    out.append(make_loaded(np.ascontiguousarray(b.data[..., z, :, :]), b.spacing[1:],
-                                           b.origin[1:], 2))
-            else:
-                out.append(b)
-        return out
-
-    def _reference_value(self):
-        ref = self.reference_combo.currentText()
-        if ref and ref != REF_PRED and ref in self.viewer.layers:
-            return np.array(self.viewer.layers[ref].data, copy=True)
-        return None
+        for p in spec.params:       # object-valued parameters: from the chooser for their kind
+            if p.kind in self.choosers.widgets:
+                params[p.name] = self.choosers.value(p.kind, img.name, slice_index)
+        return make_request(info["path"], self.picker.device_name, li, spec.name, self.class_combo.currentText(),
+                            roi, roi_name, params, int(self.seed_spin.value()), self.batch_edit.text(),
+                            slice_index, img.name)
 
     def start(self, req: ExplainRequest) -> None:
         self._current_req = req
@@ -796,244 +591,6 @@ class ExplainWidget(ClosingDock, QWidget):
     def _on_job_message(self, msg) -> None:
         show_progress(msg, self.progress, self.stage)
 
-    def wait_model(self, timeout_s: float = 60.0) -> bool:
-        """Block (processing Qt events) until the model is loaded; for scripts."""
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        t0 = time.perf_counter()
-        while self.model_info is None and time.perf_counter() - t0 < timeout_s:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return self.model_info is not None
-
-    # ------------------------------------------------------------- results --
-    def _geometry(self, req):
-        img = self.viewer.layers[req.image_layer_name] if req.image_layer_name in self.viewer.layers else None
-        sd = req.image.spatial_dims
-        if img is not None:
-            return tuple(img.scale)[-sd:], tuple(img.translate)[-sd:], img
-        return tuple(req.image.spacing), tuple(req.image.origin), None
-
-    def _prediction_layer(self, img_name: str, model_path: str, slice_index):
-        for ly in self._layers_of("labels"):
-            md = (ly.metadata.get(META_KEY, {}) or {}) if isinstance(ly.metadata, dict) else {}
-            if (md.get("kind") == "prediction" and md.get("model") == model_path
-                    and md.get("image") == img_name and md.get("slice_index") == slice_index):
-                return ly
-        return None
-
-    def _on_result(self, disp) -> None:
-        exp, req = disp.exp, self._current_req
-        spec = exp.spec
-        scale, translate, img = self._geometry(req)
-        geo = ({GEOMETRY_KEY: img.metadata[GEOMETRY_KEY]}
-               if img is not None and isinstance(img.metadata, dict) and GEOMETRY_KEY in img.metadata else {})
-        z = f" · z={req.slice_index}" if req.slice_index is not None else ""
-        if exp.prediction is not None and self._prediction_layer(req.image_layer_name, req.model_path,
-                                                                 req.slice_index) is None:
-            md = {META_KEY: {"kind": "prediction", "model": req.model_path, "image": req.image_layer_name,
-                             "slice_index": req.slice_index, "class_names": list(self.model_info["class_names"])},
-                  **geo}
-            self.viewer.add_labels(np.asarray(exp.prediction).astype(np.int32),
-                                   name=f"prediction · {Path(disp.model_name).name}{z}", scale=scale,
-                                   translate=translate, metadata=md, opacity=0.35,
-                                   features=class_features(self.model_info["class_names"]))
-        if req.roi_name == "predicted":
-            name = f"{spec.title} · {exp.target_name}{z}"
-        elif exp.target_name in req.roi_name:      # "RoI · frontal_L": do not repeat the class
-            name = f"{spec.title} · {req.roi_name}{z}"
-        else:
-            name = f"{spec.title} · {exp.target_name} in {req.roi_name}{z}"
-        one = spec.is_one_sided(exp.params)
-        legend = _legend(spec, exp)
-        info = {"kind": "attribution", "method": exp.method, "target": exp.target_name,
-                "target_index": exp.target, "roi": req.roi_name, "image": req.image_layer_name,
-                "model": req.model_path, "device": disp.device, "params": scalar_items(exp.params),
-                "seed": req.seed, "elapsed_s": round(exp.elapsed_s, 3), "n_forward": exp.n_forward,
-                "n_backward": exp.n_backward, "limit": disp.limit, "max_abs": disp.max_abs,
-                "slice_index": req.slice_index, "extras": scalar_items(exp.extras), "unit": spec.unit,
-                "legend": legend, "legend_short": _legend_short(spec, exp)}
-        lim = float(disp.limit)
-        # shown so that positive = supports (PdCR: Dice lost when replaced); saved raw
-        sign = shown_sign(spec)
-        info["shown_unit"] = shown_unit(spec)
-        layer = self.viewer.add_image(
-            sign * np.asarray(exp.attribution, np.float32), name=name, scale=scale, translate=translate,
-            metadata={META_KEY: info, RAW_KEY: np.asarray(exp.attribution, np.float32), **geo},
-            colormap=attribution_colormap(volume=self.viewer.dims.ndisplay == 3, one_sided=one),
-            contrast_limits=attribution_limits(lim, one, False), blending="translucent",
-            rendering="translucent", opacity=1.0)
-        mx = max(float(disp.max_abs), lim)
-        layer.contrast_limits_range = attribution_limits(mx, one, False)
-        layer.contrast_limits = attribution_limits(lim, one, False)
-        layer.events.contrast_limits.connect(self._on_limits_changed)   # (a bound method: held weakly)
-        self._raw[_key(layer)] = {"raw": np.asarray(exp.attribution, np.float32), "spec": spec, "layer": layer,
-                                "pred": exp.prediction, "image": req.image.data, "params": dict(exp.params)}
-        outline = self._add_outline(disp.outline, req, scale, translate, geo)
-        self.result_stage.present(layer, keep=[outline])
-        self.viewer.layers.selection.active = layer
-        self.set_display(display_defaults(spec), layer)     # the method's readable view (display only)
-        self._show_legend(layer)
-        self.status.setText(f"Done: {spec.title} of '{exp.target_name}' in {exp.elapsed_s:.1f} s "
-                            f"({exp.n_forward} forward / {exp.n_backward} backward passes). "
-                            f"Colour limits {_range_text(layer.contrast_limits)} (max |value| {disp.max_abs:.3g}) "
-                            f"{spec.unit}.")
-        lines = [f"{w}" for w in exp.warnings]
-        report = exp.extras.get("report") if isinstance(exp.extras, dict) else None
-        if report:
-            lines.append(str(report))
-        else:
-            fields = [(k, exp.extras.get(k)) for k in spec.summary_fields if exp.extras.get(k) is not None]
-            if fields:
-                lines.append(", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in fields))
-        self.summary.setText("\n".join(lines))
-        for w in exp.warnings:
-            notify_warning(w)
-        if report:
-            notify_info(str(report).splitlines()[0])
-
-    def _add_outline(self, outline, req, scale, translate, geo):
-        from napari.utils.colormaps import DirectLabelColormap
-
-        cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: OUTLINE_COLOR})
-        z = f" · z={req.slice_index}" if req.slice_index is not None else ""
-        roi = "predicted " + str(req.target) if req.roi_name == "predicted" else req.roi_name
-        outline = np.asarray(outline, np.uint8)
-        for ly in self._layers_of("labels"):      # the same RoI explained again: one outline, on top
-            md = ly.metadata.get(META_KEY) if isinstance(ly.metadata, dict) else None
-            if (md or {}).get("kind") == "roi_outline" and ly.name == f"outline · {roi}{z}" \
-                    and ly.data.shape == outline.shape and np.array_equal(ly.data, outline):
-                ly.visible = True
-                self.viewer.layers.move(self.viewer.layers.index(ly), len(self.viewer.layers))
-                return ly
-        return self.viewer.add_labels(np.asarray(outline, np.uint8), name=f"outline · {roi}{z}", scale=scale,
-                                      translate=translate, colormap=cmap, opacity=1.0,
-                                      metadata={META_KEY: {"kind": "roi_outline", "roi": req.roi_name,
-                                                           "image": req.image_layer_name}, **geo})
-
-    def _on_layer_removed(self, event=None) -> None:
-        gone = getattr(event, "value", None)
-        if gone is not None and _key(gone) in self._raw:
-            self._raw.pop(_key(gone))
-            for ly in self._evidence.pop(_key(gone), []):
-                if ly in self.viewer.layers:
-                    self.viewer.layers.remove(ly)
-        self.result_stage.release()      # no result visible any more: the label layers come back
-
-    def _on_active_changed(self, event=None) -> None:
-        ly = self.viewer.layers.selection.active
-        self.result_stage.select(ly)
-        if ly is not None and _key(ly) in self._raw:
-            self._show_legend(ly)
-
-    def _on_limits_changed(self, event=None) -> None:
-        self._on_active_changed()
-
-    def _show_legend(self, layer) -> None:
-        self._legend_for = _key(layer)      # the result the canvas legend describes
-        md = (layer.metadata.get(META_KEY) or {}) if isinstance(layer.metadata, dict) else {}
-        self.legend.setText(md.get("legend", ""))
-        ov = self.viewer.text_overlay
-        lo, hi = (float(v) for v in layer.contrast_limits)
-        # the colour bar's own ticks can be as sparse as a lone "0": three values and the unit
-        full = (f"{hi:.3g}" if lo == 0 else f"{lo:.3g}" if hi == 0 else f"±{max(abs(lo), abs(hi)):.3g}")
-        shown = f"full colour at {full} · {scale_text(lo, hi)}"
-        if self._evidence.get(_key(layer)):
-            shown = f"3D: surfaces enclose the strongest {EVIDENCE_TOP:g} % of each sign"
-        # short lines: the canvas text must not run under the colour bar
-        unit = short_unit(md.get("shown_unit", md.get("unit", "")))
-        ov.text = f"{layer.name}\n{md.get('legend_short', '')}\n{shown}\nvalues: {unit}"
-        ov.visible = True
-        ov.position = "top_left"
-        ov.font_size = 9
-
-    def set_display(self, d, layer=None) -> None:
-        """Put display settings ``d`` (:class:`~seg_explain.frontend.reading.DisplayDefaults`)
-        in the controls and show the result with them (the raw values are kept)."""
-        for w in (self.smooth_spin, self.top_spin, self.body_check):
-            w.blockSignals(True)
-        self.smooth_spin.setValue(d.smooth)
-        self.top_spin.setValue(d.top_percent)
-        self.body_check.setChecked(d.body)
-        for w in (self.smooth_spin, self.top_spin, self.body_check):
-            w.blockSignals(False)
-        self._redisplay(layer)
-
-    def _active_result(self):
-        ly = self.viewer.layers.selection.active
-        if ly is not None and _key(ly) in self._raw:
-            return ly
-        results = [v["layer"] for v in self._raw.values() if v["layer"] in self.viewer.layers]
-        return results[-1] if results else None
-
-    def _redisplay(self, layer=None) -> None:
-        """Apply the display helpers (smoothing, top-k %, body mask) to the shown values."""
-        layer = layer or self._active_result()
-        if layer is None:
-            return
-        rec = self._raw[_key(layer)]
-        mask = body_mask(rec["image"], rec["pred"]) if self.body_check.isChecked() else None
-        shown = shown_sign(rec["spec"]) * display_map(rec["raw"], self.smooth_spin.value(), self.top_spin.value(),
-                                                      mask, spatial_dims=rec["raw"].ndim)
-        if not np.array_equal(shown, layer.data):
-            layer.data = shown
-            # colour limits from the displayed values (smoothing lowers the peaks: not faint)
-            spec, one = rec["spec"], rec["spec"].is_one_sided(rec["params"])
-            lim, _ = display_limits(shown if np.any(shown) else rec["raw"], spec.caps.map_kind)
-            layer.contrast_limits = attribution_limits(lim, one, False)
-        self._update_evidence(layer)
-
-    # ------------------------------------------------------------------ 3D --
-    def _sync_3d(self) -> None:
-        for rec in list(self._raw.values()):
-            if rec["layer"] in self.viewer.layers:
-                self._update_evidence(rec["layer"])
-
-    def _update_evidence(self, layer) -> None:
-        """In the 3D view: two surfaces (supporting / opposing evidence) replace the cloud."""
-        rec = self._raw[_key(layer)]
-        want = (int(self.viewer.dims.ndisplay) == 3 and np.ndim(layer.data) == 3
-                and self.surfaces_check.isChecked())
-        for ly in self._evidence.pop(_key(layer), []):
-            if ly in self.viewer.layers:
-                self.viewer.layers.remove(ly)
-        if not want:
-            if rec.pop("hidden", False):
-                layer.visible = True
-            if self._legend_for == _key(layer):
-                self._show_legend(layer)
-            return
-        spec = rec["spec"]
-        sigma = EVIDENCE_SMOOTH if spec.caps.map_kind == "voxel" else 0.0
-        sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(layer.data), False, EVIDENCE_TOP,  # shown: + = support
-                                                  smooth=sigma)
-        parts = [(sup, t_sup, "red", "supports")]
-        if not spec.is_one_sided(rec["params"]):
-            parts.append((opp, t_opp, "blue", "opposes"))
-        made = []
-        md = {META_KEY: {"kind": "evidence", "of": layer.name}}
-        active = self.viewer.layers.selection.active
-        for arr, thr, cmap, what in parts:
-            if not np.any(arr > 0):
-                continue
-            # bounded in size: software OpenGL ray-casts every voxel of every iso layer per frame
-            arr, sc, tr = bounded_volume(arr, layer.scale, layer.translate)
-            made.append(self.viewer.add_image(
-                arr, name=f"{layer.name} · strongest {EVIDENCE_TOP:g} % {what} the RoI", scale=sc,
-                translate=tr, colormap=cmap, rendering="iso", iso_threshold=thr,
-                # the surface sits at the threshold: map it to the colormap's full colour
-                contrast_limits=(0.0, thr), blending="translucent", metadata=md))
-        self._evidence[_key(layer)] = made
-        if self._legend_for == _key(layer):
-            self._show_legend(layer)
-        if layer.visible:
-            layer.visible = False
-            rec["hidden"] = True
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
-
     # ------------------------------------------------------------ failures --
     def _on_failure(self, failure) -> None:
         self.status.setText(f"Failed: {failure.message}")
@@ -1053,26 +610,6 @@ class ExplainWidget(ClosingDock, QWidget):
         """Stop and join every worker (the viewer or the dock is closing; see ClosingDock)."""
         self._cost_timer.stop()
         super()._shutdown_workers()
-
-
-def _range_text(limits) -> str:
-    lo, hi = (float(v) for v in limits)
-    return f"±{hi:.3g}" if lo == -hi else f"{lo:.3g} to {hi:.3g}"
-
-
-def _key(layer) -> str:
-    """A layer's identity that survives napari's proxy objects (the dock gets a proxied viewer)."""
-    return str(getattr(layer, "unique_id", None) or id(layer))
-
-
-def _legend(spec, exp) -> str:
-    """Plain words first (colour words that match the colormap), then the unit."""
-    return legend(spec, exp.target_name, exp.params)
-
-
-def _legend_short(spec, exp) -> str:
-    """The canvas version: the colours in a few words (the unit has its own line)."""
-    return legend_short(spec, exp.target_name, exp.params)
 
 
 __all__ = ["ExplainWidget"]

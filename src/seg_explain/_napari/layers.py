@@ -1,7 +1,8 @@
-"""Arrays <-> napari layers: geometry, attribution colormaps, outlines, label tables.
+"""Arrays <-> napari layers: geometry, attribution colormaps, label tables.
 
-Nothing here runs a model. Heavy numpy work meant for a worker thread (limits, outlines)
-is plain functions of arrays; functions that take a layer must run on the main thread.
+Nothing here runs a model. The numpy work on results (colour limits, display maps,
+outlines, 3D evidence volumes) is viewer-agnostic and lives in :mod:`seg_explain.frontend`;
+functions here that take a layer must run on the main thread.
 
 Layer metadata written by this plugin:
 
@@ -186,12 +187,6 @@ def attribution_colormap(reverse: bool = False, volume: bool = False, one_sided:
                     interpolation="linear")
 
 
-def attribution_limits(lim: float, one_sided: bool, red_is_negative: bool) -> tuple[float, float]:
-    """Contrast limits that go with :func:`attribution_colormap`: symmetric for signed maps,
-    from 0 towards the evidence's sign for one-sided ones."""
-    if not one_sided:
-        return (-lim, lim)
-    return (-lim, 0.0) if red_is_negative else (0.0, lim)
 
 
 def sync_attribution_colormaps(viewer, layers=None) -> None:
@@ -210,122 +205,45 @@ def sync_attribution_colormaps(viewer, layers=None) -> None:
         ly.contrast_limits = lim
 
 
-def symmetric_limits(a: np.ndarray, robust: bool = True, percentile: float = 99.5
-                     ) -> tuple[float, float]:
-    """``(lim, max_abs)``: contrast limits are ``(-lim, lim)``; ``lim`` is the
-    ``percentile`` of |a| over non-zero voxels (robust) or max |a|."""
-    a = np.asarray(a)
-    absa = np.abs(a[np.isfinite(a)])
-    nz = absa[absa > 0]
-    if nz.size == 0:
-        return 1.0, 1.0
-    mx = float(nz.max())
-    lim = float(np.percentile(nz, percentile)) if robust and nz.size >= 100 else mx
-    if not np.isfinite(lim) or lim <= 0:
-        lim = mx
-    return lim, mx
-
-
-def display_limits(a: np.ndarray, map_kind: str) -> tuple[float, float]:
-    """Contrast limits for a map: a robust percentile for voxel maps and heat maps (a few
-    extreme voxels would wash the rest out), the maximum for block maps (few values)."""
-    return symmetric_limits(a, robust=map_kind != "block")
-
-
-# ----------------------------------------------------------------- display helpers --
-def display_map(raw: np.ndarray, smooth: float = 0.0, top_percent: float = 100.0,
-                mask: np.ndarray | None = None, spatial_dims: int | None = None) -> np.ndarray:
-    """What the viewer shows of a raw map (the raw values are kept): Gaussian smoothing
-    (σ in voxels; in-plane only for volumes, so a slice is not mixed with its neighbours'
-    speckle), masking to a region (e.g. the body), then only the strongest ``top_percent``
-    of the voxels (by |value|; the rest set to 0). Signs are kept."""
-    from scipy import ndimage
-
-    a = np.asarray(raw, np.float32)
-    if smooth and smooth > 0:
-        sig = (0.0, float(smooth), float(smooth)) if a.ndim == 3 and (spatial_dims or 3) == 3 else float(smooth)
-        a = ndimage.gaussian_filter(a, sig, mode="nearest").astype(np.float32)
-    if mask is not None:
-        a = np.where(np.asarray(mask, bool), a, 0).astype(np.float32)
-    if top_percent < 100:
-        nz = np.abs(a[a != 0])
-        if nz.size:
-            thr = np.percentile(nz, 100.0 - max(float(top_percent), 0.0))
-            a = np.where(np.abs(a) >= thr, a, 0).astype(np.float32)
-    return a
-
-
-def body_mask(image: np.ndarray, prediction: np.ndarray | None = None) -> np.ndarray:
-    """The body (or head): the predicted foreground when there is a prediction, else the
-    voxels above Otsu's threshold of the image, holes filled, largest component."""
-    from scipy import ndimage
-
-    if prediction is not None and np.any(prediction > 0):
-        m = np.asarray(prediction) > 0
-    else:
-        x = np.asarray(image, np.float32)
-        if x.ndim > 3:
-            x = x.mean(0)
-        hist, edges = np.histogram(x[np.isfinite(x)], bins=256)
-        p = hist / max(hist.sum(), 1)
-        w = np.cumsum(p)
-        mu = np.cumsum(p * edges[:-1])
-        between = (mu[-1] * w - mu) ** 2 / np.maximum(w * (1 - w), 1e-12)
-        m = x > edges[int(np.argmax(between))]
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = ndimage.sum(m, lab, range(1, n + 1))
-        m = lab == 1 + int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(m)
-
-
-def evidence_volumes(attr: np.ndarray, red_is_negative: bool = False, top_percent: float = 5.0,
-                     smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """For the 3D view: the supporting and the opposing evidence as two non-negative volumes
-    and the iso thresholds that enclose the strongest ``top_percent`` of each (as many voxels
-    as ``top_percent`` of the voxels of that sign), so that two surfaces (red: supports the
-    RoI, blue: speaks against it) read where a signed cloud of interleaved voxels does not.
-    ``smooth`` (σ in voxels, isotropic) first turns speckled voxel maps (gradients) into
-    regions; each sign is smoothed on its own, so opposite evidence never cancels."""
-    from scipy import ndimage
-
-    a = np.asarray(attr, np.float32)
-    sup, opp = (np.clip(-a, 0, None), np.clip(a, 0, None)) if red_is_negative else \
-        (np.clip(a, 0, None), np.clip(-a, 0, None))
-    counts = [int(np.count_nonzero(sup)), int(np.count_nonzero(opp))]
-    if smooth and smooth > 0:
-        sup, opp = (ndimage.gaussian_filter(v, float(smooth), mode="constant").astype(np.float32)
-                    for v in (sup, opp))
-
-    def thr(v, n):
-        k = int(np.ceil(n * top_percent / 100.0))
-        if k <= 0 or not np.any(v > 0):
-            return 1.0
-        flat = v.ravel()
-        t = float(np.partition(flat, flat.size - k)[flat.size - k])
-        return t if t > 0 else float(flat[flat > 0].min())
-
-    return sup, opp, thr(sup, counts[0]), thr(opp, counts[1])
-
-
-# ----------------------------------------------------------------------- outlines --
-
-def roi_outline(mask: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """Boundary voxels of a mask, traced in-plane (per axial slice in 3D) so every 2D
-    slice shows a closed contour; returns uint8 (1 on the outline)."""
-    from scipy import ndimage
-
-    m = np.asarray(mask, bool)
-    if spatial_dims == 3 and m.ndim == 3:
-        st = np.zeros((3, 3, 3), bool)
-        st[1] = ndimage.generate_binary_structure(2, 1)
-    else:
-        st = ndimage.generate_binary_structure(m.ndim, 1)
-    inner = ndimage.binary_erosion(m, structure=st, border_value=0)
-    return (m & ~inner).astype(np.uint8)
-
-
 # -------------------------------------------------------------------------- labels --
+
+def label_colours(viewer) -> list:
+    """The colours the visible Labels layers of ``viewer`` draw (at most 64 labels each)."""
+    from napari.layers import Labels
+
+    out = []
+    for ly in viewer.layers:
+        if not isinstance(ly, Labels) or not ly.visible:
+            continue
+        vals = np.unique(np.asarray(ly.data))
+        for v in vals[vals != 0][:64]:
+            out.append(tuple(np.asarray(ly.colormap.map(np.array([v]))).reshape(-1)[:3]))
+    return out
+
+
+def add_roi_layer(viewer, img, target: str):
+    """An empty Labels layer ("RoI", "RoI 2", …) on image layer ``img``'s grid, ready to paint
+    label 1 of class ``target``, in a colour unlike every visible Labels layer's
+    (:func:`~seg_explain.frontend.reading.distinct_colour`), selected."""
+    from napari.layers import Labels
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ..frontend.reading import distinct_colour
+
+    sd = spatial_dims_of(img)
+    colour = (*distinct_colour(label_colours(viewer)), 1.0)     # strokes must show over the labels
+    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: colour})
+    n = sum(1 for ly in viewer.layers if isinstance(ly, Labels) and ly.name.startswith("RoI"))
+    layer = viewer.add_labels(
+        np.zeros(spatial_shape_of(img), np.uint8), name="RoI" if n == 0 else f"RoI {n + 1}",
+        scale=tuple(img.scale)[-sd:], translate=tuple(img.translate)[-sd:], colormap=cmap, opacity=0.7,
+        metadata={META_KEY: {"kind": "roi", "image": img.name, "target": target}})
+    layer.brush_size = 6
+    layer.selected_label = 1
+    layer.mode = "paint"
+    viewer.layers.selection.active = layer
+    return layer
+
 
 def class_features(class_names: Sequence[str]) -> dict[str, list]:
     """A Labels ``features`` table so the status bar shows the class name under the cursor."""
@@ -355,24 +273,3 @@ def model_grid_shape(img, info: dict | None) -> tuple[int, ...] | None:
     li = img.metadata.get(GEOMETRY_KEY) if isinstance(img.metadata, dict) else None
     has_spacing = li is not None or any(abs(s - 1.0) > 1e-6 for s in spacing)
     return model_shape_for(shape, spacing if has_spacing else None, info.get("spacing"), ornt)
-
-
-EVIDENCE_MAX_VOXELS = 48 ** 3     # an evidence volume drawn in 3D holds at most about this many voxels
-
-
-def bounded_volume(arr: np.ndarray, scale, translate, max_voxels: int = EVIDENCE_MAX_VOXELS):
-    """``(volume, scale, translate)`` with at most about ``max_voxels`` voxels: max-pooled by
-    an integer factor per axis (a thin region above an iso threshold stays above it), the
-    geometry moved to the pooled voxels' centres. Software OpenGL ray-casts every voxel of an
-    iso-surface layer for every frame: the full-resolution volumes took minutes per frame."""
-    a = np.asarray(arr)
-    f = max(1, int(np.ceil((a.size / max(int(max_voxels), 1)) ** (1.0 / a.ndim))))
-    if f == 1:
-        return a, tuple(scale), tuple(translate)
-    pad = [(0, (-n) % f) for n in a.shape]
-    p = np.pad(a, pad, constant_values=0)
-    shp = [v for n in p.shape for v in (n // f, f)]
-    out = p.reshape(shp).max(axis=tuple(range(1, 2 * a.ndim, 2)))
-    sc = tuple(float(s) * f for s in scale)
-    tr = tuple(float(t) + 0.5 * (f - 1) * float(s) for t, s in zip(translate, scale))
-    return out.astype(a.dtype), sc, tr

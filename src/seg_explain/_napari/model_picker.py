@@ -23,9 +23,10 @@ from typing import Any
 from qtpy.QtCore import QSettings, Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QSizePolicy, QWidget
 
+from ..frontend.jobs import ModelCache, available_devices, load_model_job
 from ..models.formats import file_suffixes, formats_help
 from .params import compact
-from .workers import JobRunner, ModelCache, available_devices, load_model_job
+from .workers import JobRunner
 
 BROWSE_DIR = "__browse_dir__"
 BROWSE_FILE = "__browse_file__"

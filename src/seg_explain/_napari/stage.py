@@ -17,7 +17,8 @@ def _kind(layer) -> str | None:
     return (md or {}).get("kind")
 
 
-def _key(layer) -> str:
+def layer_key(layer) -> str:
+    """A layer's identity that survives napari's proxy objects (the docks get a proxied viewer)."""
     return str(getattr(layer, "unique_id", None) or id(layer))
 
 
@@ -36,7 +37,7 @@ class ResultStage:
         """``layer`` is the new result: the only visible result, selected, with the only colour
         bar; label layers hidden (``keep``: layers left alone, e.g. its RoI outline)."""
         for ly in result_layers(self.viewer):
-            if _key(ly) != _key(layer):
+            if layer_key(ly) != layer_key(layer):
                 ly.visible = False
         layer.visible = True
         self.hide_labels(keep)
@@ -46,23 +47,23 @@ class ResultStage:
         """The colour bar follows the selected result (other results' bars are hidden)."""
         if layer is None or _kind(layer) != "attribution":
             return
-        key = _key(layer)       # the docks hold napari's proxies: compare identities, not objects
+        key = layer_key(layer)       # the docks hold napari's proxies: compare identities, not objects
         for ly in result_layers(self.viewer):
-            ly.colorbar.visible = _key(ly) == key
+            ly.colorbar.visible = layer_key(ly) == key
 
     def hide_labels(self, keep=()) -> None:
-        keys = {_key(k) for k in keep}
+        keys = {layer_key(k) for k in keep}
         for ly in self.viewer.layers:
-            if (ly.__class__.__name__ == "Labels" and _key(ly) not in keys and _kind(ly) != "roi_outline"
+            if (ly.__class__.__name__ == "Labels" and layer_key(ly) not in keys and _kind(ly) != "roi_outline"
                     and ly.visible):
                 ly.visible = False
-                self.hidden[_key(ly)] = ly
+                self.hidden[layer_key(ly)] = ly
 
     def release(self) -> None:
         """No result visible any more: the label layers this stage hid come back."""
         if any(ly.visible for ly in result_layers(self.viewer)):
             return
         for ly in self.viewer.layers:
-            if _key(ly) in self.hidden:
+            if layer_key(ly) in self.hidden:
                 ly.visible = True
         self.hidden.clear()

@@ -80,6 +80,18 @@ class ClosingDock:
         self.picker = ModelPicker()
         self.cache = self.picker.cache
 
+    def wait_model(self, timeout_s: float = 60.0) -> bool:
+        """Block (processing Qt events) until the picker's model is loaded; for scripts and tests."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        t0 = time.perf_counter()
+        while self.picker.info is None and time.perf_counter() - t0 < timeout_s:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        return self.picker.info is not None
+
     def watch_closing(self, viewer) -> None:
         """Arm the rule (the main window is watched once the dock is in it)."""
         self._watched_window = None   # id() of the watched main window

@@ -7,10 +7,13 @@ hooks, inside network passes). Here they run in a napari ``thread_worker`` (supe
 ``GeneratorWorker``):
 
 - *jobs* are plain generator functions over plain data (arrays copied out of the layers
-  on the main thread before the job starts); they never see a layer or the viewer. They
+  on the main thread before the job starts), viewer-agnostic in :mod:`seg_explain.frontend`
+  (:mod:`~seg_explain.frontend.jobs`, :mod:`~seg_explain.frontend.requests`,
+  :mod:`~seg_explain.frontend.agg2exp`); they never see a layer or the viewer. They
   yield :class:`~seg_explain.jobs.ProgressEvent` objects or ``("status", text)`` messages
-  and return their result, or a :class:`Failure` / :data:`CANCELLED` (never raise:
-  superqt swallows a generator's ``RuntimeError``);
+  and return their result, or a :class:`~seg_explain.frontend.jobs.Failure` /
+  :data:`~seg_explain.frontend.jobs.CANCELLED` (never raise: superqt swallows a
+  generator's ``RuntimeError``);
 - :class:`JobRunner` (main thread) starts one job at a time, drives a napari progress bar
   (cancelable from the activity dock too) and the dock's own progress, forwards messages
   and results to callbacks, cancels within ~2 s and, on :meth:`JobRunner.shutdown` (dock or
@@ -27,12 +30,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from ..explainers.job import cancel_hooks  # noqa: F401 (re-exported for the docks)
+from ..frontend.jobs import CANCELLED, Failure, guarded
+from ..frontend.messages import one_line
 from ..jobs import CancelToken, ProgressEvent  # noqa: F401 (re-exported for the docks)
 
 log = logging.getLogger(__name__)
@@ -59,174 +60,6 @@ def ensure_imports() -> None:
     import seg_explain.aggregate  # noqa: F401
     import seg_explain.plots  # noqa: F401
     _IMPORTED.set()
-
-
-# --------------------------------------------------------------------- results --
-@dataclass
-class Failure:
-    """What a job returns when it failed: the one-line cause for the user."""
-
-    message: str
-    exc: BaseException | None = None
-
-
-class _Cancelled:
-    def __repr__(self) -> str:
-        return "CANCELLED"
-
-
-CANCELLED = _Cancelled()
-
-
-def one_line(exc: BaseException) -> str:
-    """The user-facing one-line cause of an exception."""
-    from ..errors import SegExplainError
-
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, SegExplainError):
-        return first or type(exc).__name__
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return "Out of memory: try a smaller batch_size, fewer samples, the CPU device or a crop of the image"
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def guarded(job: Callable[..., Iterator], *args, **kwargs) -> Iterator:
-    """Run generator ``job`` turning exceptions into :class:`Failure` / :data:`CANCELLED`."""
-    from ..errors import Cancelled
-
-    try:
-        result = yield from job(*args, **kwargs)
-        return result
-    except Cancelled:
-        return CANCELLED
-    except GeneratorExit:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - everything reaches the user as one line
-        log.warning("seg-explain job failed", exc_info=True)
-        return Failure(one_line(exc), exc)
-
-
-# ----------------------------------------------------------------------- models --
-class ModelCache:
-    """Models loaded by (path, device); one per dock, shared by its jobs (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(path, device: str) -> tuple[str, str]:
-        return (str(path), str(device or "auto"))
-
-    def cached(self, path, device: str):
-        return self._models.get(self.key(path, device))
-
-    def get(self, path, device: str):
-        k = self.key(path, device)
-        with self._lock:
-            m = self._models.get(k)
-            if m is None:
-                from .. import load_model
-
-                m = load_model(path, device=device or "auto")
-                self._models[k] = m
-            return m
-
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-
-
-def load_model_job(cache: ModelCache, path, device: str) -> Iterator:
-    """Load (or fetch) a model, warm it up and time its passes (for cost estimates);
-    returns a small description (names, dims, layers, devices)."""
-    from ..explainers.job import measure_pass_times
-
-    yield ("status", f"Loading model {path}")
-    fresh = cache.cached(path, device) is None
-    m = cache.get(path, device)
-    if fresh or "pass_s" not in m.meta:
-        yield ("status", "Warming up")
-        measure_pass_times(m)
-    layers: list[str] = []
-    if m.hookable:
-        from ..explainers.cams import candidate_layers
-
-        layers = list(candidate_layers(m.network))
-    return {"path": str(path), "device": str(m.device), "class_names": list(m.class_names),
-            "spatial_dims": int(m.spatial_dims), "in_channels": int(m.in_channels),
-            "name": m.name or str(path), "hookable": bool(m.hookable), "layers": layers,
-            "spacing": m.spacing, "axcodes": m.axcodes}
-
-
-def available_devices() -> list[str]:
-    """Devices this torch build can use: auto and cpu, plus cuda / mps when present."""
-    import torch
-
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
-
-
-# -------------------------------------------------------------------- explain --
-@dataclass
-class ExplainRequest:
-    """Everything an explanation job needs, as plain data (no layers)."""
-
-    model_path: str
-    device: str
-    image: Any                      # LoadedImage with a private copy of the voxels
-    method: str
-    target: str | int
-    roi: np.ndarray | None = None   # bool mask on the image grid, or None (= predicted class)
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    batch_size: int | None = None
-    slice_index: int | None = None  # 2D model on a 3D image: the axial slice explained
-    image_layer_name: str = ""
-    roi_name: str = "predicted"
-
-
-@dataclass
-class ExplainDisplay:
-    """An Explanation plus what drawing it needs, prepared in the worker."""
-
-    exp: Any                        # seg_explain.Explanation (carries the prediction)
-    limit: float                    # contrast limits (-limit, limit)
-    max_abs: float
-    outline: np.ndarray             # uint8 outline of the RoI (every method)
-    model_name: str = ""
-    device: str = ""
-
-
-def explain_job(req: ExplainRequest, cache: ModelCache, token: CancelToken) -> Iterator:
-    """Explain with the core job driver (events relayed as they come); returns an ExplainDisplay."""
-    from ..explainers.job import explain_job as core_explain_job
-    from .layers import display_limits, roi_outline
-
-    yield ("status", "Loading model")
-    model = cache.get(req.model_path, req.device)
-    exp = yield from core_explain_job(model, req.image, req.method, req.target, req.roi, token=token,
-                                      seed=req.seed, batch_size=req.batch_size, slice_index=req.slice_index,
-                                      **req.params)
-    token.check()
-    yield ("status", "Drawing")
-    lim, mx = display_limits(exp.attribution, exp.spec.caps.map_kind)
-    outline = roi_outline(exp.roi, exp.roi.ndim)
-    return ExplainDisplay(exp, lim, mx, outline, model.name or req.model_path, str(model.device))
-
-
-def scalar_items(d: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-friendly scalar entries of a dict (for layer metadata)."""
-    from ..explainers.base import NOT_SCALAR, json_scalar
-
-    out = {k: json_scalar(v) for k, v in d.items()}
-    return {k: v for k, v in out.items() if v is not NOT_SCALAR}
 
 
 # ----------------------------------------------------------------- the runner --
