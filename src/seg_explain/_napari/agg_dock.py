@@ -103,7 +103,6 @@ class Agg2ExpWidget(PlotsMixin, ClosingDock, QWidget):
             self._choose_model(spatial_dims_of(img))
         self._on_method_changed()
         self.draw()
-        self.watch_closing(self.viewer)
 
     # ------------------------------------------------------------------ UI --
     def _build_ui(self) -> None:

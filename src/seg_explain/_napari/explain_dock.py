@@ -105,7 +105,6 @@ class ExplainWidget(ResultsMixin, ClosingDock, QWidget):
         img = self.image_layer()
         self.picker.select_for_dims(spatial_dims_of(img) if img is not None else None)
         self._on_method_changed()
-        self.watch_closing(self.viewer)
 
     # ------------------------------------------------------------------ UI --
     def _build_ui(self) -> None:
@@ -600,12 +599,6 @@ class ExplainWidget(ResultsMixin, ClosingDock, QWidget):
         self.status.setText("Cancelled.")
 
     # ------------------------------------------------------------- helpers --
-    def set_target(self, name: str) -> None:
-        i = self.class_combo.findText(name)
-        if i < 0:
-            raise ValueError(f"unknown class {name!r}")
-        self.class_combo.setCurrentIndex(i)
-
     def _shutdown_workers(self) -> None:
         """Stop and join every worker (the viewer or the dock is closing; see ClosingDock)."""
         self._cost_timer.stop()

@@ -53,18 +53,11 @@ def make_loaded(data: np.ndarray, spacing: Sequence[float], translate: Sequence[
                 spatial_dims: int, path: str | None = None):
     """A LoadedImage for an array shown with napari ``scale``/``translate`` (project
     convention: 3D arrays are LPS ``(Z, Y, X)``; the affine's origin equals ``translate``)."""
-    from ..io import AXES_PERM, LPS_TO_RAS, LoadedImage
+    from ..io import LoadedImage
 
     sp = tuple(float(abs(s)) or 1.0 for s in spacing)
-    tr = np.asarray(translate, float)
-    if spatial_dims == 3:
-        aff = LPS_TO_RAS @ np.diag([sp[2], sp[1], sp[0], 1.0]) @ AXES_PERM
-        dirs = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0, keepdims=True)
-        aff[:3, 3] = dirs @ tr
-        return LoadedImage(data, sp, aff, path, 3, {"format": "array"})
-    aff = np.diag([sp[0], sp[1], 1.0, 1.0])
-    aff[:2, 3] = tr
-    return LoadedImage(data, sp, aff, path, 2, {"format": "array", "origin2d": tuple(float(t) for t in tr)})
+    return LoadedImage.from_array(data, sp, spatial_dims=spatial_dims, path=path,
+                                  origin=tuple(float(t) for t in translate))
 
 
 def spatial_dims_of(layer) -> int:

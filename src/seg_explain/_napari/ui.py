@@ -92,10 +92,6 @@ class ClosingDock:
             time.sleep(0.01)
         return self.picker.info is not None
 
-    def watch_closing(self, viewer) -> None:
-        """Arm the rule (the main window is watched once the dock is in it)."""
-        self._watched_window = None   # id() of the watched main window
-
     def _shutdown_workers(self) -> None:
         """Stop and join the workers :meth:`start_jobs` made (docks stop their timers first)."""
         self.runner.shutdown()

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+OUT_OF_MEMORY = "Out of memory: try a smaller batch_size, fewer samples, the CPU device or a crop of the image"
+
 
 def one_line(exc: BaseException) -> str:
-    """The user-facing one-line cause of an exception."""
-    from ..errors import SegExplainError
+    """The user-facing one-line cause of an exception: :func:`seg_explain.errors.first_line`
+    (a library's error with its type), or what to do when memory ran out."""
+    from ..errors import SegExplainError, first_line
 
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, SegExplainError):
-        return first or type(exc).__name__
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return "Out of memory: try a smaller batch_size, fewer samples, the CPU device or a crop of the image"
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return OUT_OF_MEMORY
+    return first_line(exc, with_type=not isinstance(exc, SegExplainError))
 
 
 def explain_why_not(image_name: str | None, image_dims: int | None, info: dict | None, spec,
