@@ -163,14 +163,15 @@ def test_evidence_surfaces_per_sign():
     two = evidence.evidence_surfaces(shown, get_spec("kernel_shap"), {}, "M", (1, 1, 1), (0, 0, 0))
     assert [(s.colour, s.name) for s in two] == [("red", "M · strongest 5 % supports the RoI"),
                                                   ("blue", "M · strongest 5 % opposes the RoI")]
-    assert two[0].threshold == 1.0 and two[0].data[4, 4, 4] == 1.0 and two[0].data[22, 22, 22] == 0.0
-    assert two[1].data[22, 22, 22] == 1.0 and two[0].scale == (1, 1, 1)
+    # (each surface volume has a one-voxel zero border: voxel i of the map is i + 1 there)
+    assert two[0].threshold == 1.0 and two[0].data[5, 5, 5] == 1.0 and two[0].data[23, 23, 23] == 0.0
+    assert two[1].data[23, 23, 23] == 1.0 and two[0].scale == (1, 1, 1)
     one = evidence.evidence_surfaces(shown, get_spec("seg_grad_cam"), {}, "C", (1, 1, 1), (0, 0, 0))
     assert [s.colour for s in one] == ["red"]                                  # one-sided: no opposing surface
     big = np.zeros((100, 100, 100), np.float32)
     big[10:30, 10:30, 10:30] = 1.0
     s = evidence.evidence_surfaces(big, get_spec("kernel_shap"), {}, "B", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))[0]
-    assert s.data.shape == (34, 34, 34) and s.scale == (3.0, 3.0, 3.0) and s.translate == (1.0, 1.0, 1.0)
+    assert s.data.shape == (36, 36, 36) and s.scale == (3.0, 3.0, 3.0) and s.translate == (-2.0, -2.0, -2.0)
 
 
 # ------------------------------------------------------------------------- messages --
@@ -190,7 +191,8 @@ def test_why_not_and_method_availability():
     assert messages.method_unavailable(cam, info3) == \
         "needs a network whose layers can be hooked (not TorchScript / exported)"
     assert messages.method_unavailable(grad, None) == ""
-    assert messages.one_line(InputMismatchError("first\nsecond")) == "first"
+    # our errors whole, a newline escaped so it cannot forge a line (errors.first_line, as the CLI prints)
+    assert messages.one_line(InputMismatchError("first\nsecond")) == "first\\nsecond"
     assert messages.one_line(ValueError("bad x")) == "ValueError: bad x"
     assert messages.cost_unknown(ValueError("n")) == "Cost: — (ValueError: n)"
 
@@ -233,3 +235,38 @@ def test_agg2exp_cell_layer_and_texts():
     multi = [s.caps.multiclass for s in order]
     assert multi == sorted(multi, reverse=True)                               # shared passes first
     assert agg2exp.default_method([s.name for s in order]) in {s.name for s in order}
+
+
+def test_context_volume_is_the_body_shifted_to_zero_and_nothing_outside():
+    """The 3D context: the anatomy inside the body (here the prediction's foreground), its
+    1st percentile at 0, 0 outside, contrast up to the body's 99th percentile."""
+    from seg_explain.frontend.anatomy import context_volume
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(-200.0, 50.0, (12, 14, 10)).astype(np.float32)       # CT-like: negative inside
+    pred = np.zeros(img.shape, np.int64)
+    pred[3:9, 4:10, 2:8] = 2
+    cv = context_volume(img, pred, "ct")
+    inside = img[pred > 0]
+    lo, hi = np.percentile(inside, 1), np.percentile(inside, 99)
+    assert cv.name == "ct · 3D context" and cv.data.dtype == np.float32
+    assert not cv.data[pred == 0].any()
+    np.testing.assert_allclose(cv.data[pred > 0], np.clip(inside - lo, 0, None), rtol=1e-6)
+    assert cv.contrast_limits == pytest.approx((0.0, hi - lo))
+
+
+def test_evidence_surfaces_are_closed_at_the_volume_edge():
+    """A CAM that fills a corner: its surface volume gets a zero border (and the geometry moves
+    by one voxel), so the iso-surface closes instead of being cut open at the edge."""
+    from types import SimpleNamespace
+
+    from seg_explain.frontend.evidence import evidence_surfaces
+
+    cam = np.zeros((10, 12, 8), np.float32)
+    cam[:4, :5, :3] = np.arange(1, 61, dtype=np.float32).reshape(4, 5, 3)      # touches three faces
+    spec = SimpleNamespace(caps=SimpleNamespace(map_kind="heatmap"), is_one_sided=lambda p: True)
+    (s,) = evidence_surfaces(cam, spec, {}, "cam", (2.0, 1.5, 1.0), (-4.0, 3.0, 0.5))
+    assert s.data.shape == (12, 14, 10) and s.colour == "red"
+    assert not s.data[0].any() and not s.data[:, 0].any() and not s.data[:, :, 0].any()
+    np.testing.assert_array_equal(s.data[1:-1, 1:-1, 1:-1], cam)
+    assert s.translate == pytest.approx((-6.0, 1.5, -0.5)) and s.scale == pytest.approx((2.0, 1.5, 1.0))

@@ -414,11 +414,21 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
     assert 0.04 <= frac <= 0.06
     assert sup.contrast_limits[1] == pytest.approx(sup.iso_threshold)   # full colour at the surface
     assert not attr.visible and attr.colormap.name.endswith("3D")
+    # the anatomy as a faint attenuated MIP under the surfaces; the image layer it stands for hidden
+    ctx = [ly for ly in viewer.layers if kind_of(ly) == "context"]
+    assert len(ctx) == 1 and viewer.layers.index(ctx[0]) == 0 and not vol.visible
+    assert str(ctx[0].rendering).lower().endswith("attenuated_mip") and ctx[0].opacity < 0.5
+    np.testing.assert_allclose(ctx[0].scale, vol.scale)
+    # every surface is closed: a zero border all round (a surface at the volume's edge is not cut open)
+    for ly in ev:
+        d = np.asarray(ly.data)
+        assert not d[0].any() and not d[-1].any() and not d[:, 0].any() and not d[:, :, -1].any()
     assert "surfaces enclose the strongest 5 %" in viewer.text_overlay.text
     shot = viewer.screenshot(canvas_only=True)
     assert shot[..., :3].std() > 0
     viewer.dims.ndisplay = 2
-    assert attr.visible and not [ly for ly in viewer.layers if kind_of(ly) == "evidence"]
+    assert attr.visible and not [ly for ly in viewer.layers if kind_of(ly) in ("evidence", "context")]
+    assert vol.visible                                   # the image layer is back as it was
     assert "full colour at ±" in viewer.text_overlay.text
     assert not attr.colormap.name.endswith("3D") and attr.contrast_limits == pytest.approx([lo3, hi3])
 

@@ -13,6 +13,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout
 
+from ..frontend.anatomy import CONTEXT_ATTENUATION, CONTEXT_OPACITY, context_volume
 from ..frontend.evidence import EVIDENCE_SMOOTH, EVIDENCE_TOP, evidence_surfaces
 from ..frontend.reading import RAW, display_defaults, shown_sign
 from ..frontend.results import (
@@ -43,6 +44,7 @@ class ResultsMixin:
         self._raw: dict[str, dict] = {}         # result layer key -> raw map + spec + roi
         self._evidence: dict[str, list] = {}    # result layer key -> its 3D surface layers
         self._legend_for: str | None = None     # result layer key the canvas legend describes
+        self._context: dict = {}                # 3D: {"layer": the anatomy context, "hidden": [image layers]}
 
     # ------------------------------------------------------------------ UI --
     def _build_result_box(self) -> QGroupBox:
@@ -185,6 +187,8 @@ class ResultsMixin:
                 if ly in self.viewer.layers:
                     self.viewer.layers.remove(ly)
         self.result_stage.release()      # no result visible any more: the label layers come back
+        if gone is not None and gone is not self._context.get("layer") and not any(self._evidence.values()):
+            self._drop_context()
 
     def _on_active_changed(self, event=None) -> None:
         ly = self.viewer.layers.selection.active
@@ -238,6 +242,40 @@ class ResultsMixin:
         self._update_evidence(layer)
 
     # ------------------------------------------------------------------ 3D --
+    def _show_context(self, rec: dict, layer) -> None:
+        """3D: the anatomy inside the body as a faint attenuated MIP under the surfaces (the
+        image layers it stands for are hidden until the view goes back to 2D)."""
+        ctx = self._context.get("layer")
+        if ctx is not None and ctx in self.viewer.layers:
+            return
+        if np.ndim(rec["image"]) < 3:
+            return
+        cv = context_volume(rec["image"], rec["pred"], str((layer.metadata.get(META_KEY) or {}).get("image")
+                                                            or "anatomy"))
+        hidden = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image" and ly.visible
+                  and (ly.metadata.get(META_KEY) or {}).get("kind") not in ("attribution", "evidence")]
+        for ly in hidden:
+            ly.visible = False
+        active = self.viewer.layers.selection.active
+        ctx = self.viewer.add_image(cv.data, name=cv.name, scale=layer.scale, translate=layer.translate,
+                                    colormap="gray", rendering="attenuated_mip", attenuation=CONTEXT_ATTENUATION,
+                                    opacity=CONTEXT_OPACITY, contrast_limits=cv.contrast_limits,
+                                    metadata={META_KEY: {"kind": "context"}})
+        self.viewer.layers.move(self.viewer.layers.index(ctx), 0)
+        self._context = {"layer": ctx, "hidden": hidden}
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
+    def _drop_context(self) -> None:
+        """Back to 2D (or no surface left): the context goes, the image layers come back."""
+        ctx, hidden = self._context.get("layer"), self._context.get("hidden", [])
+        self._context = {}
+        if ctx is not None and ctx in self.viewer.layers:
+            self.viewer.layers.remove(ctx)
+        for ly in hidden:
+            if ly in self.viewer.layers:
+                ly.visible = True
+
     def _sync_3d(self) -> None:
         for rec in list(self._raw.values()):
             if rec["layer"] in self.viewer.layers:
@@ -255,9 +293,12 @@ class ResultsMixin:
         if not want:
             if rec.pop("hidden", False):
                 layer.visible = True
+            if not any(self._evidence.values()):
+                self._drop_context()
             if self._legend_for == key:
                 self._show_legend(layer)
             return
+        self._show_context(rec, layer)
         md = {META_KEY: {"kind": "evidence", "of": layer.name}}
         active = self.viewer.layers.selection.active
         self._evidence[key] = [

@@ -62,6 +62,14 @@ def bounded_volume(arr: np.ndarray, scale, translate, max_voxels: int = EVIDENCE
     return out.astype(a.dtype), sc, tr
 
 
+def closed_at_the_edge(arr: np.ndarray, scale, translate):
+    """``(volume, scale, translate)`` with one voxel of zeros around it: an iso-surface that
+    reaches the volume's edge closes there instead of being cut flat and open (a CAM that
+    fills a corner of the volume)."""
+    a = np.pad(np.asarray(arr), 1, constant_values=0)
+    return a, tuple(scale), tuple(float(t) - float(s) for t, s in zip(translate, scale))
+
+
 @dataclass
 class Surface:
     """One evidence surface: a non-negative volume drawn as an iso-surface at ``threshold``."""
@@ -89,6 +97,6 @@ def evidence_surfaces(shown: np.ndarray, spec, params: dict, name: str, scale, t
     for arr, thr, colour, what in parts:
         if not np.any(arr > 0):
             continue
-        arr, sc, tr = bounded_volume(arr, scale, translate)
+        arr, sc, tr = closed_at_the_edge(*bounded_volume(arr, scale, translate))
         out.append(Surface(arr, sc, tr, thr, colour, f"{name} · strongest {EVIDENCE_TOP:g} % {what} the RoI"))
     return out

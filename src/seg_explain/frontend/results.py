@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .anatomy import body_mask  # noqa: F401 (public here too: the display's body mask)
 from .evidence import EVIDENCE_TOP
 from .messages import range_text
 from .reading import legend, legend_short, scale_text, short_unit, shown_sign, shown_unit
@@ -74,30 +75,6 @@ def display_map(raw: np.ndarray, smooth: float = 0.0, top_percent: float = 100.0
             thr = np.percentile(nz, 100.0 - max(float(top_percent), 0.0))
             a = np.where(np.abs(a) >= thr, a, 0).astype(np.float32)
     return a
-
-
-def body_mask(image: np.ndarray, prediction: np.ndarray | None = None) -> np.ndarray:
-    """The body (or head): the predicted foreground when there is a prediction, else the
-    voxels above Otsu's threshold of the image, holes filled, largest component."""
-    from scipy import ndimage
-
-    if prediction is not None and np.any(prediction > 0):
-        m = np.asarray(prediction) > 0
-    else:
-        x = np.asarray(image, np.float32)
-        if x.ndim > 3:
-            x = x.mean(0)
-        hist, edges = np.histogram(x[np.isfinite(x)], bins=256)
-        p = hist / max(hist.sum(), 1)
-        w = np.cumsum(p)
-        mu = np.cumsum(p * edges[:-1])
-        between = (mu[-1] * w - mu) ** 2 / np.maximum(w * (1 - w), 1e-12)
-        m = x > edges[int(np.argmax(between))]
-    lab, n = ndimage.label(m)
-    if n > 1:
-        sizes = ndimage.sum(m, lab, range(1, n + 1))
-        m = lab == 1 + int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(m)
 
 
 def shown_map(raw: np.ndarray, spec, smooth: float = 0.0, top_percent: float = 100.0,
