@@ -7,7 +7,9 @@
 Writes ``screenshot_2d.png`` (2D sample slice, SmoothGrad of frontal_L in the painted RoI:
 colour bar, legend, RoI outline, the cost line), ``screenshot_3d.png`` (3D sample, SmoothGrad
 of temporal_R in the 3D view: surfaces of the strongest supporting / opposing evidence),
-``screenshot_3d_slice.png`` (the same volume, slice view), ``screenshot_pdcr_2d.png`` (PdCR with
+``screenshot_3d_slice.png`` (the same volume, slice view), ``screenshot_3d_cam.png`` and
+``screenshot_3d_pdcr.png`` (Seg-Grad-CAM and PdCR of temporal_R in the 3D view, the dock's
+defaults, nothing touched but the camera), ``screenshot_pdcr_2d.png`` (PdCR with
 its report) and ``screenshot_agg2exp.png`` (the Agg2Exp dock on the 2D sample). Everything runs
 offline on the shipped sample data and models; the explanations go through the Explain button.
 """
@@ -18,8 +20,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def pump(seconds: float) -> None:
@@ -87,7 +87,7 @@ def shot(viewer, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs")
-    ap.add_argument("--only", nargs="*", default=["2d", "3d", "pdcr", "agg", "methods2d"])
+    ap.add_argument("--only", nargs="*", default=["2d", "3d", "3dcam", "3dpdcr", "pdcr", "agg", "methods2d"])
     ap.add_argument("--size", default="1400x900")
     ap.add_argument("--view", default="-0.5,0.8,0.9",
                     help="3D view direction in data axes (S, P, L): from the right, front and above")
@@ -184,43 +184,44 @@ def main(argv=None) -> int:
             shot(v, out / "screenshot_agg2exp.png")
         v.close()
 
-    if "3d" in args.only:
+    if "3d" in args.only or "3dcam" in args.only or "3dpdcr" in args.only:
+        # the 3D view exactly as the dock leaves it: nothing touched after Explain but the camera
         v = new_viewer("napari-seg-explain: 3D")
         image, pred, roi = add_sample(v, sample_brain3d)
-        pred.visible = False
         w = explain_dock(v)
         w.select_model(str(sample_path("models", "brain3d")))
         wait(lambda: w.model_info is not None)
         w.roi_combo.setCurrentText(roi.name)
         w.class_combo.setCurrentText("temporal_R")
-        run(w, "smoothgrad", n_samples=8)
-        attr = result_layer(v)
-        roi.visible = False
-        # 3D: the brain (the model's prediction > 0) as a faint volume under the evidence
-        image.visible = False
-        brain = v.add_image(np.where(pred.data > 0, image.data, 0).astype(np.float32), name="brain (3D view)",
-                            scale=image.scale, translate=image.translate, colormap="gray",
-                            rendering="attenuated_mip", attenuation=0.15, opacity=0.45,
-                            contrast_limits=(0, float(np.percentile(image.data[pred.data > 0], 99))))
-        v.layers.move(v.layers.index(brain), 0)
-        v.dims.ndisplay = 3          # the dock adds the two evidence surfaces
-        pump(1.0)
-        v.layers.selection.active = attr
-        # camera at the patient's right, in front and above, superior up (axes: S, P, L)
-        v.camera.set_view_direction(tuple(float(a) for a in args.view.split(",")), up_direction=(1, 0, 0))
-        v.camera.zoom = args.zoom
-        shot(v, out / "screenshot_3d.png")
-        for i, extra in enumerate(args.try_views):
-            v.camera.set_view_direction(tuple(float(a) for a in extra.split(",")), up_direction=(1, 0, 0))
-            shot(v, out / f"try_3d_{i}.png")
-        v.layers.remove(brain)
-        image.visible = True
-        v.dims.ndisplay = 2
-        z = int(round(float(v.layers[roi.name].data.nonzero()[0].mean())))
-        v.dims.set_current_step(0, z)
-        v.layers.selection.active = attr
-        v.reset_view()
-        shot(v, out / "screenshot_3d_slice.png")
+
+        def in_3d(path):
+            attr = result_layer(v)
+            v.dims.ndisplay = 3          # the dock adds the evidence surfaces and the anatomy context
+            pump(1.0)
+            v.layers.selection.active = attr
+            # camera at the patient's right, in front and above, superior up (axes: S, P, L)
+            v.camera.set_view_direction(tuple(float(a) for a in args.view.split(",")), up_direction=(1, 0, 0))
+            v.camera.zoom = args.zoom
+            shot(v, path)
+            return attr
+
+        if "3d" in args.only:
+            run(w, "smoothgrad")
+            attr = in_3d(out / "screenshot_3d.png")
+            for i, extra in enumerate(args.try_views):
+                v.camera.set_view_direction(tuple(float(a) for a in extra.split(",")), up_direction=(1, 0, 0))
+                shot(v, out / f"try_3d_{i}.png")
+            v.dims.ndisplay = 2
+            z = int(round(float(v.layers[roi.name].data.nonzero()[0].mean())))
+            v.dims.set_current_step(0, z)
+            v.layers.selection.active = attr
+            v.reset_view()
+            shot(v, out / "screenshot_3d_slice.png")
+        for key, method in (("3dcam", "seg_grad_cam"), ("3dpdcr", "pdcr")):
+            if key in args.only:
+                v.dims.ndisplay = 2
+                run(w, method)           # the dock's 3D defaults (PdCR: 16-voxel blocks, adaptive draws)
+                in_3d(out / f"screenshot_3d_{method.split('_')[-1] if method != 'pdcr' else 'pdcr'}.png")
         v.close()
     return 0
 

@@ -270,3 +270,33 @@ def test_evidence_surfaces_are_closed_at_the_volume_edge():
     assert not s.data[0].any() and not s.data[:, 0].any() and not s.data[:, :, 0].any()
     np.testing.assert_array_equal(s.data[1:-1, 1:-1, 1:-1], cam)
     assert s.translate == pytest.approx((-6.0, 1.5, -0.5)) and s.scale == pytest.approx((2.0, 1.5, 1.0))
+
+
+def test_expected_mistakes_go_to_the_debug_log_bugs_to_the_terminal(caplog):
+    """A job stopped by an expected mistake shows one line and logs its traceback at DEBUG
+    only (Python's last-resort handler prints WARNING and above to the terminal); an
+    unexpected error is logged as a warning with its traceback, to be reported."""
+    import logging
+
+    from seg_explain.errors import InputMismatchError
+    from seg_explain.frontend.jobs import Failure, guarded, log
+
+    def job(exc):
+        yield 1
+        raise exc
+
+    def drain(gen):
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    f = drain(guarded(job, InputMismatchError("the RoI layer has shape (3, 4), not the image's (5, 6)")))
+    assert isinstance(f, Failure) and f.message == "the RoI layer has shape (3, 4), not the image's (5, 6)"
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.DEBUG, True)]
+    caplog.clear()
+    f = drain(guarded(job, RuntimeError("boom")))
+    assert f.message == "RuntimeError: boom"
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.WARNING, True)]

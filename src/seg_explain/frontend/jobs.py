@@ -47,7 +47,14 @@ def guarded(job: Callable[..., Iterator], *args, **kwargs) -> Iterator:
     except GeneratorExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - everything reaches the user as one line
-        log.warning("seg-explain job failed", exc_info=True)
+        from ..errors import SegExplainError
+
+        if isinstance(exc, SegExplainError):
+            # an expected mistake (a bad file, a wrong-shape RoI, ...): the user sees one line; the
+            # traceback goes to the debug log only (logging.DEBUG on "seg_explain"), never the terminal
+            log.debug("seg-explain job stopped: %s", one_line(exc), exc_info=True)
+        else:
+            log.warning("seg-explain job failed (unexpected; please report it)", exc_info=True)
         return Failure(one_line(exc), exc)
 
 
