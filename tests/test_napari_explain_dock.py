@@ -431,6 +431,14 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
     assert vol.visible                                   # the image layer is back as it was
     assert "full colour at ±" in viewer.text_overlay.text
     assert not attr.colormap.name.endswith("3D") and attr.contrast_limits == pytest.approx([lo3, hi3])
+    # a second result in 3D: only the result on stage draws surfaces (the first one's go)
+    widget.set_method("seg_grad_cam")
+    run_explain(widget, qtbot)
+    cam = viewer.layers.selection.active
+    viewer.dims.ndisplay = 3
+    ev = [ly for ly in viewer.layers if kind_of(ly) == "evidence"]
+    assert ev and all(cam.name in ly.name for ly in ev) and not attr.visible
+    assert len([ly for ly in viewer.layers if kind_of(ly) == "context"]) == 1
 
 
 def test_2d_model_on_a_volume_explains_the_current_slice(make_napari_viewer, qtbot, tmp_path, monkeypatch):

@@ -151,6 +151,7 @@ class ResultsMixin:
                                        "image": req.image.data, "params": dict(exp.params)}
         outline = self._add_outline(disp.outline, req, scale, translate, geo)
         self.result_stage.present(layer, keep=[outline])
+        self._retire_evidence(layer_key(layer))
         self.viewer.layers.selection.active = layer
         self.set_display(display_defaults(spec), layer)     # the method's readable view (display only)
         self._show_legend(layer)
@@ -181,14 +182,25 @@ class ResultsMixin:
 
     def _on_layer_removed(self, event=None) -> None:
         gone = getattr(event, "value", None)
-        if gone is not None and layer_key(gone) in self._raw:
+        was_result = gone is not None and layer_key(gone) in self._raw
+        if was_result:
             self._raw.pop(layer_key(gone))
             for ly in self._evidence.pop(layer_key(gone), []):
                 if ly in self.viewer.layers:
                     self.viewer.layers.remove(ly)
         self.result_stage.release()      # no result visible any more: the label layers come back
-        if gone is not None and gone is not self._context.get("layer") and not any(self._evidence.values()):
+        if was_result and not any(self._evidence.values()):
             self._drop_context()
+
+    def _retire_evidence(self, keep_key: str) -> None:
+        """A new result is on stage: the other results' 3D surfaces go (their layers stay hidden,
+        one click away; showing one again in 3D draws its surfaces anew)."""
+        for key in [k for k in self._evidence if k != keep_key]:
+            for ly in self._evidence.pop(key, []):
+                if ly in self.viewer.layers:
+                    self.viewer.layers.remove(ly)
+            if key in self._raw:
+                self._raw[key].pop("hidden", None)
 
     def _on_active_changed(self, event=None) -> None:
         ly = self.viewer.layers.selection.active
@@ -286,7 +298,8 @@ class ResultsMixin:
         key = layer_key(layer)
         rec = self._raw[key]
         want = (int(self.viewer.dims.ndisplay) == 3 and np.ndim(layer.data) == 3
-                and self.surfaces_check.isChecked())
+                and self.surfaces_check.isChecked()
+                and (layer.visible or bool(rec.get("hidden"))))     # results off stage draw nothing
         for ly in self._evidence.pop(key, []):
             if ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
