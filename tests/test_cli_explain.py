@@ -148,3 +148,28 @@ def test_per_region_table_and_report_on_stderr(tmp_path, capsys):
     rc = main(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "0",
                "--table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "g.npy")])
     assert rc == 2 and "makes no per-region table" in capsys.readouterr().err
+
+
+def test_label_map_parameters_read_from_a_file_either_way(tmp_path, capsys):
+    """Any label-map parameter is read from ``--param k=FILE`` (on the image grid); PdCR's
+    ``--reference FILE`` is its spelled-out form: the same map as the Python API's array."""
+    net = make_unet(2)
+    b = write_bundle(tmp_path / "b2", {**UNET_DEF, "spatial_dims": 2}, net, ["bg", "a", "b", "c"], (32, 32))
+    x = np.random.default_rng(2).random((32, 32)).astype(np.float32)
+    np.save(tmp_path / "img.npy", x)
+    roi = np.zeros((32, 32), np.uint8)
+    roi[12:20, 12:20] = 1
+    np.save(tmp_path / "roi.npy", roi)
+    gt = np.zeros((32, 32), np.int64)
+    gt[10:22, 8:20] = 1                          # a reference that differs from the prediction
+    np.save(tmp_path / "gt.npy", gt)
+    common = ["explain", str(tmp_path / "img.npy"), "--model", str(b), "--method", "pdcr", "--target", "1",
+              "--roi", str(tmp_path / "roi.npy"), "--param", "bank=zero", "--param", "block_size=8", "--quiet"]
+    assert main([*common, "--param", f"reference={tmp_path / 'gt.npy'}", "--out", str(tmp_path / "p.npy")]) == 0
+    assert main([*common, "--reference", str(tmp_path / "gt.npy"), "--out", str(tmp_path / "r.npy")]) == 0
+    model = load_model(b, device="cpu")
+    ref = explain(model, x, "pdcr", target=1, roi=roi.astype(bool), bank="zero", block_size=8, reference=gt)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), np.load(tmp_path / "r.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), ref.attribution, rtol=1e-6, atol=1e-6)
+    assert ref.extras["negative_measurable"] is True
+    capsys.readouterr()

@@ -127,8 +127,13 @@ def run(args) -> int:
             raise OutputError("--table and --out name the same file; give two names (nothing was written)")
     _check_out(out, img.spatial_dims)
     roi = load_mask(args.roi, img, "RoI") if args.roi else None
-    if args.reference:
-        params["reference"] = load_mask(args.reference, img, "reference")
+    if args.reference:                 # (the spelled-out form of --param reference=FILE)
+        params["reference"] = args.reference
+    from ..explainers.registry import get_spec
+
+    for prm in get_spec(args.method).params:      # any label-map parameter: --param k=FILE on the image grid
+        if prm.kind == "label_map" and isinstance(params.get(prm.name), str):
+            params[prm.name] = load_mask(params[prm.name], img, prm.name)
     model = load_model(args.model, device=args.device)
     target = parse_target(args.target, model)
     gen = explain_iter(model, img, args.method, target=target, roi=roi, seed=seed, batch_size=batch_size,
