@@ -146,7 +146,6 @@ def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, 
     viewer.theme = "light"
     assert to_hex(widget.heat_fig.get_facecolor()) == to_hex(get_theme("light").background.as_hex())
     viewer.theme = "dark"
-    assert widget.timings["heat"] < 5.0
 
     # the graph: exactly top-k incoming edges per class (background left out), a legend
     widget.tabs.setCurrentIndex(1)

@@ -226,7 +226,7 @@ def test_open_file_in_napari_uses_the_reader(make_napari_viewer):
 def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
     """A cancel lands within one layer of the network, not at the end of the batch."""
     import threading
-    import time
+    import traceback
 
     import torch
     from conftest import make_unet, wrap
@@ -238,17 +238,30 @@ def test_cancel_hooks_stop_inside_a_forward_and_a_backward():
     x = torch.rand(4, 1, 48, 48, 48, requires_grad=True)
     for phase in ("forward", "backward"):
         token = CancelToken()
+        completed = [0]          # whole passes finished
+        at_cancel = []
+
+        def cancel(started, token=token, completed=completed, at_cancel=at_cancel):
+            started.wait()
+            at_cancel.append(completed[0])
+            token.cancel()
+
         with cancel_hooks(model, token):
             if phase == "backward":
                 out = model.forward(x).sum()
-            threading.Timer(0.05, token.cancel).start()
-            with pytest.raises(Cancelled):
-                for _ in range(1000):  # far longer than the test without the hooks
+            started = threading.Event()
+            threading.Thread(target=cancel, args=(started,)).start()
+            with pytest.raises(Cancelled) as err:
+                for _ in range(1000):  # the loop never checks the token: only the hooks can stop it
+                    started.set()
                     if phase == "forward":
                         model.forward(x)
                     else:
                         torch.autograd.grad(out, x, retain_graph=True)
-            assert time.perf_counter() - token.cancelled_at < 1.0
+                    completed[0] += 1
+            # stopped inside the network (a hook raised), and no whole pass finished after the cancel
+            assert "token.check()" in "".join(traceback.format_tb(err.tb))
+            assert at_cancel and completed[0] <= at_cancel[0] + 1
         # hooks are gone afterwards
         model.forward(x[:1])
         assert not any(m._forward_pre_hooks for m in model.network.modules())
