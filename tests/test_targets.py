@@ -1,15 +1,14 @@
-"""Behaviour that had no test: sigmoid (one-channel) models end to end, the shared target and
-RoI resolution, roi_label, MHA/NRRD writing, multi-channel PdCR / KernelSHAP, a PdCR bank
-built from layers (LoadedImage copies)."""
+"""The shared target f̂ and RoI resolution (:mod:`seg_explain.targets`): sigmoid (one-channel)
+models end to end against autograd, the target logit and RoI sum by hand, RoI modes and
+``roi_label``."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from conftest import make_unet, wrap
+from conftest import make_unet
 
-from seg_explain import InputMismatchError, explain, load_image, save_image
+from seg_explain import InputMismatchError, explain
 from seg_explain.targets import class_logit, resolve_roi, roi_sum
 
 
@@ -89,68 +88,3 @@ def test_roi_label_picks_one_label_of_a_label_map(unet2d):
     b = explain(unet2d, x, "gradient", target=1, roi=labels == 3)
     np.testing.assert_array_equal(a.roi, labels == 3)
     np.testing.assert_allclose(a.attribution, b.attribution)
-
-
-# ------------------------------------------------------------------------ files --
-@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
-def test_mha_nrrd_written_with_the_images_geometry(tmp_path, ext):
-    arr = np.random.default_rng(3).random((6, 7, 9)).astype(np.float32)   # (k, j, i)
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((0.8, 1.2, 2.5))
-    img.SetOrigin((-4.0, 10.0, 3.0))
-    sitk.WriteImage(img, str(tmp_path / f"in{ext}"))
-    li = load_image(tmp_path / f"in{ext}")
-    out = save_image(tmp_path / f"out{ext}", li.data * 3.0, like=li)
-    back = sitk.ReadImage(str(out))
-    assert back.GetSpacing() == pytest.approx((0.8, 1.2, 2.5))
-    assert back.GetOrigin() == pytest.approx((-4.0, 10.0, 3.0))
-    np.testing.assert_allclose(sitk.GetArrayFromImage(back), arr * 3.0, rtol=1e-6)
-    again = load_image(out)
-    np.testing.assert_allclose(again.affine, li.affine)
-    np.testing.assert_allclose(again.data, li.data * 3, rtol=1e-6)
-
-
-# ----------------------------------------------------------------- multi-channel --
-@pytest.fixture
-def two_channel():
-    return wrap(make_unet(2, in_channels=2, seed=5), 2, in_channels=2)
-
-
-def test_multichannel_pdcr_and_kernel_shap_keep_channels(two_channel):
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 32, 32)).astype(np.float32)
-    roi = np.zeros((32, 32), bool)
-    roi[12:20, 12:20] = True
-    bank = [rng.standard_normal((2, 40, 40)).astype(np.float32) for _ in range(2)]
-    e = explain(two_channel, x, "pdcr", target=1, roi=roi, bank=bank, block_size=8, n_screen=1, n_draws=2)
-    assert e.attribution.shape == (32, 32)
-    ks = explain(two_channel, x, "kernel_shap", target=1, roi=roi, grid=2, n_samples=14)
-    assert ks.attribution.shape == (32, 32) and ks.per_channel is None   # one feature spans both channels
-    # removing a supervoxel removes both of its channels: Σφ = f̂(x) − f̂(both channels at their minimum)
-    with torch.no_grad():
-        def fh(a):
-            return float(two_channel.network(torch.as_tensor(a)[None])[0, 1][torch.as_tensor(roi)].sum())
-        base = np.stack([np.full((32, 32), x[0].min()), np.full((32, 32), x[1].min())]).astype(np.float32)
-        assert sum(ks.extras["phi"]) == pytest.approx(fh(x) - fh(base), rel=1e-4, abs=1e-3)
-    with pytest.raises(InputMismatchError, match="bank"):
-        explain(two_channel, x, "pdcr", target=1, roi=roi, bank=[rng.standard_normal((40, 40)).astype(np.float32)])
-
-
-def test_bank_from_layer_copies_is_built_in_model_space(unet2d):
-    """The dock builds banks from layers as LoadedImage copies: they are prepared like the
-    explained image (spacing, preprocessing) before blocks are cut; the explained image
-    itself is refused."""
-    from seg_explain.bank import resolve_bank
-    from seg_explain.io import LoadedImage
-
-    rng = np.random.default_rng(6)
-    imgs = [LoadedImage(rng.random((40, 40)).astype(np.float32), (1.0, 1.0), np.eye(4), None, 2, {"format": "array"})
-            for _ in range(2)]
-    bank = resolve_bank(imgs, unet2d, block_size=8, seed=0)
-    assert len(bank) == 200 and bank.block_shape == (8, 8)
-    for b in bank.blocks[:20]:
-        assert any(torch.equal(b[0], im_t[0][y:y + 8, x:x + 8]) for im_t in bank.images
-                   for y in range(33) for x in range(33) if float(im_t[0][y, x]) == float(b[0, 0, 0]))
-    x = unet2d.prepare(imgs[0].data).x
-    with pytest.raises(InputMismatchError, match="is the image being explained"):
-        resolve_bank(imgs, unet2d, block_size=8, exclude=x)
