@@ -88,9 +88,15 @@ def test_npz_formats(tmp_path):
 
 def test_rebuild_at_other_block_size_from_images():
     m = model_()
-    bank = build_bank(m, imgs(), 8, per_image=10)
-    assert bank.for_block_size(4).shape == (20, 1, 4, 4)
-    assert bank.for_block_size(16).shape == (20, 1, 16, 16)
+    src = imgs()
+    bank = build_bank(m, src, 8, per_image=10)
+    for b in (4, 16):       # re-cropped from the source images at the new size, not resized blocks
+        blocks = bank.for_block_size(b)
+        assert blocks.shape == (20, 1, b, b)
+        for k, blk in enumerate(blocks):
+            im = src[k // 10]
+            assert any(np.array_equal(blk[0].numpy(), im[y:y + b, x:x + b])
+                       for y in range(im.shape[0] - b + 1) for x in range(im.shape[1] - b + 1)), (b, k)
 
 
 def test_mismatches_are_clear():
@@ -144,6 +150,10 @@ def test_crop_blocks_count_and_shape_3d():
     ims = [torch.rand(1, 10, 12, 9)]
     b = crop_blocks(ims, 8, per_image=17, seed=3)
     assert b.shape == (17, 1, 8, 8, 8)
+    corners = [(z, y, x) for z in range(3) for y in range(5) for x in range(2)]
+    for blk in b:                  # each block is one of the volume's 8³ crops
+        assert any(torch.equal(blk, ims[0][:, z:z + 8, y:y + 8, x:x + 8]) for z, y, x in corners)
+    assert torch.equal(b, crop_blocks(ims, 8, per_image=17, seed=3))        # seeded
 
 
 def test_explanation_params_stay_json_safe_with_a_bank_object(tmp_path):
