@@ -285,18 +285,11 @@ def test_expected_mistakes_go_to_the_debug_log_bugs_to_the_terminal(caplog):
         yield 1
         raise exc
 
-    def drain(gen):
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
-
     caplog.set_level(logging.DEBUG, logger=log.name)
-    f = drain(guarded(job, InputMismatchError("the RoI layer has shape (3, 4), not the image's (5, 6)")))
+    f = finish(guarded(job, InputMismatchError("the RoI layer has shape (3, 4), not the image's (5, 6)")))
     assert isinstance(f, Failure) and f.message == "the RoI layer has shape (3, 4), not the image's (5, 6)"
     assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.DEBUG, True)]
     caplog.clear()
-    f = drain(guarded(job, RuntimeError("boom")))
+    f = finish(guarded(job, RuntimeError("boom")))
     assert f.message == "RuntimeError: boom"
     assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.WARNING, True)]
