@@ -126,3 +126,13 @@ def oblique_affine(spacing=(1.5, 0.8, 3.0), flips=(-1, 1, -1), angles=(0.35, -0.
     aff[:3, :3] = rot(0, angles[0]) @ rot(1, angles[1]) @ rot(2, angles[2]) @ np.diag(np.multiply(spacing, flips))
     aff[:3, 3] = origin
     return aff
+
+
+def present_class(model, x):
+    """The most-predicted foreground class of ``x`` (background if nothing else) and its mask."""
+    pred = model.predict(x)
+    vals, counts = np.unique(pred, return_counts=True)
+    if (vals > 0).any():
+        vals, counts = vals[vals > 0], counts[vals > 0]
+    c = int(vals[np.argmax(counts)])
+    return c, pred == c

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_unet, wrap
+from conftest import make_unet, present_class, wrap
 
 from seg_explain import explain, load_model
 from seg_explain.errors import MethodError
@@ -24,15 +24,6 @@ def close(a, b, rtol=RTOL):
     b = np.asarray(b, np.float64)
     scale = max(np.abs(b).max(), 1e-12)
     assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
-
-
-def present_class(model, x):
-    pred = model.predict(x)
-    vals, counts = np.unique(pred, return_counts=True)
-    if (vals > 0).any():
-        vals, counts = vals[vals > 0], counts[vals > 0]
-    c = int(vals[np.argmax(counts)])
-    return c, pred == c
 
 
 def hooked_cam(net, layer_name, x, c, roi, hires, relu=True, tensor_hook=False):

@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import UNET_DEF, make_unet, write_bundle
 
 from seg_explain import InputMismatchError, explain, load_model
 from seg_explain.cli import main
@@ -21,16 +20,6 @@ from seg_explain.files import atomic_write
 
 def _digest(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def case(tmp_path):
-    """A 2D bundle and a 2D image on disk (.npy)."""
-    b = write_bundle(tmp_path / "b2", {**UNET_DEF, "spatial_dims": 2}, make_unet(2),
-                     ["bg", "a", "b", "c"], (32, 32))
-    img = tmp_path / "img.npy"
-    np.save(img, np.random.default_rng(0).random((32, 28)).astype(np.float32))
-    return b, img
 
 
 def _run(args, capsys) -> tuple[int, str]:

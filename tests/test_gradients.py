@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet, wrap
+from conftest import make_unet, present_class, wrap
 
 from seg_explain import explain
 from seg_explain.errors import InputMismatchError, MethodError
@@ -35,15 +35,6 @@ def f_hat_fn(net, c, roi):
     def f(xb):
         return (net(xb)[:, c] * r).flatten(1).sum(1)
     return f
-
-
-def present_class(model, x):
-    pred = model.predict(x)
-    vals, counts = np.unique(pred, return_counts=True)
-    if (vals > 0).any():
-        vals, counts = vals[vals > 0], counts[vals > 0]
-    c = int(vals[np.argmax(counts)])
-    return c, pred == c
 
 
 def autograd_of(f, x):
