@@ -48,6 +48,7 @@ def run_child(optout: str | None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_freed_buffers_are_reused_in_a_worker_thread():
     on, off = run_child(None), run_child("0")
     assert on["tuned"] is True and off["tuned"] is False

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_allocator import CHILD, pytestmark  # noqa: F401 (glibc on Linux only)
 
 # the explainer-like passes of test_allocator's child, after nothing but load_model
@@ -30,6 +31,7 @@ def test_child_is_the_allocator_tests_child():
     assert LIBRARY_CHILD != CHILD and "load_model(sys.argv[1])" in LIBRARY_CHILD
 
 
+@pytest.mark.slow
 def test_load_model_tunes_malloc_unless_opted_out(bundle3d):
     on, off = run_child(bundle3d, None), run_child(bundle3d, "0")
     assert on["tuned"] is True and off["tuned"] is False

@@ -164,6 +164,7 @@ def serial(data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_serial_and_local_cluster_give_identical_tables(data, serial, tmp_path, capsys):
     dask2 = tmp_path / "dask2"
     capsys.readouterr()
@@ -210,6 +211,7 @@ def external(tmp_path_factory):
             p.wait(10)
 
 
+@pytest.mark.slow
 def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_path, capsys):
     from seg_explain.dataset import executors
 
@@ -224,6 +226,7 @@ def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_p
     assert all(after[w] - loads[w] <= 1 for w in after) and sum(after.values()) > sum(loads.values())
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_cluster_and_resumed(data, external, tmp_path, capsys):
     address, _client = external
     args = ["evaluate", *data["images"][:2], "--model", data["model"], "--method", "gradient",
@@ -346,6 +349,7 @@ def wait_for_results(out: Path, k: int, proc, timeout=120.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_recomputing(slow, tmp_path, capsys):
     imgs, args, ref = slow
     out = tmp_path / "out"

@@ -102,6 +102,7 @@ def test_before_the_first_run(make_napari_viewer, qtbot, sample_bundle2d):
     assert widget.width() <= MAX_DOCK_PX, widget.width()
 
 
+@pytest.mark.slow
 def test_run_progress_heatmap_graph_click_and_export(make_napari_viewer, qtbot, sample_bundle2d, tmp_path,
                                                      monkeypatch):
     from matplotlib.colors import to_hex

@@ -59,6 +59,7 @@ BROKEN = ("Traceback", "RuntimeError", "partially initialized", "has been delete
 
 @pytest.mark.parametrize("sample, state, busy", [("brain3d", "loading", True), ("brain2d", "loaded", False),
                                                  ("brain2d", "explaining", True)])
+@pytest.mark.slow
 def test_fresh_process_docks_both_and_closes_cleanly(sample, state, busy):
     """Closed in the state the case names (the script waits for it, and says so): while the
     model loads, idle after loading, while an explanation runs."""

@@ -375,6 +375,7 @@ def test_new_roi_layer_takes_a_distinct_colour_and_empty_label_is_a_notification
         notification_manager.notification_ready.disconnect(seen.append)
 
 
+@pytest.mark.slow
 def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundle3d_tiny, monkeypatch):
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)

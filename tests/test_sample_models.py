@@ -24,6 +24,7 @@ def test_sample_bundles_describe_themselves(model3d):
     assert m2.spatial_dims == 2 and m2.class_names == model3d.class_names
 
 
+@pytest.mark.slow
 def test_heldout_brain_dice_3d(model3d):
     """Brain (union of non-background classes) Dice >= 0.85 on the held-out ITK T1."""
     img = load_image(sample_path("heldout", "KmeansTest_T1UCharRaw.nii.gz"))

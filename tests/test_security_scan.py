@@ -282,6 +282,7 @@ def _children() -> list[int]:
 
 
 @pytest.mark.parametrize("where", ["file", "bundle"])
+@pytest.mark.slow
 def test_forward_that_never_returns_is_stopped_at_the_deadline(tmp_path, monkeypatch, where):
     """A real scripted ``while True`` forward: load_model returns with one line once the
     deadline (SEG_EXPLAIN_PROBE_TIMEOUT) has passed, and the probing child is gone."""
@@ -297,6 +298,7 @@ def test_forward_that_never_returns_is_stopped_at_the_deadline(tmp_path, monkeyp
     assert [c for c in _children() if c not in before] == []
 
 
+@pytest.mark.slow
 def test_loading_a_looping_program_stays_killable_by_sigterm(tmp_path):
     """The reported hang survived SIGTERM: now the loading process ends on SIGTERM while the
     probe is still running (the loop runs in the child, the parent waits in Python)."""
