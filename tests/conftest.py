@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,14 @@ def oblique_affine(spacing=(1.5, 0.8, 3.0), flips=(-1, 1, -1), angles=(0.35, -0.
     aff[:3, :3] = rot(0, angles[0]) @ rot(1, angles[1]) @ rot(2, angles[2]) @ np.diag(np.multiply(spacing, flips))
     aff[:3, 3] = origin
     return aff
+
+
+def wait_until(condition, what: str, timeout: float = 300.0, poll: float = 0.02):
+    """Poll ``condition()`` (another process's state: a file written, a child started) until it
+    is true and return its value. The timeout only stops a hung test: nothing is asserted
+    about how long anything took."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(poll)
+    return value
