@@ -79,6 +79,12 @@ def unet2d():
 
 
 @pytest.fixture
+def two_channel():
+    """A random 2D MONAI UNet taking two input channels (4 classes) as a SegModel."""
+    return wrap(make_unet(2, in_channels=2, seed=5), 2, in_channels=2)
+
+
+@pytest.fixture
 def bundle3d(tmp_path):
     """A MONAI bundle folder holding a random 3D UNet (patch 32³, 2 mm, SPL)."""
     net = make_unet(3)

@@ -232,3 +232,20 @@ def test_non_finite_bank_arrays_are_refused(tmp_path):
     np.savez(tmp_path / "mb.npz", model_blocks=blocks)
     with pytest.raises(InputMismatchError, match="model_blocks.*non-finite"):
         resolve_bank(tmp_path / "mb.npz", m, 8)
+
+
+def test_bank_from_layer_copies_is_built_in_model_space(unet2d):
+    """The dock builds banks from layers as LoadedImage copies: they are prepared like the
+    explained image (spacing, preprocessing) before blocks are cut; the explained image
+    itself is refused."""
+    rng = np.random.default_rng(6)
+    imgs = [LoadedImage(rng.random((40, 40)).astype(np.float32), (1.0, 1.0), np.eye(4), None, 2, {"format": "array"})
+            for _ in range(2)]
+    bank = resolve_bank(imgs, unet2d, block_size=8, seed=0)
+    assert len(bank) == 200 and bank.block_shape == (8, 8)
+    for b in bank.blocks[:20]:
+        assert any(torch.equal(b[0], im_t[0][y:y + 8, x:x + 8]) for im_t in bank.images
+                   for y in range(33) for x in range(33) if float(im_t[0][y, x]) == float(b[0, 0, 0]))
+    x = unet2d.prepare(imgs[0].data).x
+    with pytest.raises(InputMismatchError, match="is the image being explained"):
+        resolve_bank(imgs, unet2d, block_size=8, exclude=x)

@@ -127,3 +127,21 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
     with pytest.raises(ImageLoadError, match="No DICOM series"):
         (tmp_path / "empty").mkdir()
         load_image(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_mha_nrrd_written_with_the_images_geometry(tmp_path, ext):
+    arr = np.random.default_rng(3).random((6, 7, 9)).astype(np.float32)   # (k, j, i)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 1.2, 2.5))
+    img.SetOrigin((-4.0, 10.0, 3.0))
+    sitk.WriteImage(img, str(tmp_path / f"in{ext}"))
+    li = load_image(tmp_path / f"in{ext}")
+    out = save_image(tmp_path / f"out{ext}", li.data * 3.0, like=li)
+    back = sitk.ReadImage(str(out))
+    assert back.GetSpacing() == pytest.approx((0.8, 1.2, 2.5))
+    assert back.GetOrigin() == pytest.approx((-4.0, 10.0, 3.0))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), arr * 3.0, rtol=1e-6)
+    again = load_image(out)
+    np.testing.assert_allclose(again.affine, li.affine)
+    np.testing.assert_allclose(again.data, li.data * 3, rtol=1e-6)
