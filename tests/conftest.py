@@ -1,6 +1,7 @@
 """Shared fixtures: small real MONAI networks wrapped as SegModels, bundles on disk."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -144,3 +145,51 @@ def wait_until(condition, what: str, timeout: float = 300.0, poll: float = 0.02)
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(poll)
     return value
+
+
+# ------------------------------------------------ helpers shared by several test files --
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def sd_model(request):
+    """(spatial_dims, a random UNet SegModel of that dimension), for 2D and 3D."""
+    sd = request.param
+    return sd, wrap(make_unet(sd), sd)
+
+
+def close(a, b, rtol=1e-4):
+    """max |a - b| within ``rtol`` of max |b| (a tolerance relative to the map's scale)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    scale = max(np.abs(b).max(), 1e-12)
+    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+
+
+def present_class(model, x):
+    """The most frequent predicted foreground class (background if none) and its mask."""
+    pred = model.predict(x)
+    vals, counts = np.unique(pred, return_counts=True)
+    if (vals > 0).any():
+        vals, counts = vals[vals > 0], counts[vals > 0]
+    c = int(vals[np.argmax(counts)])
+    return c, pred == c
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """``seg-explain ARGS`` in this process: (exit code, stderr stripped)."""
+    from seg_explain.cli import main
+
+    rc = main(args)
+    return rc, capsys.readouterr().err.strip()
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+class Payload:
+    """Unpickling this creates a marker file (what an attacker's os.system would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Payload
 
 from seg_explain import explain, load_image, load_model, methods
 from seg_explain.errors import InputMismatchError, ModelLoadError, UnsafeConfigError
@@ -407,16 +408,6 @@ def test_gui_lists_and_loads_the_folder(make_napari_viewer, qtbot, monkeypatch):
 
 
 # ---------------------------------------------------------------- attacks --
-class _Payload:
-    """Unpickling this creates a marker file (what an attacker's os.system would do)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def _copy(tmp_path, src=T3) -> Path:
     dst = tmp_path / "Dataset901_TinyBrain" / src.name
     shutil.copytree(src, dst)
@@ -494,13 +485,13 @@ def test_pickle_payload_checkpoints_are_refused_marker_never_created(tmp_path):
     folder = _copy(tmp_path)
     ck = folder / "fold_0" / "checkpoint_final.pth"
     # 1. a bare pickle payload as the checkpoint
-    ck.write_bytes(pickle.dumps(_Payload(marker)))
+    ck.write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(ModelLoadError):
         load_model(folder, device="cpu")
     assert not marker.exists()
     # 2. a genuine-looking checkpoint with the payload nested in its logs
     sd = model(T3).network.folds[0].state_dict()
-    torch.save({"network_weights": sd, "logging": {"x": [_Payload(marker)]}, "trainer_name": "nnUNetTrainer"}, ck)
+    torch.save({"network_weights": sd, "logging": {"x": [Payload(marker)]}, "trainer_name": "nnUNetTrainer"}, ck)
     with pytest.raises(UnsafeConfigError, match=r"references (io|builtins|_io)\.open.*nothing was unpickled"):
         load_model(folder, device="cpu")
     assert not marker.exists()
