@@ -162,6 +162,7 @@ def serial(data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_serial_and_local_cluster_give_identical_tables(data, serial, tmp_path, capsys):
     dask2 = tmp_path / "dask2"
     capsys.readouterr()

@@ -151,6 +151,7 @@ def test_planted_cause_3d_with_improving_block():
     assert ex["histogram"]["counts"][0] == 1 and ex["histogram"]["counts"][-1] == 1
 
 
+@pytest.mark.slow
 def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     model, img, roi, target, bank = sample_or_unet
     kw = dict(target=target, roi=roi, bank=bank, n_draws=50)
@@ -163,6 +164,7 @@ def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     assert r > 0.9, r
 
 
+@pytest.mark.slow
 def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
     model, img, roi, target, bank = sample_or_unet
     kw = dict(target=target, roi=roi, bank=bank, n_draws=50, seed=0)

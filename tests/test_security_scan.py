@@ -280,6 +280,7 @@ def _children() -> list[int]:
     return [int(pid) for pid in out]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["file", "bundle"])
 def test_forward_that_never_returns_is_stopped_at_the_deadline(tmp_path, monkeypatch, where):
     """A real scripted ``while True`` forward: load_model returns with one line once the
