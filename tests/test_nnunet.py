@@ -176,6 +176,7 @@ def test_float16_accumulation_reproduces_stock_nnunet(case, ref):
     np.testing.assert_array_equal(pred, ref[f"{case}/pred_image"])
 
 
+@pytest.mark.slow
 @needs_dna
 def test_mirroring_matches_nnunet_and_is_off_by_default(ref):
     m = model(T3)
@@ -332,7 +333,8 @@ PDCR_BLOCK = {3: 8, 2: 4}
 @needs_dna
 @pytest.mark.parametrize("folder,path", [(T3, CASES["mni152_6x4x4"][1]), (T2, CASES["mni152_sag_4x4"][1])],
                          ids=["3d_fullres", "2d"])
-@pytest.mark.parametrize("method", methods())
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("kernel_shap", "pdcr") else m
+                                    for m in methods()])
 def test_every_explainer_runs(method, folder, path):
     m = model(folder)
     img = load_image(path)
@@ -362,6 +364,7 @@ def test_gradient_is_zero_outside_nnunets_crop():
     assert np.abs(exp.attribution[~outside]).max() > 0
 
 
+@pytest.mark.slow
 @needs_dna
 def test_cam_with_mirroring_is_refused_clearly():
     from seg_explain.errors import MethodError
