@@ -1,8 +1,10 @@
 """Shared fixtures: small real MONAI networks wrapped as SegModels, bundles on disk."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,12 @@ def unet2d():
 
 
 @pytest.fixture
+def two_channel():
+    """A random 2D MONAI UNet taking two input channels (4 classes) as a SegModel."""
+    return wrap(make_unet(2, in_channels=2, seed=5), 2, in_channels=2)
+
+
+@pytest.fixture
 def bundle3d(tmp_path):
     """A MONAI bundle folder holding a random 3D UNet (patch 32³, 2 mm, SPL)."""
     net = make_unet(3)
@@ -128,11 +136,60 @@ def oblique_affine(spacing=(1.5, 0.8, 3.0), flips=(-1, 1, -1), angles=(0.35, -0.
     return aff
 
 
+def wait_until(condition, what: str, timeout: float = 300.0, poll: float = 0.02):
+    """Poll ``condition()`` (another process's state: a file written, a child started) until it
+    is true and return its value. The timeout only stops a hung test: nothing is asserted
+    about how long anything took."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
+# ------------------------------------------------ helpers shared by several test files --
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def sd_model(request):
+    """(spatial_dims, a random UNet SegModel of that dimension), for 2D and 3D."""
+    sd = request.param
+    return sd, wrap(make_unet(sd), sd)
+
+
+def close(a, b, rtol=1e-4):
+    """max |a - b| within ``rtol`` of max |b| (a tolerance relative to the map's scale)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    scale = max(np.abs(b).max(), 1e-12)
+    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+
+
 def present_class(model, x):
-    """The most-predicted foreground class of ``x`` (background if nothing else) and its mask."""
+    """The most frequent predicted foreground class (background if none) and its mask."""
     pred = model.predict(x)
     vals, counts = np.unique(pred, return_counts=True)
     if (vals > 0).any():
         vals, counts = vals[vals > 0], counts[vals > 0]
     c = int(vals[np.argmax(counts)])
     return c, pred == c
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """``seg-explain ARGS`` in this process: (exit code, stderr stripped)."""
+    from seg_explain.cli import main
+
+    rc = main(args)
+    return rc, capsys.readouterr().err.strip()
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+class Payload:
+    """Unpickling this creates a marker file (what an attacker's os.system would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from seg_explain.cli import main
 
@@ -20,11 +21,6 @@ def no_model(monkeypatch):
     monkeypatch.setattr(models, "load_model", never)
 
 
-def _run(args, capsys) -> tuple[int, str]:
-    rc = main(args)
-    return rc, capsys.readouterr().err.strip()
-
-
 def _cores() -> int:
     import os
 
@@ -38,7 +34,7 @@ def _cores() -> int:
 ])
 def test_workers_and_threads_are_bounded_by_the_machine(case, tmp_path, capsys, no_model, cmd, extra, match):
     b, img = case
-    rc, err = _run([cmd, str(img), "--model", str(b), "--method", "gradient", "--out", str(tmp_path / "o"),
+    rc, err = run_cli([cmd, str(img), "--model", str(b), "--method", "gradient", "--out", str(tmp_path / "o"),
                     "--quiet", *extra], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and match.format(cores=_cores()) in err, err
     assert not (tmp_path / "o").exists()
@@ -52,7 +48,7 @@ def test_workers_and_threads_are_bounded_by_the_machine(case, tmp_path, capsys, 
 ])
 def test_metric_settings_are_bounded(case, tmp_path, capsys, no_model, extra, match):
     b, img = case
-    rc, err = _run(["evaluate", str(img), "--model", str(b), "--method", "gradient", "--out",
+    rc, err = run_cli(["evaluate", str(img), "--model", str(b), "--method", "gradient", "--out",
                     str(tmp_path / "o"), "--quiet", *extra], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and match in err, err
 
@@ -62,7 +58,7 @@ def test_batch_size_is_bounded_by_memory(case, tmp_path, capsys, no_model):
 
     assert max_batch_size() == memory_bytes() // (16 * 1024 * 1024)
     b, img = case
-    rc, err = _run(["explain", str(img), "--model", str(b), "--method", "gradient", "--out",
+    rc, err = run_cli(["explain", str(img), "--model", str(b), "--method", "gradient", "--out",
                     str(tmp_path / "a.npy"), "--param", "batch_size=1000000000"], capsys)
     assert rc == 2 and f"batch_size must be a whole number in [1, {max_batch_size()}]" in err
 
@@ -81,7 +77,7 @@ def test_common_params_are_accepted_everywhere(case, tmp_path, capsys):
     assert main(["explain", str(img), "--model", str(b), *common, "--target", "0", "--out", str(a3), "--quiet",
                  "--seed", "4", "--param", "batch_size=2"]) == 0
     assert not np.allclose(np.load(a1), np.load(a3))                # and the seed does reach the method
-    rc, err = _run(["explain", str(img), "--model", str(b), *common, "--target", "0", "--out", str(a1), "--quiet",
+    rc, err = run_cli(["explain", str(img), "--model", str(b), *common, "--target", "0", "--out", str(a1), "--quiet",
                     "--param", "seed=3", "--seed", "4"], capsys)
     assert rc == 2 and "--seed 4 and --param seed=3 differ" in err
     assert main(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--out", str(tmp_path / "g"),
@@ -99,7 +95,7 @@ def test_common_params_are_accepted_everywhere(case, tmp_path, capsys):
 
 def test_a_non_ascii_digit_target_is_one_line(case, tmp_path, capsys):
     b, img = case
-    rc, err = _run(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "²",
+    rc, err = run_cli(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "²",
                     "--out", str(tmp_path / "a.npy")], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and "Unknown target class '²'" in err
     assert "invalid literal" not in err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_unet, present_class, wrap
+from conftest import close, make_unet, present_class, wrap
 
 from seg_explain import explain, load_model
 from seg_explain.errors import MethodError
@@ -17,13 +17,6 @@ from seg_explain.explainers.multiclass import explain_classes
 RTOL = 1e-4
 SHAPES = {2: (32, 40), 3: (16, 24, 20)}
 BOTTLENECK = "model.1.submodule.1.submodule"   # MONAI UNet, channels (4, 8, 16), strides (2, 2)
-
-
-def close(a, b, rtol=RTOL):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(), 1e-12)
-    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
 
 
 def hooked_cam(net, layer_name, x, c, roi, hires, relu=True, tensor_hook=False):
@@ -59,12 +52,6 @@ def hooked_cam(net, layer_name, x, c, roi, hires, relu=True, tensor_hook=False):
         m = torch.relu(m)
     mode = "bilinear" if x.ndim == 2 else "trilinear"
     return F.interpolate(m, size=x.shape, mode=mode, align_corners=False)[0, 0].numpy()
-
-
-@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
-def sd_model(request):
-    sd = request.param
-    return sd, wrap(make_unet(sd), sd)
 
 
 @pytest.mark.parametrize("method,hires", [("seg_grad_cam", False), ("seg_hires_grad_cam", True)])

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from seg_explain.cli import main
 from seg_explain.errors import InputMismatchError
-
-
-def _run(args, capsys) -> tuple[int, str]:
-    rc = main(args)
-    return rc, capsys.readouterr().err.strip()
 
 
 def test_first_line_and_printable():
@@ -37,7 +33,7 @@ def test_a_forged_manifest_name_is_printed_escaped(case, tmp_path, capsys):
         fh.write('image,name\n')
         fh.write(f'{img},good\n')
         fh.write(f'{bad},"x\nseg-explain: error: all images are fine\x1b[2J"\n')
-    rc, err = _run(["agg2exp", str(man), "--model", str(b), "--method", "gradient", "--out",
+    rc, err = run_cli(["agg2exp", str(man), "--model", str(b), "--method", "gradient", "--out",
                     str(tmp_path / "out"), "--quiet"], capsys)
     assert rc == 3
     lines = err.splitlines()
@@ -54,7 +50,7 @@ def test_unknown_template_fields_are_one_line(case, tmp_path, capsys, template, 
     b, img = case
     for flag, value in (("--ground-truth", str(tmp_path / template)),
                         ("--extra-roi", f"les={tmp_path / template}")):
-        rc, err = _run(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--out",
+        rc, err = run_cli(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--out",
                         str(tmp_path / "out"), "--quiet", flag, value], capsys)
         assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("seg-explain: error:"), err
         assert flag.split()[0] in err and field in err
@@ -65,7 +61,7 @@ def test_a_manifest_with_a_nul_byte_is_our_words(case, tmp_path, capsys):
     b, img = case
     man = tmp_path / "list.csv"
     man.write_bytes(b"image\n" + str(img).encode() + b"\x00.npy\n")
-    rc, err = _run(["agg2exp", str(man), "--model", str(b), "--method", "gradient", "--out",
+    rc, err = run_cli(["agg2exp", str(man), "--model", str(b), "--method", "gradient", "--out",
                     str(tmp_path / "out"), "--quiet"], capsys)
     assert rc == 2 and len(err.splitlines()) == 1
     assert "embedded null byte" not in err and "line 2 holds a NUL byte" in err
@@ -77,7 +73,7 @@ def test_a_bad_scheduler_file_is_one_line(case, tmp_path, capsys, content):
     b, img = case
     sched = tmp_path / "scheduler.json"
     sched.write_bytes(content)
-    rc, err = _run(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--out",
+    rc, err = run_cli(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--out",
                     str(tmp_path / "out"), "--quiet", "--scheduler", str(sched)], capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and "scheduler file" in err, err
     assert "Traceback" not in err and "AssertionError" not in err
@@ -92,10 +88,10 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(case, tmp_
 
     monkeypatch.setattr(models, "load_model", boom)
     args = ["explain", str(img), "--model", str(b), "--method", "gradient", "--out", str(tmp_path / "a.npy")]
-    rc, err = _run(args, capsys)
+    rc, err = run_cli(args, capsys)
     assert rc == 2 and len(err.splitlines()) == 1
     assert "RuntimeError: deep inside a library" in err and "--debug" in err and "second line" not in err
-    rc, err = _run(args + ["--debug"], capsys)
+    rc, err = run_cli(args + ["--debug"], capsys)
     assert rc == 2 and "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith(
         "seg-explain: error: RuntimeError: deep inside a library")
 

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet, wrap
+from conftest import close, make_unet, wrap
 
 from seg_explain import explain
 from seg_explain.errors import Cancelled
@@ -57,13 +57,6 @@ def run_threads(jobs):
     return results, errors
 
 
-def close(a, b, rtol=1e-5):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(), 1e-12)
-    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
-
-
 @pytest.fixture
 def setup(rng):
     model, meet = shared_model()
@@ -89,7 +82,7 @@ def test_two_explanations_overlapping_in_the_network(setup, pair):
             assert errors == [None, None], errors
             for got, ref in zip(results, sequential):
                 assert np.abs(ref.attribution).max() > 0
-                close(got.attribution, ref.attribution)
+                close(got.attribution, ref.attribution, rtol=1e-5)
                 assert got.n_forward == ref.n_forward and got.n_backward == ref.n_backward
     finally:
         meet.barrier = None
@@ -108,7 +101,7 @@ def test_free_running_threads_match_sequential(setup):
                                        for m, c, p in jobs_args])
         assert errors == [None] * 4, errors
         for got, ref in zip(results, sequential):
-            close(got.attribution, ref)
+            close(got.attribution, ref, rtol=1e-5)
 
 
 def test_cancel_hooks_stop_only_their_own_job(setup):
@@ -145,6 +138,6 @@ def test_cancel_hooks_stop_only_their_own_job(setup):
     assert errors == [None, None], errors
     status, (cam, sg) = results
     assert status == "cancelled"
-    close(cam, ref_cam)
-    close(sg, ref_sg)
+    close(cam, ref_cam, rtol=1e-5)
+    close(sg, ref_sg, rtol=1e-5)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.network.modules())

@@ -7,15 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import UNET_DEF, make_unet, write_bundle
+from conftest import UNET_DEF, make_unet, wait_until, wrap, write_bundle
 
 from seg_explain.cli import main
 from seg_explain.dataset import ImageRecord, collect_images, file_key, image_seed, read_manifest, records_from
@@ -191,10 +189,7 @@ def external(tmp_path_factory):
                                "--port", "0", "--no-dashboard"], env=ENV, cwd=root,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        for _ in range(600):
-            if sf.exists() and sf.stat().st_size > 0:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: sf.exists() and sf.stat().st_size > 0, "the scheduler file")
         for i in range(2):
             procs.append(subprocess.Popen([*dask, "worker", "--scheduler-file", str(sf), "--nthreads", "1",
                                            "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
@@ -211,7 +206,6 @@ def external(tmp_path_factory):
             p.wait(10)
 
 
-@pytest.mark.slow
 def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_path, capsys):
     from seg_explain.dataset import executors
 
@@ -226,7 +220,6 @@ def test_external_scheduler_gives_identical_tables(data, serial, external, tmp_p
     assert all(after[w] - loads[w] <= 1 for w in after) and sum(after.values()) > sum(loads.values())
 
 
-@pytest.mark.slow
 def test_evaluate_on_a_cluster_and_resumed(data, external, tmp_path, capsys):
     address, _client = external
     args = ["evaluate", *data["images"][:2], "--model", data["model"], "--method", "gradient",
@@ -274,8 +267,6 @@ def test_python_api_on_a_cluster_equals_serial(data, external, tmp_path):
     assert json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in ev_dist.rows]) == json.dumps(strip)
     assert len(list((tmp_path / "ev" / "images").glob("*.json"))) == 2
     # a model built in Python has no file a worker could load
-    from conftest import wrap
-
     with pytest.raises(InputMismatchError, match="needs the model as a file"):
         agg2exp(wrap(make_unet(2), 2), imgs, method="gradient", client=client)
     # a failing image with on_error="raise" stops the run; "skip" lists it
@@ -324,52 +315,76 @@ def test_events_for_a_gui_partial_result_cancel_and_resume(data, tmp_path):
 
 
 # -------------------------------------------------------- interrupted / killed runs --
+# A run is stopped at an exact point, not after a sleep: a ``sitecustomize`` module on the
+# subprocess's PYTHONPATH (imported by every Python process the run starts, Dask workers
+# included) wraps Agg2ExpJob.compute so that once the named image has done its first step,
+# the process computing it sends itself the named signal (a real Ctrl-C / SIGKILL) and
+# records its pid in a marker file (once: the image's retry then runs normally).
+STOP_SHIM = """
+import os, signal
+
+_spec = os.environ.get("SEG_TEST_STOP")          # "<image name>:<signal>:<marker file>"
+if _spec:
+    from seg_explain.dataset import kinds
+
+    _name, _sig, _marker = _spec.split(":", 2)
+    _compute = kinds.Agg2ExpJob.compute
+
+    def _compute_then_stop(self, model, rec, *a, **k):
+        gen = _compute(self, model, rec, *a, **k)
+        step = next(gen)                         # the image is half-way through its computation
+        if rec.name == _name:
+            try:
+                fd = os.open(_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), getattr(signal, _sig))
+        yield step
+        return (yield from gen)
+
+    kinds.Agg2ExpJob.compute = _compute_then_stop
+"""
+
+
 @pytest.fixture(scope="module")
-def slow(data, tmp_path_factory):
-    """Images big enough (64×64, SmoothGrad with 16 samples) that a run can be stopped
-    half-way, and the tables of one uninterrupted serial run."""
-    root = tmp_path_factory.mktemp("slow")
-    imgs = write_images(root / "imgs", 8, size=64, seed=1)
-    args = ["agg2exp", *imgs, "--model", data["model"], "--method", "smoothgrad", "--param", "n_samples=16",
-            "--threads", "1", "--quiet"]
+def clean(data, tmp_path_factory):
+    """The six readable images, the CLI arguments of their run and its uninterrupted serial tables."""
+    root = tmp_path_factory.mktemp("clean")
+    args = ["agg2exp", *data["images"], "--model", data["model"], "--method", "smoothgrad", "--param",
+            "n_samples=4", "--threads", "1", "--quiet"]
     assert main([*args, "--out", str(root / "ref")]) == 0
-    return imgs, args, root / "ref"
+    return data["images"], args, root / "ref"
 
 
-def start_cli(args):
-    return subprocess.Popen([sys.executable, "-m", "seg_explain.cli", *args], env=ENV,
+def start_cli(args, stop: str, marker: Path):
+    """The CLI in a subprocess that stops as ``stop`` ("<image>:<signal>") says (STOP_SHIM)."""
+    shim = marker.parent / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(STOP_SHIM)
+    env = {**ENV, "SEG_TEST_STOP": f"{stop}:{marker}",
+           "PYTHONPATH": os.pathsep.join([str(shim), *filter(None, [ENV.get("PYTHONPATH")])])}
+    return subprocess.Popen([sys.executable, "-m", "seg_explain.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_results(out: Path, k: int, proc, timeout=120.0) -> None:
-    t0 = time.time()
-    while len(finished(out)) < k:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout
-        time.sleep(0.01)
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_without_recomputing(slow, tmp_path, capsys):
-    imgs, args, ref = slow
-    out = tmp_path / "out"
-    proc = start_cli([*args, "--out", str(out)])
-    wait_for_results(out, 3, proc)
-    proc.send_signal(signal.SIGSTOP)                            # freeze it half-way, count, then Ctrl-C
-    frozen = len(finished(out))
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=60)
+def test_interrupted_run_resumes_without_recomputing(clean, tmp_path, capsys):
+    imgs, args, ref = clean
+    out, marker = tmp_path / "out", tmp_path / "stopped"
+    proc = start_cli([*args, "--out", str(out)], "case03:SIGINT", marker)   # Ctrl-C inside the 4th image
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
+    assert marker.read_text() == str(proc.pid)                  # the interrupt came from inside case03
     kept = results(out)
-    # Ctrl-C stops at once: at most the image being written when it came is added
-    assert 3 <= frozen <= len(kept) <= frozen + 1 < len(imgs), (frozen, len(kept))
-    assert f"{len(kept)} image(s) finished are kept" in err
+    assert [n.split("-")[0] for n in kept] == ["case00", "case01", "case02"]   # exactly those finished
+    assert "3 image(s) finished are kept" in err and "interrupted" in err
     assert not list((out / "images").glob(".*part*"))           # nothing half-written
     assert not (out / "local_importance.csv").exists()
     capsys.readouterr()
     assert main([*args, "--out", str(out)]) == 0
-    assert f"skipping {len(kept)} images already done" in capsys.readouterr().err
+    assert "skipping 3 images already done" in capsys.readouterr().err
     now = results(out)
     assert {k: now[k] for k in kept} == kept                    # finished images not recomputed
     assert len(now) == len(imgs)
@@ -377,29 +392,24 @@ def test_interrupted_run_resumes_without_recomputing(slow, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_killed_worker_loses_no_finished_image(slow, tmp_path):
+def test_killed_worker_loses_no_finished_image(clean, tmp_path):
     pytest.importorskip("distributed")
-    imgs, args, ref = slow
-    out = tmp_path / "out"
-    proc = start_cli([*args, "--out", str(out), "--workers", "2"])
-    wait_for_results(out, 1, proc)
-    first = finished(out)[0]
-    with np.load(first) as z:
-        victim = json.loads(str(z["meta"]))["pid"]
-    assert victim != proc.pid
-    before = results(out)
-    os.kill(victim, signal.SIGKILL)                             # a worker dies mid-run
-    _, err = proc.communicate(timeout=180)
+    imgs, args, ref = clean
+    out, marker = tmp_path / "out", tmp_path / "killed"
+    proc = start_cli([*args, "--out", str(out), "--workers", "2"], "case03:SIGKILL", marker)
+    wait_until(lambda: marker.exists() and marker.read_text() or proc.poll() is not None, "the worker's death")
+    before = results(out)                                       # what had finished when the worker died
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    victim = int(marker.read_text())                            # the worker computing case03 died mid-image
+    assert victim != proc.pid
     now = results(out)
     assert {k: now[k] for k in before} == before                # what finished stays as written
     assert len(now) == len(imgs)
     same_tables(ref, out)                                       # and the tables are the serial ones
-    pids = set()
-    for p in finished(out):
-        with np.load(p) as z:
-            pids.add(json.loads(str(z["meta"]))["pid"])
-    assert victim in pids and len(pids) >= 2                    # another worker did the rest
+    (redone,) = (out / "images").glob("case03-*.npz")
+    with np.load(redone) as z:
+        assert json.loads(str(z["meta"]))["pid"] not in (victim, proc.pid)   # another worker redid it
 
 
 def test_bad_dataset_arguments(data, tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet, present_class, wrap
+from conftest import close, make_unet, present_class, wrap
 
 from seg_explain import explain
 from seg_explain.errors import InputMismatchError, MethodError
@@ -14,13 +14,6 @@ from seg_explain.explainers.multiclass import explain_classes, explain_classes_i
 RTOL = 1e-4
 
 SHAPES = {2: (32, 40), 3: (16, 24, 20)}
-
-
-def close(a, b, rtol=RTOL):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(), 1e-12)
-    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
 
 
 def image(sd, rng, channels=None):
@@ -41,12 +34,6 @@ def autograd_of(f, x):
     xt = torch.as_tensor(x)[None].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(f(xt).sum(), xt)
     return g[0].numpy()
-
-
-@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
-def sd_model(request):
-    sd = request.param
-    return sd, wrap(make_unet(sd), sd)
 
 
 def test_vanilla_gradient_equals_autograd(sd_model, rng):

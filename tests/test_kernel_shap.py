@@ -220,3 +220,19 @@ def test_map_matches_captum_kernel_shap_with_feature_mask():
                        perturbations_per_eval=50)[0, 0].numpy()
     np.testing.assert_allclose(e.attribution, ref, rtol=1e-3, atol=1e-2)
     assert len(np.unique(np.round(ref, 3))) == 4   # a real map, one value per cube
+
+
+def test_multichannel_kernel_shap_removes_a_supervoxel_from_both_channels(two_channel):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[12:20, 12:20] = True
+    ks = explain(two_channel, x, "kernel_shap", target=1, roi=roi, grid=2, n_samples=14)
+    assert ks.attribution.shape == (32, 32) and ks.per_channel is None   # one feature spans both channels
+    # removing a supervoxel removes both of its channels: Σφ = f̂(x) − f̂(both channels at their minimum)
+    with torch.no_grad():
+        def fh(a):
+            return float(two_channel.network(torch.as_tensor(a)[None])[0, 1][torch.as_tensor(roi)].sum())
+        base = np.stack([np.full((32, 32), x[0].min()), np.full((32, 32), x[1].min())]).astype(np.float32)
+        assert sum(ks.extras["phi"]) == pytest.approx(fh(x) - fh(base), rel=1e-4, abs=1e-3)
+

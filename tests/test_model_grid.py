@@ -7,20 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_unet, wrap
+from conftest import close, make_unet, wrap
 
 from seg_explain import explain
 from seg_explain.explainers.registry import REGISTRY, Capabilities, MethodSpec, register
 from seg_explain.io import LoadedImage
 from seg_explain.model_grid import ModelGrid, orientation_transform
-
-
-def close(a, b, rtol=1e-4):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(), 1e-12)
-    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
-
 
 RAS = orientation_transform(("R", "A", "S"))
 

@@ -3,7 +3,6 @@ validated, and never holds NaN (issues 20 §2-3 and 25, outputs)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,18 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import UNET_DEF, make_unet, write_bundle
-
-from seg_explain.cli import main
-
-
-def _digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _run(args, capsys) -> tuple[int, str]:
-    rc = main(args)
-    return rc, capsys.readouterr().err.strip()
+from conftest import UNET_DEF, digest, make_unet, run_cli, write_bundle
 
 
 @pytest.fixture
@@ -71,27 +59,27 @@ def test_a_refused_table_request_leaves_the_old_output(case, tmp_path, capsys):
     b, imgs = case
     out = tmp_path / "attr.npy"
     np.save(out, np.arange(3.0))
-    before = _digest(out)
-    rc, err = _run(["explain", str(imgs[0]), "--model", str(b), "--method", "gradient", "--target", "0",
+    before = digest(out)
+    rc, err = run_cli(["explain", str(imgs[0]), "--model", str(b), "--method", "gradient", "--target", "0",
                     "--out", str(out), "--table", str(tmp_path / "t.csv"), "--quiet"], capsys)
     assert rc == 2 and "makes no per-region table" in err and len(err.splitlines()) == 1
-    assert _digest(out) == before and not (tmp_path / "t.csv").exists()
+    assert digest(out) == before and not (tmp_path / "t.csv").exists()
 
 
 @pytest.mark.parametrize("where", ["configs/inference.json", "configs/new.csv", "models/model.pt"])
 def test_table_and_out_never_inside_the_bundle(case, tmp_path, capsys, where):
     b, imgs = case
     victim = b / where
-    before = _digest(victim) if victim.exists() else None
+    before = digest(victim) if victim.exists() else None
     for flag in ("--out", "--table"):
         out = victim if flag == "--out" else tmp_path / "attr.npy"
         args = ["explain", str(imgs[0]), "--model", str(b), "--method", "pdcr", "--target", "0",
                 "--out", str(out if flag == "--out" else tmp_path / "attr.npy"), "--quiet"]
         if flag == "--table":
             args += ["--table", str(victim)]
-        rc, err = _run(args, capsys)
+        rc, err = run_cli(args, capsys)
         assert rc == 2 and "lies in the model's files" in err and len(err.splitlines()) == 1, err
-        assert (_digest(victim) if victim.exists() else None) == before
+        assert (digest(victim) if victim.exists() else None) == before
 
 
 def test_torchscript_sidecar_and_nnunet_plans_are_model_files(tmp_path):
@@ -118,7 +106,7 @@ def test_nan_weights_give_an_error_not_a_nan_map(nan_bundle, tmp_path, capsys):
     b, key = nan_bundle
     img = _sample_image(tmp_path)
     out = tmp_path / "attr.tif"
-    rc, err = _run(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "0",
+    rc, err = run_cli(["explain", str(img), "--model", str(b), "--method", "gradient", "--target", "0",
                     "--out", str(out), "--quiet"], capsys)
     assert rc == 2 and len(err.splitlines()) == 1
     h, w = 108, 90
@@ -130,7 +118,7 @@ def test_nan_weights_in_agg2exp_write_no_table(nan_bundle, tmp_path, capsys):
     b, _ = nan_bundle
     img = _sample_image(tmp_path)
     out = tmp_path / "agg"
-    rc, err = _run(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--classes", "0,1",
+    rc, err = run_cli(["agg2exp", str(img), "--model", str(b), "--method", "gradient", "--classes", "0,1",
                     "--out", str(out), "--quiet"], capsys)
     assert rc == 2 and "non-finite" in err and "none of the 1 images could be explained" in err
     assert not (out / "local_importance.csv").exists()
@@ -161,7 +149,7 @@ def _rewrite_npz(p: Path, change, digest: bool):
 def test_a_damaged_or_forged_result_is_recomputed(case, tmp_path, capsys, digest):
     b, imgs = case
     out = tmp_path / "agg"
-    assert _run(_agg(imgs, b, out), capsys)[0] == 0
+    assert run_cli(_agg(imgs, b, out), capsys)[0] == 0
     first = (out / "local_importance.csv").read_text()
     victim = _results(out)[0]
 
@@ -171,7 +159,7 @@ def test_a_damaged_or_forged_result_is_recomputed(case, tmp_path, capsys, digest
         m[row, 0] = np.nan if digest else m[row, 0] + 0.25    # NaN with a matching digest / a changed number
 
     _rewrite_npz(victim, plant, digest)
-    rc, err = _run(_agg(imgs, b, out), capsys)
+    rc, err = run_cli(_agg(imgs, b, out), capsys)
     assert rc == 0 and "its stored result is not trusted" in err
     assert "skipping 1 image already done" in err
     assert (out / "local_importance.csv").read_text() == first
@@ -181,7 +169,7 @@ def test_a_damaged_or_forged_result_is_recomputed(case, tmp_path, capsys, digest
 def test_overwrite_deletes_only_what_the_run_wrote(case, tmp_path, capsys):
     b, imgs = case
     out = tmp_path / "agg"
-    assert _run(_agg(imgs, b, out), capsys)[0] == 0
+    assert run_cli(_agg(imgs, b, out), capsys)[0] == 0
     ours = {p.name for p in _results(out)}
     assert set(json.loads((out / "run.json").read_text())["written"]) == ours
     notes = out / "images" / "notes.txt"
@@ -193,7 +181,7 @@ def test_overwrite_deletes_only_what_the_run_wrote(case, tmp_path, capsys):
     run = json.loads((out / "run.json").read_text())
     run["written"] += ["../../keep.npz", "/etc/passwd"]          # a forged manifest names nothing outside
     (out / "run.json").write_text(json.dumps(run))
-    assert _run(_agg(imgs, b, out, "--overwrite"), capsys)[0] == 0
+    assert run_cli(_agg(imgs, b, out, "--overwrite"), capsys)[0] == 0
     assert notes.read_text() == "my notes" and lookalike.read_bytes() == b"someone else's"
     assert outside.read_bytes() == b"keep"
     assert {p.name for p in _results(out)} == ours | {lookalike.name}
@@ -209,12 +197,12 @@ def test_a_rerun_removes_the_part_files_of_a_killed_run(case, tmp_path, capsys):
         p.write_bytes(b"half")
     keep = out / ".my-hidden-notes"
     keep.write_text("mine")
-    assert _run(_agg(imgs, b, out), capsys)[0] == 0
+    assert run_cli(_agg(imgs, b, out), capsys)[0] == 0
     assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
     single = tmp_path / "attr.npy"
     part = tmp_path / ".attr.npy.q1w2e3r4.part.npy"
     part.write_bytes(b"half")
-    rc, _ = _run(["explain", str(imgs[0]), "--model", str(b), "--method", "gradient", "--target", "0",
+    rc, _ = run_cli(["explain", str(imgs[0]), "--model", str(b), "--method", "gradient", "--target", "0",
                   "--out", str(single), "--quiet"], capsys)
     assert rc == 0 and single.exists() and not part.exists()
 
@@ -228,7 +216,7 @@ def test_full_disk_says_exactly_what_was_written(case, tmp_path, capsys, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(plots, "save_figure", full)
-    rc, err = _run(_agg(imgs, b, out), capsys)
+    rc, err = run_cli(_agg(imgs, b, out), capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and "nothing was changed" not in err
     assert "No space left on device" in err
     assert "written before it: local_importance.csv, global_importance.csv" in err

@@ -151,6 +151,7 @@ def test_planted_cause_3d_with_improving_block():
     assert ex["histogram"]["counts"][0] == 1 and ex["histogram"]["counts"][-1] == 1
 
 
+@pytest.mark.slow
 def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     model, img, roi, target, bank = sample_or_unet
     kw = dict(target=target, roi=roi, bank=bank, n_draws=50)
@@ -163,6 +164,7 @@ def test_same_seed_identical_different_seed_correlates(sample_or_unet):
     assert r > 0.9, r
 
 
+@pytest.mark.slow
 def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
     model, img, roi, target, bank = sample_or_unet
     kw = dict(target=target, roi=roi, bank=bank, n_draws=50, seed=0)
@@ -449,3 +451,25 @@ def test_registry_entry_units_parsing_and_cost_estimate():
     c = spec.estimate(info, {"n_draws": 4})
     assert e.n_forward - 1 == 3 * e.extras["n_perturbable"] + 4 <= c.forward_max
     assert spec.cheaper({"adaptive": False, "block_size": 8}, 3) == {"adaptive": True, "block_size": 16}
+
+
+def test_multichannel_pdcr_uses_both_channels_of_the_bank(two_channel):
+    """A bank block replaces both channels of the image's block: the map is one ATE per block
+    (in Dice points), and changing only the bank's second channel changes the ATEs."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[12:20, 12:20] = True
+    bank = [rng.standard_normal((2, 40, 40)).astype(np.float32) for _ in range(2)]
+    kw = dict(target=1, roi=roi, block_size=8, n_screen=1, n_draws=2, seed=0)
+    e = explain(two_channel, x, "pdcr", bank=bank, **kw)
+    a, labels = e.attribution, e.extras["block_labels"]
+    assert a.shape == labels.shape == (32, 32) and np.isfinite(a).all()
+    for b in np.unique(labels):                         # one value per block
+        assert np.unique(a[labels == b]).size == 1
+    assert np.abs(a).max() > 0 and np.abs(a).max() <= 100
+    other = [np.stack([im[0], rng.standard_normal((40, 40)).astype(np.float32)]) for im in bank]
+    assert not np.array_equal(explain(two_channel, x, "pdcr", bank=other, **kw).attribution, a)
+    with pytest.raises(InputMismatchError, match="bank"):
+        explain(two_channel, x, "pdcr", target=1, roi=roi, bank=[rng.standard_normal((40, 40)).astype(np.float32)])
+

@@ -18,24 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import UNET_DEF, make_unet, write_bundle
+from conftest import UNET_DEF, Payload, make_unet, write_bundle
 
 from seg_explain import ModelLoadError, UnsafeConfigError, load_model
 from seg_explain.cli import main
 
 
-class _Payload:
-    """Unpickling this creates a marker file (what an attacker's os.system would do)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def _payload_file(path: Path, marker: Path) -> Path:
-    path.write_bytes(pickle.dumps(_Payload(marker)))
+    path.write_bytes(pickle.dumps(Payload(marker)))
     return path
 
 
@@ -243,7 +233,7 @@ def test_pt2_with_pickled_weight_is_refused(tmp_path, capsys):
     cfg["config"][first]["use_pickle"] = True
     weight_file = "data/weights/" + cfg["config"][first]["path_name"]
     _rewrite_zip(p, {name.split("/", 1)[1]: json.dumps(cfg).encode(),
-                     weight_file: pickle.dumps(_Payload(marker))})
+                     weight_file: pickle.dumps(Payload(marker))})
     with pytest.raises(UnsafeConfigError, match="pickled object"):
         load_model(p)
     _cli_refuses(tmp_path, p, capsys)
@@ -257,7 +247,7 @@ def test_pt2_sample_inputs_payload_never_unpickled(tmp_path, capsys):
     p = _export2d(tmp_path)
     with zipfile.ZipFile(p) as z:
         name = next(n for n in z.namelist() if "sample_inputs" in n)
-    _rewrite_zip(p, {name.split("/", 1)[1]: pickle.dumps(_Payload(marker))})
+    _rewrite_zip(p, {name.split("/", 1)[1]: pickle.dumps(Payload(marker))})
     with pytest.raises(ModelLoadError):
         load_model(p)
     _cli_refuses(tmp_path, p, capsys)

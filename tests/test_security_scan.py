@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet
+from conftest import make_unet, wait_until
 
 from seg_explain import ModelLoadError, UnsafeConfigError, load_model
 from seg_explain.cli import main
@@ -281,8 +280,8 @@ def _children() -> list[int]:
     return [int(pid) for pid in out]
 
 
-@pytest.mark.parametrize("where", ["file", "bundle"])
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["file", "bundle"])
 def test_forward_that_never_returns_is_stopped_at_the_deadline(tmp_path, monkeypatch, where):
     """A real scripted ``while True`` forward: load_model returns with one line once the
     deadline (SEG_EXPLAIN_PROBE_TIMEOUT) has passed, and the probing child is gone."""
@@ -298,35 +297,64 @@ def test_forward_that_never_returns_is_stopped_at_the_deadline(tmp_path, monkeyp
     assert [c for c in _children() if c not in before] == []
 
 
-@pytest.mark.slow
+# In the loading process's environment (and so its probing child's): a sitecustomize module
+# that makes seg_explain's probe record the pid it runs in just before the program's forward.
+PROBE_MARK_SHIM = """
+import os
+
+if os.environ.get("SEG_TEST_PROBE_MARK"):
+    from seg_explain.models import probe as _probe
+
+    _inner = _probe.probe
+
+    def _marked_probe(*a, **k):
+        with open(os.environ["SEG_TEST_PROBE_MARK"], "w") as fh:
+            fh.write(str(os.getpid()))
+        return _inner(*a, **k)
+
+    _probe.probe = _marked_probe
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (ended, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_loading_a_looping_program_stays_killable_by_sigterm(tmp_path):
     """The reported hang survived SIGTERM: now the loading process ends on SIGTERM while the
-    probe is still running (the loop runs in the child, the parent waits in Python)."""
+    probe is running the program's endless forward in a child (the parent waits in Python),
+    and that child dies with it."""
     p = _script(_Forever(), tmp_path / "m.ts")
     (tmp_path / "m.json").write_text(json.dumps(SIDE))
-    code = f"from seg_explain import load_model; print('start', flush=True); load_model({str(p)!r})"
-    env = dict(os.environ, SEG_EXPLAIN_PROBE_TIMEOUT="600")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout.readline().strip() == "start"
-    deadline = time.monotonic() + 120      # wait until the probing child exists
-    while time.monotonic() < deadline:
-        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        if kids:
-            break
-        time.sleep(0.5)
-    assert kids, "the probe did not start in a child process"
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGTERM
-    # the probing child dies with its parent (it would otherwise spin on, orphaned)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
-        time.sleep(0.5)
-    alive = [k for k in kids if os.path.exists(f"/proc/{k}")]
-    for k in alive:
-        os.kill(int(k), signal.SIGKILL)
-    assert not alive, "the probing child outlived the process that loaded the model"
+    shim, mark = tmp_path / "shim", tmp_path / "probing"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(PROBE_MARK_SHIM)
+    code = f"from seg_explain import load_model; load_model({str(p)!r})"
+    env = dict(os.environ, SEG_EXPLAIN_PROBE_TIMEOUT="600", SEG_TEST_PROBE_MARK=str(mark),
+               PYTHONPATH=os.pathsep.join([str(shim), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    kid = None
+    try:
+        kid = int(wait_until(lambda: mark.exists() and mark.read_text() or proc.poll() is not None,
+                             "the probe to start the program's forward"))
+        assert proc.poll() is None and kid != proc.pid, "the probe must run in a child process"
+        with open(f"/proc/{kid}/stat") as fh:
+            assert int(fh.read().rsplit(")", 1)[1].split()[1]) == proc.pid     # the loading process's child
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGTERM
+        # the probing child dies with its parent (it would otherwise spin on, orphaned)
+        wait_until(lambda: _gone(kid), "the probing child to die with its parent")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if kid is not None and not _gone(kid):
+            os.kill(kid, signal.SIGKILL)                     # never leave a spinning child behind
 
 
 def test_probe_deadline_setting_is_checked(tmp_path, monkeypatch):

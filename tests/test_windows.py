@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_unet, wrap
+from conftest import close, make_unet, wrap
 
 from seg_explain import explain
 from seg_explain.explainers.engine import WindowAccumulator, WindowWeights
 from seg_explain.explainers.multiclass import explain_classes
 from seg_explain.windows import model_tiling, model_windows, tile, window_slices, windows_touching
-
-
-def close(a, b, rtol=1e-4):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(), 1e-12)
-    assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
 
 
 def rel_l2(a, b):
