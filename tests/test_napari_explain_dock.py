@@ -429,6 +429,7 @@ def test_3d_volume_slices_and_evidence_surfaces(make_napari_viewer, qtbot, bundl
     viewer.dims.ndisplay = 2
     assert attr.visible and not [ly for ly in viewer.layers if kind_of(ly) in ("evidence", "context")]
     assert vol.visible                                   # the image layer is back as it was
+    assert not roi.visible                               # label layers stay hidden under a result
     assert "full colour at ±" in viewer.text_overlay.text
     assert not attr.colormap.name.endswith("3D") and attr.contrast_limits == pytest.approx([lo3, hi3])
     # a second result in 3D: only the result on stage draws surfaces (the first one's go)

@@ -188,9 +188,10 @@ class ResultsMixin:
             for ly in self._evidence.pop(layer_key(gone), []):
                 if ly in self.viewer.layers:
                     self.viewer.layers.remove(ly)
-        self.result_stage.release()      # no result visible any more: the label layers come back
-        if was_result and not any(self._evidence.values()):
-            self._drop_context()
+        if was_result:                   # (surfaces and the 3D context come and go with the view)
+            self.result_stage.release()  # no result visible any more: the label layers come back
+            if not any(self._evidence.values()):
+                self._drop_context()
 
     def _retire_evidence(self, keep_key: str) -> None:
         """A new result is on stage: the other results' 3D surfaces go (their layers stay hidden,
@@ -300,12 +301,12 @@ class ResultsMixin:
         want = (int(self.viewer.dims.ndisplay) == 3 and np.ndim(layer.data) == 3
                 and self.surfaces_check.isChecked()
                 and (layer.visible or bool(rec.get("hidden"))))     # results off stage draw nothing
+        if not want and rec.pop("hidden", False):
+            layer.visible = True             # back on stage before its surfaces go
         for ly in self._evidence.pop(key, []):
             if ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
         if not want:
-            if rec.pop("hidden", False):
-                layer.visible = True
             if not any(self._evidence.values()):
                 self._drop_context()
             if self._legend_for == key:
