@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     import napari
     from screenshots import add_sample, explain_dock, result_layer, run, wait
 
-    from seg_explain._napari import layers as lay
     from seg_explain._napari.sample_data import sample_brain3d
+    from seg_explain.frontend import evidence as ev
     from seg_explain.paths import sample_path
 
     v = napari.Viewer(show=True)
@@ -67,11 +67,8 @@ def main(argv=None) -> int:
 
     rows = []
     v.dims.ndisplay = 3
-    for name, cap in (("result (bounded)", lay.EVIDENCE_MAX_VOXELS), ("result (full resolution)", 10 ** 12)):
-        lay.EVIDENCE_MAX_VOXELS = cap
-        import seg_explain._napari.explain_dock as ed
-
-        ed.bounded_volume.__defaults__ = (cap,)
+    for name, cap in (("result (bounded)", ev.EVIDENCE_MAX_VOXELS), ("result (full resolution)", 10 ** 12)):
+        ev.bounded_volume.__defaults__ = (cap,)            # the bound evidence_surfaces uses
         w._sync_3d()                                       # rebuild the surfaces at this bound
         for s in surfaces():
             s.visible = False
