@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from conftest import make_unet, wrap
 
 from seg_explain import explain
@@ -80,3 +81,31 @@ def test_long_runs_warn_even_without_a_cheaper_setting():
     est = estimate(model, "gradient", {}, shape, roi)
     assert est.cheaper is None and est.warning.startswith("this may take about")
     assert get_spec("gradient").cheaper is None
+
+
+def test_perturbed_copies_are_priced_at_the_batched_forward():
+    """Forwards without a backward (perturbed copies, which methods batch) cost
+    ``forward_batched``; gradient passes and the clean prediction cost batch-1 ``forward``."""
+    model, shape, _, roi = _corner_case()
+    ps = {"forward": 1e-3, "backward": 2e-3, "voxels": 256.0, "forward_batched": 4e-4}
+    model.meta["pass_s"] = ps
+    info = cost_input(model, shape, roi)
+    wv, clean = info.window_voxels, info.n_windows_all
+    pd = estimate(model, "pdcr", {"block_size": 8, "bank": "zero"}, shape, roi)
+    copies = pd.forward - 1                          # (the estimate counts the clean prediction as one pass)
+    assert pd.seconds == pytest.approx((copies * ps["forward_batched"] + clean * ps["forward"]) * wv)
+    g = estimate(model, "gradient", {}, shape, roi)
+    assert g.seconds == pytest.approx(((g.forward - 1) * ps["forward"] + g.backward * ps["backward"]
+                                       + clean * ps["forward"]) * wv)
+    del ps["forward_batched"]                        # measured before this probe existed: batch-1 price
+    assert estimate(model, "pdcr", {"block_size": 8, "bank": "zero"}, shape, roi).seconds == pytest.approx(
+        (copies * ps["forward"] + clean * ps["forward"]) * wv)
+
+
+def test_measure_pass_times_probes_a_batch():
+    from seg_explain.explainers.job import measure_pass_times
+
+    model, *_ = _corner_case()
+    ps = measure_pass_times(model, repeat=1)
+    assert set(ps) == {"forward", "backward", "voxels", "forward_batched"}
+    assert 0 < ps["forward_batched"] <= ps["forward"] and ps["voxels"] == 16 * 16

@@ -48,8 +48,10 @@ def estimate(model, method: str, params: dict, model_shape, roi=None, n_classes:
         if not ps:
             return None
         f = cost.forward if forward is None else forward
-        return (f * ps["forward"] + cost.backward * ps["backward"]) * info.window_voxels \
-            + clean.forward * info.window_voxels * ps["forward"]
+        paired = min(f, cost.backward)         # a forward with its backward: gradient passes
+        batched = ps.get("forward_batched", ps["forward"])    # perturbed copies go through in batches
+        return (paired * ps["forward"] + (f - paired) * batched + cost.backward * ps["backward"]) \
+            * info.window_voxels + clean.forward * info.window_voxels * ps["forward"]
 
     secs = seconds(c)
     secs_max = seconds(c, c.forward_max) if c.forward_max is not None and c.forward_max != c.forward else None

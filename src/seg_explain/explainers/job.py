@@ -9,6 +9,8 @@ from contextlib import contextmanager, nullcontext
 from ..jobs import CancelToken, ProgressEvent, events
 from .engine import thread_hooks
 
+BATCH_PROBE = 4          # copies in the batched-forward probe of measure_pass_times
+
 
 @contextmanager
 def cancel_hooks(model, token: CancelToken | None):
@@ -72,7 +74,9 @@ def measure_pass_times(model, repeat: int = 2) -> dict[str, float]:
     this right after loading, off its main thread, before the first explanation). The
     timings, in seconds per voxel of one network row (window or image), are kept in
     ``model.meta["pass_s"]`` for :func:`estimate`. Measured on an input of the model's
-    patch (or 64 voxels per axis, at most), batch 1, the best of ``repeat`` runs."""
+    patch (or 64 voxels per axis, at most), batch 1, the best of ``repeat`` runs; and a forward
+    of :data:`BATCH_PROBE` copies (``forward_batched``, per copy): what a forward costs when a
+    method batches its perturbed copies."""
     import numpy as np
     import torch
 
@@ -92,6 +96,15 @@ def measure_pass_times(model, repeat: int = 2) -> dict[str, float]:
             out = model.forward(xg)
             (g,) = torch.autograd.grad(out[:, 0].sum(), xg)
         bwd = min(bwd, time.perf_counter() - t0 - fwd)
+    # perturbation methods run their copies in batches, which costs less per copy than batch 1
+    xb = torch.zeros((BATCH_PROBE, model.in_channels) + tuple(shape))
+    fwd_b = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.forward(xb)
+        fwd_b = min(fwd_b, (time.perf_counter() - t0) / BATCH_PROBE)
     vox = float(np.prod(shape))
-    model.meta["pass_s"] = {"forward": fwd / vox, "backward": max(bwd, fwd) / vox, "voxels": vox}
+    model.meta["pass_s"] = {"forward": fwd / vox, "backward": max(bwd, fwd) / vox, "voxels": vox,
+                            "forward_batched": min(fwd_b, fwd) / vox}
     return model.meta["pass_s"]
