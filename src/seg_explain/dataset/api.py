@@ -9,12 +9,11 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import InputMismatchError
 from ..jobs import CancelToken
 from .run import DatasetRun, prepare_run, run_python
 
 
-def _serial(kind: str, model, images, token: CancelToken | None = None, **kw) -> DatasetRun:
+def _serial(kind: str, model, images, **kw) -> DatasetRun:
     """A run in this process, kept in memory; ``on_error="raise"`` raises a failing image's own
     error, ``"skip"`` lists it."""
     on_error = kw.pop("on_error", "raise")
@@ -45,16 +44,6 @@ class Agg2ExpRun:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
-    def names(self) -> list[str]:
-        return [r.name for r in self.run.records]
-
-    @property
-    def total(self) -> int:
-        from .run import STEPS_PER_IMAGE
-
-        return self.run.n_total * STEPS_PER_IMAGE
-
-    @property
     def skipped(self) -> list[tuple[str, str]]:
         return list(self.run.failures.items())
 
@@ -68,6 +57,10 @@ class Agg2ExpRun:
     def result(self):
         return self.run.result()
 
+    def finished_result(self):
+        """:meth:`result`, or one line naming every failure when no image finished."""
+        return self.run.finished_result()
+
 
 def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **kwargs
                  ) -> Iterator[tuple[int, int]]:
@@ -77,10 +70,7 @@ def agg2exp_iter(model, images, method: str = "smoothgrad", extra_rois=None, **k
     :class:`Agg2ExpRun` and call its ``result()``."""
     run = Agg2ExpRun(model, images, method, extra_rois, **kwargs)
     yield from run.run_iter()
-    res = run.result()
-    if res.n_images == 0:
-        raise InputMismatchError("No image could be explained: " + "; ".join(f"{n}: {m}" for n, m in res.skipped))
-    return res
+    return run.finished_result()
 
 
 def agg2exp(model, images, method: str = "smoothgrad", extra_rois=None,
@@ -126,10 +116,7 @@ def evaluate_iter(model, images, methods: Sequence = ("smoothgrad",), classes=No
     """Generator form of :func:`evaluate`: yields ``(done, total)``, returns the result."""
     run = _serial("evaluate", model, images, methods=methods, classes=classes, **kwargs)
     yield from ((ev.done, ev.total) for ev in run.events())
-    if not run.rows and run.failures:
-        raise InputMismatchError("No image could be evaluated: "
-                                 + "; ".join(f"{n}: {m}" for n, m in run.failures.items()))
-    return run.result()
+    return run.finished_result()
 
 
 def evaluate(model, images, methods: Sequence = ("smoothgrad",), classes=None,

@@ -145,6 +145,14 @@ class DatasetRun:
         fails = [(r.name, self.failures[r.name]) for r in self.records if r.name in self.failures]
         return self.job.assemble(rows, fails)
 
+    def finished_result(self):
+        """:meth:`result`, or one line naming every failure when no image finished."""
+        if not self.rows and self.failures:
+            verb = "explained" if self.job.kind == "agg2exp" else "evaluated"
+            raise InputMismatchError(f"No image could be {verb}: "
+                                     + "; ".join(f"{n}: {m}" for n, m in self.failures.items()))
+        return self.result()
+
     owns_executor = True
 
     def close(self) -> None:
@@ -172,8 +180,9 @@ class DatasetRun:
 
 
 # ---------------------------------------------------------------------- Python API --
-def _model_identity(model) -> tuple[str, str, str]:
-    """``(path, device, digest)`` of a model given as a path or a SegModel."""
+def _model_identity(model, digest_weights: bool = True) -> tuple[str, str, str]:
+    """``(path, device, digest)`` of a model given as a path or a SegModel. A model built in
+    Python is identified by a hash of its weights, computed only when ``digest_weights``."""
     if isinstance(model, (str, os.PathLike)):
         path = os.path.abspath(os.fspath(model))
         return path, "auto", model_digest(path)
@@ -181,6 +190,8 @@ def _model_identity(model) -> tuple[str, str, str]:
     device = str(getattr(model, "device", "auto"))
     if path and os.path.exists(path):
         return os.path.abspath(path), device, model_digest(path)
+    if not digest_weights:
+        return "", device, ""
     h = hashlib.blake2b(digest_size=10)       # a model built in Python: its weights identify it
     net = getattr(model, "network", None)
     if net is not None and hasattr(net, "state_dict"):
@@ -210,7 +221,9 @@ def prepare_run(kind: str, model, images, *, client=None, out: str | os.PathLike
     from ..checks import as_int, class_indices
 
     device = kw.pop("device", None)
-    path, dev, digest = _model_identity(model)
+    # the weights' digest identifies results kept on disk or sent to workers; a run in this
+    # process and in memory keeps nothing, so it skips hashing every weight
+    path, dev, digest = _model_identity(model, digest_weights=out is not None or client is not None)
     if isinstance(model, (str, os.PathLike)):
         loaded = worker_model(path, "cpu" if client is not None else (device or "auto"))
         dev = device or "auto"
@@ -289,10 +302,6 @@ def run_python(kind: str, model, images, *, progress: Callable | None = None, cl
             gen.close()
         if out is not None:
             run.write_failures(out)
-    res = run.result()
-    if not run.rows and run.failures:
-        raise InputMismatchError(f"No image could be {'explained' if kind == 'agg2exp' else 'evaluated'}: "
-                                 + "; ".join(f"{n}: {m}" for n, m in run.failures.items()))
-    return res
+    return run.finished_result()
 
 

@@ -38,7 +38,6 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
     image's per-class attributions and its label map (from the explanations' own prediction),
     so a heatmap click needs no recomputation."""
     from ..dataset import Agg2ExpRun
-    from ..errors import InputMismatchError
     from ..explainers.job import cancel_hooks
     from ..explainers.registry import get_spec
     from ..jobs import events
@@ -66,10 +65,7 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
                 name = finished[-1]
                 finished.clear()
                 yield ("partial", name, run.result())
-    res = run.result()
-    if res.n_images == 0:
-        raise InputMismatchError("No image could be explained: " + "; ".join(f"{n}: {m}" for n, m in res.skipped))
-    return res, kept
+    return run.finished_result(), kept
 
 
 def cell_job(cache: ModelCache, model_path: str, device: str, image, image_name: str, method: str,
