@@ -57,7 +57,7 @@ def test_pdcr_estimate_equals_the_passes_a_windowed_run_makes():
     rng = np.random.default_rng(1)
     bank = [rng.random(shape).astype(np.float32) for _ in range(3)]
     e = explain(model, x, "pdcr", target=1, roi=roi, bank=bank, block_size=8, n_screen=1, n_draws=2)
-    est = estimate(model, "pdcr", {"block_size": 8, "n_screen": 1, "n_draws": 2}, shape, roi)
+    est = estimate(model, "pdcr", {"bank": bank, "block_size": 8, "n_screen": 1, "n_draws": 2}, shape, roi)
     assert est.forward_min <= e.n_forward <= est.forward_max
 
 

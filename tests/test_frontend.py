@@ -65,7 +65,8 @@ def test_bank_chooser_entries_and_values():
     with pytest.raises(InputMismatchError, match="Choose the folder"):
         requests.bank_choice("folder…", others)
     assert requests.estimate_value("bank", "zero occlusion") == "zero"
-    assert requests.estimate_value("bank", "layer: t2") is None
+    assert requests.estimate_value("bank", "layer: t2") == requests.OWN_BANK
+    assert requests.estimate_value("bank", requests.SAMPLE_BANK) is None
     assert requests.estimate_value("label_map", "zero occlusion") is None
     assert list(requests.volume_slices(40)) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34,
                                                 36, 38]

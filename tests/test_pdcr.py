@@ -9,7 +9,9 @@ import torch
 from conftest import make_unet, wrap
 
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
-from seg_explain.explainers.roi_dice import make_blocks
+from seg_explain.bank import resolve_bank
+from seg_explain.explainers.pdcr import draw_indices
+from seg_explain.explainers.roi_dice import content_ids, make_blocks
 from seg_explain.models import SegModel
 from seg_explain.paths import sample_path
 
@@ -114,8 +116,18 @@ def test_planted_cause_2d_and_roi_untouched():
     assert ex["unit"] == "Dice points (0-100)" and ex["tau_points"] == 0.02
     assert ex["m0"] == 1.0 and ex["m0_points"] == 100.0 and ex["block_grid"]["grid_shape"] == [6, 5]
     assert ex["block_labels"].shape == shape and ex["block_labels"].max() == 30
-    assert ex["n_forward_screen"] == 3 * n_pert and ex["n_forward_ate"] == 12
-    assert exp.n_forward == 3 * n_pert + 12 + 1   # + the clean pass
+    # one pass per distinct perturbed image: the cause's 12 ATE draws minus those whose
+    # bank content its screening draws (or an earlier ATE draw) already pasted there
+    bk = resolve_bank(bank_for((32, 32)), model, 8, seed=0, exclude=torch.from_numpy(img)[None])
+    blocks8 = bk.for_block_size(8, 0)
+    ids = content_ids(blocks8).tolist()
+    screen_idx, ate_idx = draw_indices(0, len(blocks8), len(grid), 3, 12)
+    k = grid.indices().index((0, 1))
+    seen = {ids[i] for i in screen_idx[k].tolist()}
+    new = {ids[i] for i in ate_idx[k].tolist()} - seen
+    assert 0 < len(new) <= 12
+    assert ex["n_forward_screen"] == 3 * n_pert and ex["n_forward_ate"] == len(new)
+    assert exp.n_forward == 3 * n_pert + len(new) + 1   # + the clean pass
     assert "positive contribution" in ex["convention"] and exp.elapsed_s > 0
     # histogram: the cause in "< -3", every other perturbed block in the central bin, the
     # ATE > 0 bins unknown (None), not 0
@@ -173,7 +185,8 @@ def test_adaptive_close_to_full_with_fewer_passes(sample_or_unet):
     r = np.corrcoef(full.attribution.ravel(), ada.attribution.ravel())[0, 1]
     assert r > 0.97, r
     assert ada.n_forward < 0.8 * full.n_forward       # a crop: every block is near the RoI
-    assert ada.extras["passes_saved"] == full.n_forward - ada.n_forward > 0
+    drawn = lambda e: e.n_forward + e.extras["passes_reused"]   # noqa: E731  (passes without reuse)
+    assert ada.extras["passes_saved"] == drawn(full) - drawn(ada) > 0
     assert ada.extras["adaptive_rel"] == 0.1 and ada.extras["adaptive_half_width_points"] > 0.02
     # the same draws (a prefix of the full run's), the same blocks relevant
     fb, ab = block_values(full), block_values(ada)
@@ -449,7 +462,7 @@ def test_registry_entry_units_parsing_and_cost_estimate():
     assert e.n_forward - 1 == e.extras["n_perturbable"] and abs(est - (e.n_forward - 1)) <= 0.3 * e.n_forward
     e = explain(model, img, "pdcr", target=1, roi=roi, bank=bank_for((16, 16)), n_draws=4)
     c = spec.estimate(info, {"n_draws": 4})
-    assert e.n_forward - 1 == 3 * e.extras["n_perturbable"] + 4 <= c.forward_max
+    assert e.n_forward - 1 + e.extras["passes_reused"] == 3 * e.extras["n_perturbable"] + 4 <= c.forward_max
     assert spec.cheaper({"adaptive": False, "block_size": 8}, 3) == {"adaptive": True, "block_size": 16}
 
 

@@ -162,3 +162,40 @@ def test_histogram_bins_follow_the_reference_code():
     assert e0[4] == e0[5] == 0.0
     e5, _ = histogram_bins(0.5)
     assert e5 == [-np.inf, -3, -1, -0.5, 0.5, 1, 3, np.inf]
+
+
+def test_repeated_and_unchanged_draws_run_once_with_the_same_ates(case):
+    """A bank with many identical (background) blocks and an image with a background strip:
+    each distinct perturbed image goes through the network once (screening and ATE draws
+    share), a paste equal to the block it replaces costs no pass, and every ATE is still
+    the reference loop's, which runs every draw."""
+    model, img, roi, target, _gt, _bank = case
+    img = img.copy()
+    img[:, :16] = 0.0                                     # background: blocks of zeros
+    bank = [np.where(np.arange(24)[:, None] < 12, 0.0, smooth((24, 24), s)).astype(np.float32) for s in (1, 2, 3)]
+    n_screen, n_draws, seed, tau = 3, 12, 7, 0.02
+    rows: list[torch.Tensor] = []
+    hook = model.network.register_forward_pre_hook(lambda _m, a: rows.append(a[0].detach().clone()))
+    try:
+        e = explain(model, img, "pdcr", target=target, roi=roi, bank=bank, seed=seed, tau=tau,
+                    n_screen=n_screen, n_draws=n_draws)
+    finally:
+        hook.remove()
+    from seg_explain.bank import resolve_bank
+
+    x = model.prepare(img).x
+    blocks = resolve_bank(bank, model, B, seed=seed).for_block_size(B, seed)
+    assert float(blocks.flatten(1).std(1).eq(0).float().mean()) > 0.3    # many identical blocks
+    screen, ate = draw_indices(seed, len(blocks), e.extras["n_blocks"], n_screen, n_draws)
+    want = reference_loop(model, x, roi, target, model.predict(img) == target, blocks, screen, ate, tau,
+                          n_screen, n_draws)
+    got = {tuple(b["index"]): b for b in e.extras["blocks"] if b["status"] != "roi"}
+    assert set(got) == set(want) and sum(v != 0 for v in want.values()) > 0
+    for idx, v in want.items():
+        assert got[idx]["ate_points"] == pytest.approx(v, abs=1e-6), idx
+    # every network row is a distinct image; the clean image went through once (M0)
+    seen = torch.cat(rows).flatten(1)
+    assert len(seen) == e.n_forward and torch.unique(seen, dim=0).shape[0] == len(seen)
+    drawn = e.extras["n_perturbable"] * n_screen + e.extras["n_screened_in"] * n_draws
+    assert e.extras["passes_reused"] == drawn - (e.n_forward - 1) > 0.3 * drawn
+    assert "no pass" in e.extras["report"]

@@ -45,6 +45,7 @@ its perturbations from the image it explains.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +281,50 @@ def default_bank_path(spatial_dims: int) -> Path | None:
     except FileNotFoundError:
         return None
     return p if p.is_file() else None
+
+
+def identical_groups(blocks: torch.Tensor) -> tuple[int, ...]:
+    """Sizes of the groups of exactly identical blocks in ``(K, ...)`` (largest first)."""
+    arr = blocks.detach().to("cpu").contiguous().numpy()
+    sizes: dict[bytes, int] = {}
+    for i in range(len(arr)):
+        key = arr[i].tobytes()
+        sizes[key] = sizes.get(key, 0) + 1
+    return tuple(sorted(sizes.values(), reverse=True))
+
+
+def expected_distinct(groups: Sequence[int], n: float) -> float:
+    """Expected number of distinct blocks among ``n`` uniform draws (with replacement) from
+    a bank whose identical blocks form ``groups``: sum over groups of ``1 - (1 - p)^n``."""
+    k = float(sum(groups))
+    return float(sum(1.0 - (1.0 - g / k) ** n for g in groups)) if k else 0.0
+
+
+@functools.lru_cache(maxsize=32)
+def default_bank_groups(spatial_dims: int, block_size: int, per_image: int = PER_IMAGE,
+                        seed: int = 0) -> tuple[int, ...]:
+    """:func:`identical_groups` of the shipped sample bank at ``block_size``, for cost
+    estimates (no model needed): blocks cropped from its stored images as :func:`crop_blocks`
+    crops them, on their stored grid and intensities. The model's intensity preprocessing
+    maps equal blocks to equal blocks, so it can only merge groups; resampling to another
+    grid can change them. ``()`` when no bank is shipped or it has no ``images``."""
+    p = default_bank_path(spatial_dims)
+    if p is None:
+        return ()
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "images" not in z.files:
+                return ()
+            imgs = np.asarray(z["images"], dtype=np.float32)
+    except (OSError, ValueError):
+        return ()
+    if imgs.ndim == spatial_dims + 1:
+        imgs = imgs[:, None]
+    try:
+        blocks = crop_blocks([torch.from_numpy(im) for im in imgs], block_size, per_image, seed)
+    except InputMismatchError:
+        return ()
+    return identical_groups(blocks)
 
 
 def _image_files(folder: Path) -> list[Path]:

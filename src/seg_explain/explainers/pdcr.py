@@ -90,7 +90,9 @@ Extras of the Explanation: ``unit``, ``convention``, ``tau_points``, ``m0`` (fra
 ``n_negative`` / ``n_irrelevant`` (over the perturbable blocks), ``ate_min_points`` /
 ``ate_max_points``, ``n_blocks`` / ``n_roi_blocks`` / ``n_perturbable`` / ``n_screened_in``
 (went on to the N draws) / ``n_relevant`` (non-zero ATE) / ``n_below_tau`` /
-``n_outside_window``, ``n_forward_screen`` / ``n_forward_ate`` / ``passes_saved``,
+``n_outside_window``, ``n_forward_screen`` / ``n_forward_ate`` / ``passes_saved`` (by
+``adaptive``) / ``passes_reused`` (draws that gave an image already run, or the unchanged
+image: no pass, see :mod:`~seg_explain.explainers.roi_dice`),
 ``adaptive_rel`` / ``adaptive_half_width_points``, ``occlusion`` ("bank" or "zero"),
 ``histogram``, ``report``, ``batch_size``, ``n_roi_windows``, ``blocks`` (per-block table:
 id, index, origin, size, status, screened, screened_out, below_tau, outside_window,
@@ -232,6 +234,8 @@ def format_report(ex: dict, target_name: str = "") -> str:
     lines.append(f"ATE range: {ex['ate_min_points']:.3f} to {ex['ate_max_points']:.3f} points")
     fwd = (f"Forward passes: {ex['n_forward_screen'] + ex['n_forward_ate']} (screening "
            f"{ex['n_forward_screen']}, ATE {ex['n_forward_ate']})")
+    if ex.get("passes_reused"):
+        fwd += f"; {ex['passes_reused']} draws repeated an image already run (or left it unchanged): no pass"
     if ex.get("adaptive_rel"):
         fwd += (f"; adaptive draws (half-width target {ex['adaptive_half_width_points']:.3g} points) "
                 f"saved {ex['passes_saved']}")
@@ -426,7 +430,8 @@ def pdcr(ctx: Context, bank=None, block_size: int = 8, n_screen: int = 3, n_draw
         "n_below_tau": sum(1 for b in table if b["below_tau"]),
         "n_outside_window": n_ids - len(reach),
         "n_forward_screen": n_forward_screen, "n_forward_ate": n_forward_ate,
-        "passes_saved": int(saved), "adaptive_rel": rel, "adaptive_half_width_points": half_width,
+        "passes_saved": int(saved), "passes_reused": engine.rows_reused,
+        "adaptive_rel": rel, "adaptive_half_width_points": half_width,
         "occlusion": "zero" if bk.kind == "zero" else "bank", "occlusion_text": bk.describe(),
         "deterministic_bank": deterministic, "batch_size": engine.batch_size,
         "sliding_windows": engine.sliding, "n_roi_windows": engine.n_windows,
@@ -458,21 +463,38 @@ def _cost(info: CostInput, p: dict) -> Cost:
     draws (adaptive: :func:`adaptive_draws_expected`) on each block that passes screening;
     a draw costs one pass per RoI window holding the block (one when the image fits the
     network), plus one clean pass per RoI window when the image is windowed; blocks no RoI
-    window sees cost nothing. Data-dependent: the expected count
-    assumes every reachable block passes screening (the sample RoIs: 146 of 150 at the
-    default tau); ``forward_min`` = none does (screening only)."""
-    reach = block_reach(info, int(p.get("block_size") or 8))
+    window sees cost nothing. A draw that repeats a block's earlier image costs nothing
+    (:mod:`~seg_explain.explainers.roi_dice`): with the shipped sample bank, whose
+    background blocks are identical, the count is the expected number of distinct draws
+    (:func:`~seg_explain.bank.expected_distinct` over
+    :func:`~seg_explain.bank.default_bank_groups`); other banks count every draw (an upper
+    bound). Data-dependent: the expected count assumes every reachable block passes
+    screening (the sample RoIs: 146 of 150 at the default tau); ``forward_min`` = none
+    does (screening only)."""
+    from ..bank import default_bank_groups, expected_distinct
+
+    b = int(p.get("block_size") or 8)
+    reach = block_reach(info, b)
     rows = reach.rows
     clean = info.n_windows if info.n_windows_all > 1 else 0    # the RoI windows' clean outputs
-    if str(p.get("bank")).lower() == "zero":
+    bank = p.get("bank")
+    if str(bank).lower() == "zero":
         return Cost(clean + rows, 0, note="zero occlusion: one pass per block the RoI's windows see")
     s_, n_ = int(p.get("n_screen", 3)), int(p.get("n_draws", 50))
     rel = _adaptive_rel(p.get("adaptive"))
     n_eff = adaptive_draws_expected(n_, rel) if rel > 0 and s_ > 0 else float(n_)
-    screen = clean + s_ * rows
-    return Cost(screen + round(n_eff * rows), 0, forward_max=screen + n_ * rows,
-                forward_min=screen if s_ > 0 else screen + round(n_eff * rows),
-                note="data-dependent: blocks screened out at tau skip their ATE draws")
+    groups = default_bank_groups(info.spatial_dims, b) if bank in (None, "") else ()
+    note = "data-dependent: blocks screened out at tau skip their ATE draws"
+    if groups:
+        def draws(n: float) -> float:
+            return expected_distinct(groups, n)
+        note += "; repeated draws of the sample bank's identical (background) blocks cost no pass"
+    else:
+        def draws(n: float) -> float:
+            return n
+    screen = clean + round(draws(s_) * rows)
+    return Cost(clean + round(draws(s_ + n_eff) * rows), 0, forward_max=clean + round(draws(s_ + n_) * rows),
+                forward_min=screen if s_ > 0 else clean + round(draws(n_eff) * rows), note=note)
 
 
 def _cheaper(p: dict, spatial_dims: int) -> dict:

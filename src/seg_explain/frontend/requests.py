@@ -139,10 +139,19 @@ def bank_choice(choice: str, other_images: list[str]):
     return list(other_images) if choice == ALL_LAYERS else [choice[len(LAYER_PREFIX):]]
 
 
+OWN_BANK = "own images"
+
+
 def estimate_value(kind: str, choice: str):
     """The value an object-valued parameter of ``kind`` takes *for the cost estimate* (no
-    images copied): ``"zero"`` for a zero bank (its passes are cheaper), else None (= its default)."""
-    return "zero" if kind == "bank" and choice == ZERO_BANK else None
+    images copied): ``"zero"`` for a zero bank (one pass per block), None for the sample bank
+    (the estimate knows its repeated blocks), :data:`OWN_BANK` for layers or a folder (every
+    draw counted); None for other kinds (= their default)."""
+    if kind != "bank":
+        return None
+    if choice == ZERO_BANK:
+        return "zero"
+    return None if choice == SAMPLE_BANK or not choice else OWN_BANK
 
 
 def volume_slices(n_slices: int, max_slices: int = 16) -> range:
