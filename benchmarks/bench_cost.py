@@ -13,7 +13,10 @@ pass times, exactly what the dock shows) next to the measured forward passes
 (``Explanation.n_forward``) and wall time, and their ratios (goal: within 2x, i.e. ratio in
 [0.5, 2]). ``--quick`` runs 3D PdCR with ``n_screen=1, n_draws=2`` instead of the dock's
 settings (the pass count's structure: reachable blocks x RoI windows; the estimate uses the
-same settings). The model's pass times are measured again right before each case (as the dock
+same settings). Then Agg2Exp as its dock runs it by default (the core's default method at the
+dock's settings, every predicted class of the sample image) against
+:func:`seg_explain.explainers.cost.estimate_agg2exp` (``--no-agg2exp`` skips it; the
+estimate assumes every foreground class is predicted, the run explains those that are). The model's pass times are measured again right before each case (as the dock
 does after loading), so a loaded machine slows both sides; the wall time still varies with
 other load on the machine (the "ms/pass" column: the measured forward time of one row).
 """
@@ -34,11 +37,12 @@ try:
 except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
-from seg_explain import explain, load_image, load_model, methods  # noqa: E402
+from seg_explain import agg2exp, explain, load_image, load_model, methods  # noqa: E402
 from seg_explain.allocator import tune_allocator  # noqa: E402
-from seg_explain.explainers.cost import estimate  # noqa: E402
+from seg_explain.explainers.cost import estimate, estimate_agg2exp  # noqa: E402
 from seg_explain.explainers.job import measure_pass_times  # noqa: E402
 from seg_explain.explainers.registry import get_spec  # noqa: E402
+from seg_explain.frontend.agg2exp import default_method  # noqa: E402
 from seg_explain.paths import sample_path  # noqa: E402
 
 SAMPLES = {2: ("models/brain2d", "brain2d/colin27_axial_t1.tif", "brain2d/colin27_axial_roi_frontal_L.tif",
@@ -71,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-agg2exp", dest="agg2exp", action="store_false")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tune_allocator()
@@ -106,9 +111,30 @@ def main(argv=None) -> int:
             rows.append(dict(dims=sd, method=m, params={k: str(v) for k, v in p.items()}, est_forward=est.forward,
                              est_min=est.forward_min, est_max=est.forward_max, forward=ex.n_forward,
                              backward=ex.n_backward, est_backward=est.backward, est_s=est.seconds, wall_s=wall))
+        if a.agg2exp:
+            rows.append(agg2exp_row(model, img, sd, mshape))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def agg2exp_row(model, img, sd: int, mshape) -> dict:
+    """Agg2Exp on the sample image at the dock's defaults: estimate vs run (prints a row)."""
+    m = default_method(methods())
+    spec = get_spec(m)
+    p = {k: v for k, v in spec.gui_defaults(sd).items() if not spec.param(k).is_object}
+    measure_pass_times(model, repeat=3)
+    est = estimate_agg2exp(model, m, p, mshape, len(model.class_names) - 1, 1)
+    t0 = time.perf_counter()
+    res = agg2exp(model, img, method=m, **p)
+    wall = time.perf_counter() - t0
+    fwd, bwd = int(np.sum(res.n_forward)), int(np.sum(res.n_backward))
+    passes, est_passes = fwd + bwd, est.forward + est.backward
+    print(f"| {sd}D | Agg2Exp ({m}, {int(np.sum(res.present))} of {len(res.row_names)} classes) | {p} | {est_passes:,} | {passes:,} | {est_passes / max(passes, 1):.2f} | "
+          f"{est.seconds:.1f} | {wall:.1f} | {(est.seconds or float('nan')) / wall:.2f} |", flush=True)
+    return dict(dims=sd, method=f"agg2exp:{m}", params={k: str(v) for k, v in p.items()}, est_forward=est.forward,
+                est_backward=est.backward, forward=fwd, backward=bwd, est_s=est.seconds,
+                wall_s=wall)
 
 
 if __name__ == "__main__":
