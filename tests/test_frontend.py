@@ -164,15 +164,24 @@ def test_evidence_surfaces_per_sign():
     two = evidence.evidence_surfaces(shown, get_spec("kernel_shap"), {}, "M", (1, 1, 1), (0, 0, 0))
     assert [(s.colour, s.name) for s in two] == [("red", "M · strongest 5 % supports the RoI"),
                                                   ("blue", "M · strongest 5 % opposes the RoI")]
-    # (each surface volume has a one-voxel zero border: voxel i of the map is i + 1 there)
-    assert two[0].threshold == 1.0 and two[0].data[5, 5, 5] == 1.0 and two[0].data[23, 23, 23] == 0.0
-    assert two[1].data[23, 23, 23] == 1.0 and two[0].scale == (1, 1, 1)
+    # each surface volume is cut to the box around its surface (2 voxels of margin) and given
+    # a one-voxel zero border: map voxel i sits at i - 2 + 1 there; the surface is where it was
+    assert two[0].threshold == 1.0 and two[0].data.shape == (12, 12, 12) and two[0].translate == (-1, -1, -1)
+    assert two[1].data.shape == (12, 12, 12) and two[1].translate == (17, 17, 17) and two[0].scale == (1, 1, 1)
+    for s_, cube in zip(two, ((2, 8), (20, 26))):
+        world = np.argwhere(s_.data >= s_.threshold) + np.array(s_.translate)
+        want = np.argwhere(np.ones((6, 6, 6))) + cube[0]
+        np.testing.assert_array_equal(world, want)
     one = evidence.evidence_surfaces(shown, get_spec("seg_grad_cam"), {}, "C", (1, 1, 1), (0, 0, 0))
     assert [s.colour for s in one] == ["red"]                                  # one-sided: no opposing surface
     big = np.zeros((100, 100, 100), np.float32)
-    big[10:30, 10:30, 10:30] = 1.0
+    big[10:30, 10:30, 10:30] = 1.0          # a 24³ box around it: under the bound, full resolution
     s = evidence.evidence_surfaces(big, get_spec("kernel_shap"), {}, "B", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))[0]
-    assert s.data.shape == (36, 36, 36) and s.scale == (3.0, 3.0, 3.0) and s.translate == (-2.0, -2.0, -2.0)
+    assert s.data.shape == (26, 26, 26) and s.scale == (1.0, 1.0, 1.0) and s.translate == (7.0, 7.0, 7.0)
+    big[:, :, :] = 0
+    big[5:95, 5:95, 5:95] = 1.0             # a box over the bound: max-pooled
+    s = evidence.evidence_surfaces(big, get_spec("kernel_shap"), {}, "B", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))[0]
+    assert s.data.shape == (49, 49, 49) and s.scale == (2.0, 2.0, 2.0) and s.translate == (1.5, 1.5, 1.5)
 
 
 # ------------------------------------------------------------------------- messages --
@@ -264,13 +273,18 @@ def test_evidence_surfaces_are_closed_at_the_volume_edge():
     from seg_explain.frontend.evidence import evidence_surfaces
 
     cam = np.zeros((10, 12, 8), np.float32)
-    cam[:4, :5, :3] = np.arange(1, 61, dtype=np.float32).reshape(4, 5, 3)      # touches three faces
+    cam[:4, :5, :3] = 1.0 + np.arange(60, dtype=np.float32).reshape(4, 5, 3) / 600    # touches three faces
     spec = SimpleNamespace(caps=SimpleNamespace(map_kind="heatmap"), is_one_sided=lambda p: True)
     (s,) = evidence_surfaces(cam, spec, {}, "cam", (2.0, 1.5, 1.0), (-4.0, 3.0, 0.5))
-    assert s.data.shape == (12, 14, 10) and s.colour == "red"
+    assert s.colour == "red" and s.threshold > 1.0
     assert not s.data[0].any() and not s.data[:, 0].any() and not s.data[:, :, 0].any()
-    np.testing.assert_array_equal(s.data[1:-1, 1:-1, 1:-1], cam)
-    assert s.translate == pytest.approx((-6.0, 1.5, -0.5)) and s.scale == pytest.approx((2.0, 1.5, 1.0))
+    assert not s.data[-1].any() and not s.data[:, -1].any() and not s.data[:, :, -1].any()
+    # the surface's voxels are where they were, in world coordinates
+    sc, tr = np.array(s.scale), np.array(s.translate)
+    world = np.argwhere(s.data >= s.threshold) * sc + tr
+    want = np.argwhere(cam >= s.threshold) * sc + np.array((-4.0, 3.0, 0.5))
+    np.testing.assert_allclose(world, want)
+    assert s.scale == pytest.approx((2.0, 1.5, 1.0))
 
 
 def test_expected_mistakes_go_to_the_debug_log_bugs_to_the_terminal(caplog):

@@ -44,6 +44,21 @@ def evidence_volumes(attr: np.ndarray, red_is_negative: bool = False, top_percen
     return sup, opp, thr(sup, counts[0]), thr(opp, counts[1])
 
 
+def cropped_to_surface(arr: np.ndarray, threshold: float, scale, translate, margin: int = 2):
+    """``(volume, scale, translate)`` cut to the box around the voxels at or above
+    ``threshold`` (plus ``margin`` voxels), the geometry moved with it: the iso-surface is
+    the same, and a ray-caster only covers the box on screen (a temporal-lobe result is a
+    small part of the head), while :func:`bounded_volume` then has fewer voxels to pool."""
+    a = np.asarray(arr)
+    idx = np.nonzero(a >= threshold)
+    if not idx[0].size:
+        return a, tuple(scale), tuple(translate)
+    lo = [max(0, int(i.min()) - margin) for i in idx]
+    hi = [min(n, int(i.max()) + 1 + margin) for i, n in zip(idx, a.shape)]
+    tr = tuple(float(t) + v * float(s) for t, v, s in zip(translate, lo, scale))
+    return a[tuple(slice(x, y) for x, y in zip(lo, hi))], tuple(scale), tr
+
+
 def bounded_volume(arr: np.ndarray, scale, translate, max_voxels: int = EVIDENCE_MAX_VOXELS):
     """``(volume, scale, translate)`` with at most about ``max_voxels`` voxels: max-pooled by
     an integer factor per axis (a thin region above an iso threshold stays above it), the
@@ -85,9 +100,9 @@ class Surface:
 def evidence_surfaces(shown: np.ndarray, spec, params: dict, name: str, scale, translate) -> list[Surface]:
     """The surfaces of a shown map (+ = supports) of ``spec``'s method named ``name``: the
     strongest :data:`EVIDENCE_TOP` % supporting (red) and, for two-sided maps, opposing (blue)
-    evidence; voxel maps smoothed with σ = :data:`EVIDENCE_SMOOTH` first; each volume bounded
-    in size (software OpenGL ray-casts every voxel of every iso layer per frame). A sign with
-    no evidence has no surface."""
+    evidence; voxel maps smoothed with σ = :data:`EVIDENCE_SMOOTH` first; each volume cut to
+    the box around its surface and bounded in size (software OpenGL ray-casts every voxel of
+    every iso layer per frame). A sign with no evidence has no surface."""
     sigma = EVIDENCE_SMOOTH if spec.caps.map_kind == "voxel" else 0.0
     sup, opp, t_sup, t_opp = evidence_volumes(np.asarray(shown), False, EVIDENCE_TOP, smooth=sigma)
     parts = [(sup, t_sup, "red", "supports")]
@@ -97,6 +112,6 @@ def evidence_surfaces(shown: np.ndarray, spec, params: dict, name: str, scale, t
     for arr, thr, colour, what in parts:
         if not np.any(arr > 0):
             continue
-        arr, sc, tr = closed_at_the_edge(*bounded_volume(arr, scale, translate))
+        arr, sc, tr = closed_at_the_edge(*bounded_volume(*cropped_to_surface(arr, thr, scale, translate)))
         out.append(Surface(arr, sc, tr, thr, colour, f"{name} · strongest {EVIDENCE_TOP:g} % {what} the RoI"))
     return out
