@@ -109,3 +109,14 @@ def test_measure_pass_times_probes_a_batch():
     ps = measure_pass_times(model, repeat=1)
     assert set(ps) == {"forward", "backward", "voxels", "forward_batched"}
     assert 0 < ps["forward_batched"] <= ps["forward"] and ps["voxels"] == 16 * 16
+
+
+def test_kernel_shap_counts_window_passes_as_estimated():
+    """A windowed image: every coalition runs every window (the blended output), and
+    ``n_forward`` counts window passes as the estimate does (it used to count images)."""
+    model, shape, x, roi = _corner_case()
+    info = cost_input(model, shape, roi)
+    assert info.n_windows_all > 1
+    e = explain(model, x, "kernel_shap", target=1, roi=roi, n_samples=10)
+    est = estimate(model, "kernel_shap", {"n_samples": 10}, shape, roi)
+    assert e.n_forward == est.forward == (10 + 2) * info.n_windows_all + 1

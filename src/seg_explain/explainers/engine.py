@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Context
 
 __all__ = ["HookSet", "thread_hooks", "windows_with_roi", "WindowWeights", "WindowAccumulator",
-           "baseline_tensor", "blended_logits", "f_hat_batch", "f_hats_batch", "Counts", "book",
+           "baseline_tensor", "blended_logits", "window_rows", "f_hat_batch", "f_hats_batch", "Counts", "book",
            "check_same_image", "single_from_multi", "roi_cotangent"]
 
 
@@ -216,25 +216,32 @@ def blended_logits(model, xb: torch.Tensor) -> torch.Tensor:
     return model.blended_logits(xb)
 
 
+def window_rows(model, xb: torch.Tensor) -> int:
+    """Network rows a blended pass of the batch ``xb`` runs: every window of every image
+    (one per image when it fits the patch) — what ``n_forward`` counts."""
+    return int(xb.shape[0]) * len(model.tiling(tuple(int(s) for s in xb.shape[2:])).windows)
+
+
 def f_hat_batch(ctx, xb: torch.Tensor, c: int | None = None, roi: torch.Tensor | None = None) -> torch.Tensor:
     """f̂ of a batch of prepared images ``(B, C, *S)`` -> ``(B,)`` float64 on CPU, from the
-    model's blended output (inference mode). Counts ``B`` forward rows on ``ctx``."""
+    model's blended output (inference mode). Counts the window rows on ``ctx``."""
     with torch.inference_mode():
-        ctx.n_forward += int(xb.shape[0])
+        ctx.n_forward += window_rows(ctx.model, xb)
         return ctx.f_hat(blended_logits(ctx.model, xb), c, roi).double().cpu()
 
 
 def f_hats_batch(ctxs, xb: torch.Tensor) -> torch.Tensor:
     """f̂ of every context's (class, RoI) from one pass of ``xb`` -> ``(B, K)`` float64.
-    The forward rows are booked on every context (they are shared)."""
+    The forward (window) rows are booked on every context (they are shared)."""
     from ..targets import roi_sums
 
     model = ctxs[0].model
     with torch.inference_mode():
         logits = blended_logits(model, xb)
         out = roi_sums(logits, [c.target for c in ctxs], [c.roi for c in ctxs], model.sigmoid)
+    rows = window_rows(model, xb)
     for c in ctxs:
-        c.n_forward += int(xb.shape[0])
+        c.n_forward += rows
     return out.double().cpu()
 
 
