@@ -61,6 +61,8 @@ def test_cam_equals_hook_reference(sd_model, rng, method, hires):
     c, roi = present_class(model, x)
     e = explain(model, x, method, target=c)
     assert e.extras["layer"] == BOTTLENECK
+    assert e.extras["report"].startswith("Computed on the network's bottleneck (chosen automatically)")
+    assert f"Layer: {BOTTLENECK}; {e.extras['layer_shape'][0]} feature maps of" in e.extras["report"]
     assert e.attribution.shape == x.shape
     ref = hooked_cam(model.network, BOTTLENECK, x, c, roi, hires)
     assert ref.max() > 0
@@ -79,6 +81,7 @@ def test_cam_without_relu_and_named_layer(unet2d, rng):
     layer = "model.0.conv"  # the first (stride-2) down convolution
     e = explain(unet2d, x, "seg_grad_cam", target=c, layer=layer)
     assert e.extras["layer"] == layer and e.extras["layer_shape"][1:] == [16, 20]
+    assert e.extras["report"].startswith("Computed on the chosen layer") and "of 16 × 20 voxels" in e.extras["report"]
     close(e.attribution, hooked_cam(unet2d.network, layer, x, c, roi, False))
     with pytest.raises(MethodError, match="not a module of this network.*model.0"):
         explain(unet2d, x, "seg_grad_cam", target=c, layer="encoder.9")

@@ -152,6 +152,16 @@ def find_layer(model, layer: str | None = None) -> tuple[str, torch.nn.Module]:
     return name, mods[name]
 
 
+def layer_report(name: str, auto: bool, shape) -> str:
+    """One plain line on the hooked layer, then its exact module path and feature maps."""
+    what = "the network's bottleneck (chosen automatically)" if auto else "the chosen layer"
+    maps = ""
+    if shape:
+        maps = f"; {shape[0]} feature maps of {' × '.join(str(int(v)) for v in shape[1:])} voxels"
+    return (f"Computed on {what}: coarse regions, upsampled to the image.\n"
+            f"Layer: {name}{maps}")
+
+
 def upsample(cam: torch.Tensor, model, spatial: Sequence[int]) -> torch.Tensor:
     """``(B, *s_layer)`` map -> ``(B, *spatial)`` on the input grid (padding cropped)."""
     pads = model.pads_for(spatial)        # as model.forward pads the window
@@ -268,7 +278,7 @@ class SegGradCAM:
                 accs[k].add(w, upsample(m, model, window_shape(w))[0].cpu())
         book(ctxs, counts)
         extras = {"layer": name, "layer_shape": list(layer_shape) if layer_shape else None,
-                  "n_windows": len(tiling.windows)}
+                  "n_windows": len(tiling.windows), "report": layer_report(name, layer is None, layer_shape)}
         if self.pools_gradients:
             extras["alpha_pool"] = alpha_pool
         if len(modules) > 1:
