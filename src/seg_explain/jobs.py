@@ -11,7 +11,8 @@ front-end (the CLI, the napari docks' worker threads, batch runs):
 - :class:`CancelToken`: cooperative cancellation between steps (checked inside network
   passes by :func:`seg_explain.explainers.job.cancel_hooks`).
 
-This is the ground floor: it imports nothing of the project but its errors. Explanation
+This is the ground floor: it imports nothing of the project but its errors and the
+allocator (where a job's steps run). Explanation
 jobs live in :mod:`seg_explain.explainers.job`, cost estimates in
 :mod:`seg_explain.explainers.cost`.
 """
@@ -75,14 +76,19 @@ def events(gen: Iterator, stage: str, token: CancelToken | None = None) -> Itera
     """Relay a ``(done, total)`` generator as :class:`ProgressEvent`; return its value.
 
     Events the generator yields itself (a nested job) pass through unchanged. The token is
-    checked between steps; the generator is closed whatever happens."""
+    checked between steps; the generator is closed whatever happens. Its steps run where
+    memory comes from glibc's main arena (:func:`seg_explain.allocator.main_arena_runner`:
+    this thread, or a pooled one when this thread was given another arena)."""
+    from .allocator import main_arena_runner
+
     eta = _Eta()
+    runner = main_arena_runner()
     try:
         while True:
             if token is not None:
                 token.check()
             try:
-                item = next(gen)
+                item = runner.run(next, gen)
             except StopIteration as stop:
                 return stop.value
             if isinstance(item, ProgressEvent):
@@ -92,7 +98,10 @@ def events(gen: Iterator, stage: str, token: CancelToken | None = None) -> Itera
             elapsed, left = eta.update(done, total)
             yield ProgressEvent(stage, done, total, elapsed, left)
     finally:
-        gen.close()
+        try:
+            runner.run(gen.close)
+        finally:
+            runner.close()
 
 
 def drive(gen: Iterator, callback: Callable[[int, int], Any] | None = None,
