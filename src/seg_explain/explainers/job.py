@@ -60,10 +60,16 @@ def explain_job(model, image, method: str, target=1, roi=None, *, token: CancelT
     from .registry import get_spec
 
     title = get_spec(method).title
+    steps = explain_iter(model, image, method, target, roi, **kwargs)
+    return (yield from events(watched(model, token, steps), f"Explaining ({title})", token))
+
+
+def watched(model, token: CancelToken | None, gen: Iterator):
+    """``gen`` with :func:`cancel_hooks` active from its first step to its end: the hooks
+    belong to the thread that runs the steps (:func:`seg_explain.jobs.events` may run them
+    on another thread than the caller's)."""
     with cancel_hooks(model, token) if token is not None else nullcontext():
-        result = yield from events(explain_iter(model, image, method, target, roi, **kwargs),
-                                   f"Explaining ({title})", token)
-    return result
+        return (yield from gen)
 
 
 # ----------------------------------------------------------------------- pass timing --
