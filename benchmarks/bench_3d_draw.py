@@ -10,9 +10,9 @@ through its own controls; then, in the 3D view, the wall time of a forced canvas
 
 - ``context``: the anatomy alone (the result and its surfaces hidden);
 - ``result (bounded)``: the result as the dock shows it (two iso-surface layers of the
-  strongest evidence, max-pooled to at most ``EVIDENCE_MAX_VOXELS`` voxels each);
-- ``result (full resolution)``: the same surfaces at the image's resolution (the dock's
-  previous behaviour).
+  strongest evidence, each cut to the box around its surface, then max-pooled to at most
+  ``EVIDENCE_MAX_VOXELS`` voxels);
+- ``result (full resolution)``: the same surfaces cut to their box but never pooled.
 
 Goal: the result's first frame <= 2x the context's.
 """
