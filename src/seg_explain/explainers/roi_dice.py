@@ -329,10 +329,10 @@ class RoIDiceEngine:
         batch (in jobs; ``out`` is filled when the generator is exhausted).
 
         Only distinct perturbed images not seen before by this engine run (see the module
-        docstring); the rest are filled in from them. A batch holds about ``batch_size`` network rows (images or windows). Unless the
-        batch size was fixed by the user, the first long run tries half, once and twice
-        the default on its first batches (real work; results do not depend on the batch
-        size) and keeps the fastest per row."""
+        docstring); the rest are filled in from them. A batch holds about ``batch_size``
+        network rows (images or windows). Unless the batch size was fixed by the user, the
+        first long run tries half, once and twice the default on its first batches (real
+        work; results do not depend on the batch size) and keeps the fastest per row."""
         keys = [self.key(j) for j in jobs]
         self.rows_asked += sum(self.cost(j) for j in jobs)
         todo: dict[tuple, None] = {}
