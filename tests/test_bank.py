@@ -259,3 +259,17 @@ def test_bank_from_layer_copies_is_built_in_model_space(unet2d):
     x = unet2d.prepare(imgs[0].data).x
     with pytest.raises(InputMismatchError, match="is the image being explained"):
         resolve_bank(imgs, unet2d, block_size=8, exclude=x)
+
+
+def test_identical_blocks_share_an_id_and_a_group():
+    import torch
+
+    from seg_explain.bank import content_ids, default_bank_groups, expected_distinct, identical_groups
+
+    blocks = torch.tensor([[1.0, 2.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0], [0.0, 0.0], [3.0, 1.0]])
+    assert content_ids(blocks).tolist() == [0, 1, 0, 1, 1, 5]
+    assert identical_groups(blocks) == (3, 2, 1)
+    # n draws from 6 blocks in groups 3/2/1: expected distinct = sum of 1 - (1 - g/6)^n
+    assert expected_distinct((3, 2, 1), 2) == pytest.approx(0.75 + 5 / 9 + 11 / 36)
+    groups = default_bank_groups(2, 8)
+    assert sum(groups) == 2000 and groups[0] == 907     # the shipped 2D bank: 907 background blocks

@@ -9,9 +9,9 @@ import torch
 from conftest import make_unet, wrap
 
 from seg_explain import InputMismatchError, SegExplainError, explain, explain_iter
-from seg_explain.bank import resolve_bank
+from seg_explain.bank import content_ids, resolve_bank
 from seg_explain.explainers.pdcr import draw_indices
-from seg_explain.explainers.roi_dice import content_ids, make_blocks
+from seg_explain.explainers.roi_dice import make_blocks
 from seg_explain.models import SegModel
 from seg_explain.paths import sample_path
 

@@ -48,6 +48,7 @@ with the environment variable ``SEG_EXPLAIN_MALLOC_TUNING=0`` (before the first
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import queue
@@ -108,16 +109,23 @@ def on_main_arena() -> bool:
     header of a fresh chunk). True where the tuning is not in effect (nothing to gain)."""
     if not tuned():
         return True
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
-    p = libc.malloc(64)
+    malloc, free = _malloc_free()
+    p = malloc(64)
     if not p:
         return True
     try:
         return not (ctypes.c_size_t.from_address(p - _SIZE_T).value & NON_MAIN_ARENA)
     finally:
-        libc.free(p)
+        free(p)
+
+
+@functools.cache
+def _malloc_free():
+    libc = ctypes.CDLL(None)
+    malloc, free = libc.malloc, libc.free
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    return malloc, free
 
 
 class _ArenaThread:

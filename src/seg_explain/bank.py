@@ -283,14 +283,18 @@ def default_bank_path(spatial_dims: int) -> Path | None:
     return p if p.is_file() else None
 
 
+def content_ids(blocks: torch.Tensor) -> torch.Tensor:
+    """For each block of ``(K, ...)``, the index of the first block with exactly the same
+    voxels (identical blocks share one id; ``-0.0`` and ``0.0`` count as different)."""
+    arr = blocks.detach().to("cpu").contiguous().numpy()
+    first: dict[bytes, int] = {}
+    return torch.tensor([first.setdefault(arr[i].tobytes(), i) for i in range(len(arr))], dtype=torch.long)
+
+
 def identical_groups(blocks: torch.Tensor) -> tuple[int, ...]:
     """Sizes of the groups of exactly identical blocks in ``(K, ...)`` (largest first)."""
-    arr = blocks.detach().to("cpu").contiguous().numpy()
-    sizes: dict[bytes, int] = {}
-    for i in range(len(arr)):
-        key = arr[i].tobytes()
-        sizes[key] = sizes.get(key, 0) + 1
-    return tuple(sorted(sizes.values(), reverse=True))
+    counts = torch.bincount(content_ids(blocks)) if len(blocks) else torch.zeros(0, dtype=torch.long)
+    return tuple(sorted((int(c) for c in counts if c > 0), reverse=True))
 
 
 def expected_distinct(groups: Sequence[int], n: float) -> float:

@@ -486,12 +486,10 @@ def _cost(info: CostInput, p: dict) -> Cost:
     groups = default_bank_groups(info.spatial_dims, b) if bank in (None, "") else ()
     note = "data-dependent: blocks screened out at tau skip their ATE draws"
     if groups:
-        def draws(n: float) -> float:
-            return expected_distinct(groups, n)
         note += "; repeated draws of the sample bank's identical (background) blocks cost no pass"
-    else:
-        def draws(n: float) -> float:
-            return n
+
+    def draws(n: float) -> float:
+        return expected_distinct(groups, n) if groups else n
     screen = clean + round(draws(s_) * rows)
     return Cost(clean + round(draws(s_ + n_eff) * rows), 0, forward_max=clean + round(draws(s_ + n_) * rows),
                 forward_min=screen if s_ > 0 else clean + round(draws(n_eff) * rows), note=note)

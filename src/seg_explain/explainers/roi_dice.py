@@ -12,7 +12,7 @@ prediction is 100 points by construction.
 
 Identical copies are run once. Two draws that paste the same content into the same block
 give the same perturbed image, so the same Dice: the engine keys each job by *what it
-pastes* (bank blocks with identical voxels share one key, :func:`content_ids`), drops
+pastes* (bank blocks with identical voxels share one key, :func:`seg_explain.bank.content_ids`), drops
 pastes that leave the image unchanged (a bank block equal to the block it replaces), and
 runs each distinct perturbed image once per engine, screening and ATE draws alike; a job
 that changes nothing gets the model's own clean Dice without a pass. Exact (every job's
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..bank import content_ids
 from ..checks import as_int, require_finite
 from ..errors import InputMismatchError, MethodError
 from .base import Context
@@ -106,15 +107,6 @@ def make_blocks(shape: Sequence[int], block_size: int) -> BlockPartition:
 
 
 # ------------------------------------------------------------------------- engine --
-def content_ids(bank_blocks: torch.Tensor) -> torch.Tensor:
-    """For each bank block, the index of the first block with exactly the same voxels
-    (identical blocks share one id; ``-0.0`` and ``0.0`` count as different, which only
-    costs a pass)."""
-    arr = bank_blocks.detach().to("cpu").contiguous().numpy()
-    first: dict[bytes, int] = {}
-    return torch.tensor([first.setdefault(arr[i].tobytes(), i) for i in range(len(arr))], dtype=torch.long)
-
-
 def _intersect(block: Sequence[slice], window: Sequence[slice]):
     """(window-local slices, block-local slices) of block ∩ window, or None if disjoint."""
     loc, crop = [], []
@@ -156,13 +148,13 @@ class RoIDiceEngine:
         model = ctx.model
         self.device = model.device
         self.sliding = model.needs_windows(ctx.shape)
-        self.bank = bank_blocks.to(self.device, torch.float32)
-        self.canon = content_ids(self.bank).tolist()
+        self._bank_cpu = bank_blocks.detach().to("cpu", torch.float32)
+        self.bank = self._bank_cpu.to(self.device)
+        self.canon = content_ids(self._bank_cpu).tolist()
         self.memo: dict[tuple, float] = {}            # distinct perturbation -> Dice
         self.rows_asked = self.rows_run = 0             # network rows the jobs needed / ran
         self._unchanged: dict[tuple[int, int], bool] = {}
         self._x_cpu = ctx.x.detach().to("cpu", torch.float32)
-        self._bank_cpu = self.bank.to("cpu")
         self.target, self.sigmoid = ctx.target, model.sigmoid
         roi_flat = ctx.roi.flatten()
         self.ref = ref_pos.flatten()[roi_flat].to(self.device)

@@ -38,7 +38,7 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
     image's per-class attributions and its label map (from the explanations' own prediction),
     so a heatmap click needs no recomputation."""
     from ..dataset import Agg2ExpRun
-    from ..explainers.job import cancel_hooks
+    from ..explainers.job import watched
     from ..explainers.registry import get_spec
     from ..jobs import events
 
@@ -58,13 +58,12 @@ def agg_job(cache: ModelCache, model_path: str, device: str, images: list, names
     run = Agg2ExpRun(model, images, method, names=names, on_error="skip" if len(images) > 1 else "raise",
                      on_image=on_image, **params)
     title = get_spec(method).title
-    with cancel_hooks(model, token):
-        for ev in events(run.run_iter(), f"{title}", token):
-            yield dataclasses.replace(ev, stage=f"{title} · {run.status}" if run.status else title)
-            if finished:
-                name = finished[-1]
-                finished.clear()
-                yield ("partial", name, run.result())
+    for ev in events(watched(model, token, run.run_iter()), f"{title}", token):
+        yield dataclasses.replace(ev, stage=f"{title} · {run.status}" if run.status else title)
+        if finished:
+            name = finished[-1]
+            finished.clear()
+            yield ("partial", name, run.result())
     return run.finished_result(), kept
 
 
